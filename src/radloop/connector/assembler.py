@@ -1,0 +1,79 @@
+"""The assembler: decides when a series is complete, then hands it to routing.
+
+A series is complete after a quiet period with no new instance (per listener AE title) or,
+where the listener says so, when the association that carried it is released. Completion is a
+conditional row update (``open → complete``, revision + 1), so the two triggers never double-route.
+After a restart, open series get a fresh quiet period: the sender may be resending.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.engine import CursorResult, Engine
+from sqlmodel import col, select
+
+from radloop.connector.routing import route_series
+from radloop.core.db import session_scope
+from radloop.core.models import Series, SeriesState, utcnow
+from radloop.core.settings import Settings
+from radloop.pipelines.catalog import PipelineCatalog
+
+log = logging.getLogger(__name__)
+DEFAULT_QUIET_PERIOD_S = 10.0
+
+
+class Assembler:
+    """Series completion and routing."""
+
+    def __init__(self, settings: Settings, engine: Engine, catalog: PipelineCatalog) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.catalog = catalog
+
+    def resume(self) -> None:
+        """At start-up: restart the quiet period of every open series (a sender may be resending)."""
+        with session_scope(self.engine) as s:
+            s.execute(
+                update(Series).where(col(Series.state) == SeriesState.open).values(last_received_at=utcnow())
+            )
+
+    def on_association_end(self, series_ids: set[int], called_ae: str) -> None:
+        """SCP notification: an association was released after storing into these series."""
+        listener = self.settings.listener(called_ae)
+        if listener is None or not listener.complete_on_release:
+            return
+        for series_id in sorted(series_ids):
+            self.complete(series_id, reason="association released")
+
+    def tick(self) -> int:
+        """Complete every open series whose quiet period has passed; returns how many."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            open_series = s.exec(select(Series).where(Series.state == SeriesState.open)).all()
+        due = [x.id for x in open_series if x.id is not None and x.last_received_at + self._quiet(x) <= now]
+        return sum(self.complete(sid, reason="quiet period elapsed") for sid in due)
+
+    def _quiet(self, series: Series) -> timedelta:
+        listener = self.settings.listener(series.called_ae) if series.called_ae else None
+        return timedelta(seconds=listener.quiet_period_s if listener else DEFAULT_QUIET_PERIOD_S)
+
+    def complete(self, series_id: int, *, reason: str) -> bool:
+        """Mark one series complete and route it; False if it was not open (already completed)."""
+        with session_scope(self.engine) as s:
+            res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+                update(Series)
+                .where(col(Series.id) == series_id, col(Series.state) == SeriesState.open)
+                .values(state=SeriesState.complete, revision=Series.revision + 1, completed_at=utcnow())
+            )
+            if res.rowcount != 1:
+                return False
+            series = s.get(Series, series_id)
+            assert series is not None
+            s.refresh(series)
+            jobs = route_series(s, series, self.settings, self.catalog)
+            log.info("series %s complete (%s, %d instances): %d job(s)",
+                     series_id, reason, series.instance_count, len(jobs))
+            return True

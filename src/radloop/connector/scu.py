@@ -1,0 +1,138 @@
+"""C-STORE SCU: send DICOM files to a peer (``radloop send`` and the ``dicom`` destination).
+
+Transfer syntax negotiation: each SOP class is proposed with the file's own transfer syntax
+first and Explicit/Implicit VR Little Endian as fall-backs; if the peer only accepts an
+uncompressed syntax for a compressed file, the file is decompressed before sending.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from radloop.core.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128
+
+
+@dataclass
+class SendReport:
+    """Per-file outcome of a send."""
+
+    sent: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def iter_dicom_files(paths: Iterable[Path]) -> list[Path]:
+    """Files named by ``paths`` (folders recursively), ``.dcm.gz`` included, hidden files skipped."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return out
+
+
+def read_dicom(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    """Read a DICOM file, gzip-compressed (``.gz``) or not."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            return pydicom.dcmread(io.BytesIO(f.read()), stop_before_pixels=stop_before_pixels)
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+
+
+def send_files(
+    files: Sequence[Path],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = "RADLOOP",
+    *,
+    timeout_s: float = 30.0,
+    on_progress: Callable[[Path, bool], None] | None = None,
+) -> SendReport:
+    """Send ``files`` over one association; per-file failures are reported, not raised.
+
+    Raises :class:`DeliveryError` if no association can be made at all.
+    """
+    headers = {f: read_dicom(f, stop_before_pixels=True) for f in files}
+    ae = _requestor(calling_ae, timeout_s, headers.values())
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    if not assoc.is_established:
+        raise DeliveryError(f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)")
+    report = SendReport()
+    try:
+        for f in files:
+            ok, why = _send_one(assoc, f)
+            (report.sent.append(f) if ok else report.failed.append((f, why)))
+            if on_progress:
+                on_progress(f, ok)
+            if not assoc.is_established:
+                for rest in files[len(report.sent) + len(report.failed):]:
+                    report.failed.append((rest, "association lost"))
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return report
+
+
+def _requestor(calling_ae: str, timeout_s: float, headers: Iterable[Dataset]) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    wanted: dict[str, list[str]] = {}
+    for ds in headers:
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
+        for uid in (ts, *(str(u) for u in _UNCOMPRESSED)):
+            if uid not in syntaxes:
+                syntaxes.append(uid)
+    if len(wanted) > MAX_CONTEXTS:
+        raise DeliveryError(f"{len(wanted)} SOP classes in one send; at most {MAX_CONTEXTS} fit in one association")
+    for sop_class, syntaxes in wanted.items():
+        ae.add_requested_context(sop_class, syntaxes)
+    return ae
+
+
+def _nodelay(event: evt.Event) -> None:
+    sock = event.assoc.dul.socket.socket
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _send_one(assoc: object, path: Path) -> tuple[bool, str]:
+    ds = read_dicom(path)
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    accepted = {
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
+        if cx.abstract_syntax == ds.SOPClassUID
+    }
+    if not accepted:
+        return False, f"peer accepted no presentation context for SOP class {ds.SOPClassUID}"
+    if str(ts) not in accepted and ts.is_compressed:
+        ds.decompress()  # the peer takes only uncompressed data for this SOP class
+    try:
+        status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+    except (ValueError, RuntimeError) as e:
+        return False, f"{type(e).__name__}: {e}"
+    code = int(getattr(status, "Status", -1)) if status else -1
+    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+        return True, ""
+    comment = str(getattr(status, "ErrorComment", "")) if status else "no response (timeout or abort)"
+    return False, f"status 0x{code:04X} {comment}".strip()

@@ -1,0 +1,177 @@
+"""The job state machine and queue operations, as row transitions.
+
+``queued → running → succeeded | failed | cancelled``; a failed attempt with attempts left goes
+back to ``queued`` with ``next_attempt_at`` pushed out (exponential backoff). Every transition is
+one conditional UPDATE, so two dispatchers (or a restarted one) never both own a job, and a job
+whose lease expired (its worker died) is re-queued by :func:`requeue_expired`.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlalchemy.engine import CursorResult, Engine
+from sqlmodel import Session, col, select
+
+from radloop.core.db import session_scope
+from radloop.core.errors import RadloopError
+from radloop.core.models import Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+_ALLOWED: dict[JobState, set[JobState]] = {
+    JobState.queued: {JobState.running, JobState.cancelled},
+    JobState.running: {JobState.succeeded, JobState.failed, JobState.queued, JobState.cancelled},
+    JobState.succeeded: {JobState.queued},  # explicit user retry
+    JobState.failed: {JobState.queued},
+    JobState.cancelled: {JobState.queued},
+}
+
+
+class JobTransitionError(RadloopError):
+    """A requested job transition is not allowed from the job's current state."""
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    """Raise :class:`JobTransitionError` unless ``current → target`` is a legal transition."""
+    if target not in _ALLOWED[current]:
+        raise JobTransitionError(f"a {current.value} job cannot become {target.value}")
+
+
+def backoff_seconds(attempts: int, base_s: float, cap_s: float) -> float:
+    """Delay before attempt ``attempts + 1``: base · 2^(attempts-1), capped."""
+    return float(min(cap_s, base_s * (2 ** max(0, attempts - 1))))
+
+
+def claim_next(engine: Engine, worker_id: str, lease_s: float) -> Job | None:
+    """Atomically take the most urgent due job: it becomes ``running`` with a lease; None if none is due."""
+    now = utcnow()
+    with session_scope(engine) as s:
+        candidates = s.exec(
+            select(Job.id)
+            .where(Job.state == JobState.queued, Job.next_attempt_at <= now)
+            .order_by(col(Job.priority_rank), col(Job.created_at), col(Job.id))
+            .limit(5)
+        ).all()
+        for job_id in candidates:
+            res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == JobState.queued)
+                .values(
+                    state=JobState.running,
+                    attempts=Job.attempts + 1,
+                    lease_until=now + timedelta(seconds=lease_s),
+                    leased_by=worker_id,
+                    started_at=now,
+                    error="",
+                )
+            )
+            if res.rowcount == 1:
+                s.commit()
+                return s.get(Job, job_id)
+    return None
+
+
+def renew_lease(engine: Engine, job_id: int, worker_id: str, lease_s: float) -> bool:
+    """Extend a running job's lease; False if the job is no longer ours (cancelled or re-queued)."""
+    with session_scope(engine) as s:
+        res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.running, col(Job.leased_by) == worker_id)
+            .values(lease_until=utcnow() + timedelta(seconds=lease_s))
+        )
+        return res.rowcount == 1
+
+
+def finish(engine: Engine, job_id: int, worker_id: str) -> bool:
+    """Mark a running job we own as succeeded."""
+    return _finish_as(engine, job_id, worker_id, JobState.succeeded, "")
+
+
+def fail_attempt(
+    engine: Engine, job_id: int, worker_id: str, error: str, *, transient: bool, base_s: float, cap_s: float
+) -> JobState | None:
+    """Record a failed attempt: re-queue with backoff if transient and attempts remain, else fail.
+
+    Returns the new state, or None if the job was no longer ours.
+    """
+    with session_scope(engine) as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.running or job.leased_by != worker_id:
+            return None
+        if transient and job.attempts < job.max_attempts:
+            delay = backoff_seconds(job.attempts, base_s, cap_s)
+            job.state = JobState.queued
+            job.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            job.error = f"attempt {job.attempts}/{job.max_attempts} failed, retry in {delay:.0f} s: {error}"
+        else:
+            job.state = JobState.failed
+            job.finished_at = utcnow()
+            job.error = error
+        job.lease_until = None
+        s.add(job)
+        return job.state
+
+
+def _finish_as(engine: Engine, job_id: int, worker_id: str, state: JobState, error: str) -> bool:
+    with session_scope(engine) as s:
+        res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.running, col(Job.leased_by) == worker_id)
+            .values(state=state, finished_at=utcnow(), lease_until=None, error=error)
+        )
+        return res.rowcount == 1
+
+
+def requeue_expired(engine: Engine) -> list[int]:
+    """Re-queue running jobs whose lease expired (their worker died); returns their ids."""
+    now = utcnow()
+    with session_scope(engine) as s:
+        stale = s.exec(
+            select(Job).where(Job.state == JobState.running, col(Job.lease_until) < now)
+        ).all()
+        for job in stale:
+            job.state = JobState.queued
+            job.next_attempt_at = now
+            job.lease_until = None
+            job.error = f"lease expired on {job.leased_by or 'unknown worker'} (worker died?); re-queued"
+            s.add(job)
+            log.warning("job %s: lease expired, re-queued", job.id)
+        return [j.id for j in stale if j.id is not None]
+
+
+def requeue_all_running(engine: Engine, worker_prefix: str) -> list[int]:
+    """At start-up: jobs our previous incarnation was running cannot still run; re-queue them now."""
+    with session_scope(engine) as s:
+        mine = s.exec(
+            select(Job).where(Job.state == JobState.running, col(Job.leased_by).startswith(worker_prefix))
+        ).all()
+        for job in mine:
+            job.state = JobState.queued
+            job.next_attempt_at = utcnow()
+            job.lease_until = None
+            job.error = "server restarted while the job ran; re-queued"
+            s.add(job)
+        return [j.id for j in mine if j.id is not None]
+
+
+def cancel(session: Session, job: Job) -> None:
+    """Cancel a queued or running job (a running one stops at its next operator boundary)."""
+    check_transition(job.state, JobState.cancelled)
+    job.state = JobState.cancelled
+    job.finished_at = utcnow()
+    job.lease_until = None
+    session.add(job)
+
+
+def retry(session: Session, job: Job, budget: int) -> None:
+    """Put a finished job back in the queue now, with ``budget`` more attempts."""
+    check_transition(job.state, JobState.queued)
+    job.state = JobState.queued
+    job.next_attempt_at = utcnow()
+    job.max_attempts = job.attempts + budget
+    job.error = ""
+    job.finished_at = None
+    session.add(job)

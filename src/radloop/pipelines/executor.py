@@ -1,0 +1,184 @@
+"""The ``local`` executor: a dispatcher thread that claims due jobs and runs them in a pool of
+worker processes (``workers.processes``), renewing their leases while they run.
+
+State travels with the job row: a claim is a conditional update, leases expire if this process
+dies, and at start-up the jobs this host's previous incarnation was running are re-queued. Worker
+processes are asked to die with their parent (Linux ``PR_SET_PDEATHSIG``) so a killed server leaves
+no orphan finishing a job behind its back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from radloop.core import jobs
+from radloop.core.db import make_engine
+from radloop.core.errors import JobError
+from radloop.core.logging import configure_logging
+from radloop.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_prefix() -> str:
+    """Lease owner prefix of every local executor on this host."""
+    return f"local@{socket.gethostname()}"
+
+
+@dataclass
+class _Running:
+    future: Future[str]
+    renewed_at: float
+
+
+class LocalExecutor:
+    """Claims jobs from the database and runs them in worker processes."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.worker_id = f"{worker_prefix()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._running: dict[int, _Running] = {}
+        self._pool = self._new_pool()
+        self._thread = threading.Thread(target=self._loop, name="radloop-dispatcher", daemon=True)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.settings.workers.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.settings.model_dump_json(),),
+        )
+
+    def start(self) -> None:
+        """Re-queue what a previous incarnation left running, then start dispatching."""
+        requeued = jobs.requeue_all_running(self.engine, worker_prefix())
+        if requeued:
+            log.warning("re-queued %d job(s) left running by a previous server: %s", len(requeued), requeued)
+        self._thread.start()
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def _loop(self) -> None:
+        cfg = self.settings.workers
+        while not self._stop.is_set():
+            try:
+                jobs.requeue_expired(self.engine)
+                self._reap()
+                self._renew_leases()
+                self._fill()
+            except Exception:  # the dispatcher must survive a database hiccup; it retries next tick
+                log.exception("dispatcher tick failed")
+            self._stop.wait(cfg.poll_interval_s)
+
+    def _fill(self) -> None:
+        while len(self._running) < self.settings.workers.processes and not self._stop.is_set():
+            job = jobs.claim_next(self.engine, self.worker_id, self.settings.workers.lease_s)
+            if job is None or job.id is None:
+                return
+            log.info("job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts)
+            future = self._pool.submit(_run_in_worker, job.id, self.worker_id)
+            self._running[job.id] = _Running(future, time.monotonic())
+
+    def _renew_leases(self) -> None:
+        interval = self.settings.workers.lease_s / 3
+        now = time.monotonic()
+        for job_id, running in list(self._running.items()):
+            if now - running.renewed_at >= interval:
+                jobs.renew_lease(self.engine, job_id, self.worker_id, self.settings.workers.lease_s)
+                running.renewed_at = now
+
+    def _reap(self) -> None:
+        broken = False
+        for job_id, running in list(self._running.items()):
+            if not running.future.done():
+                continue
+            del self._running[job_id]
+            try:
+                log.info("job %s finished: %s", job_id, running.future.result())
+            except BrokenProcessPool as e:
+                broken = True
+                self._record_failure(job_id, f"worker process died: {e}", transient=True)
+            except Exception as e:  # an error the worker could not record itself
+                self._record_failure(job_id, f"{type(e).__name__}: {e}", transient=True)
+        if broken:
+            log.error("worker pool broken (a worker process died); starting a new pool")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+
+    def _record_failure(self, job_id: int, error: str, *, transient: bool) -> None:
+        cfg = self.settings.workers
+        state = jobs.fail_attempt(self.engine, job_id, self.worker_id, error, transient=transient,
+                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        log.error("job %s: %s → %s", job_id, error, state)
+
+
+# --- inside a worker process ------------------------------------------------------------------
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(settings_json: str) -> None:
+    """Worker start: die with the parent, then build this process's settings, engine and pipelines."""
+    _die_with_parent()
+    from radloop.pipelines.catalog import PipelineCatalog
+    from radloop.pipelines.operators import builtin_registry
+    from radloop.pipelines.runner import JobRunner
+
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_level)
+    if settings.workers.torch_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
+    engine = make_engine(settings)
+    catalog = PipelineCatalog.load(settings, builtin_registry())
+    _WORKER["runner"] = JobRunner(settings, engine, catalog)
+    _WORKER["settings"] = settings
+    _WORKER["engine"] = engine
+
+
+def _run_in_worker(job_id: int, worker_id: str) -> str:
+    """Run one claimed job and record its outcome; returns the final state's name."""
+    from radloop.pipelines.runner import JobRunner
+
+    runner = _WORKER["runner"]
+    settings = _WORKER["settings"]
+    assert isinstance(runner, JobRunner) and isinstance(settings, Settings)
+    cfg = settings.workers
+    try:
+        runner.run(job_id)
+    except JobError as e:
+        state = jobs.fail_attempt(runner.engine, job_id, worker_id, str(e), transient=e.transient,
+                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        log.warning("job %s failed: %s → %s", job_id, e, state)
+        return str(state)
+    except Exception as e:  # job boundary: any other error is recorded on the job and retried
+        log.exception("job %s raised", job_id)
+        state = jobs.fail_attempt(runner.engine, job_id, worker_id, f"{type(e).__name__}: {e}", transient=True,
+                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        return str(state)
+    jobs.finish(runner.engine, job_id, worker_id)
+    return "succeeded"
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        log.debug("PR_SET_PDEATHSIG unavailable; orphaned workers end when their job ends")

@@ -1,0 +1,178 @@
+"""Runs one job: its pipeline's operators in order, each timed and logged into ``job_step`` rows,
+then records the DICOM objects written as results and queues their deliveries (the outbox).
+
+Results are idempotent: writers take their UIDs from the job's idempotency key, so a retried
+or resumed job rewrites the same SOP Instance UIDs and finds its result and delivery rows
+already there instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy.engine import Engine
+from sqlmodel import col, select
+
+from radloop.core.db import session_scope
+from radloop.core.errors import ConfigError, JobError, PermanentJobError
+from radloop.core.models import Delivery, Instance, Job, JobState, JobStep, Result, Series, utcnow
+from radloop.core.refs import SeriesRef
+from radloop.core.settings import Settings
+from radloop.pipelines.catalog import PipelineCatalog
+from radloop.pipelines.ports import DicomObjects, SeriesInput
+from radloop.pipelines.registry import OperatorContext
+from radloop.pipelines.spec import PIPELINE_INPUT, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(JobError):
+    """The job was cancelled while it ran; it stops at the next operator boundary."""
+
+    transient = False
+
+
+class JobRunner:
+    """Executes jobs of the pipelines in ``catalog`` against the store and database."""
+
+    def __init__(self, settings: Settings, engine: Engine, catalog: PipelineCatalog) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.catalog = catalog
+
+    def run(self, job_id: int) -> list[int]:
+        """Run the job (which the caller has claimed); returns the ids of its result rows."""
+        with session_scope(self.engine) as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise PermanentJobError(f"job {job_id} does not exist")
+            series_input = self._series_input(s, job)
+        try:
+            pipeline = self.catalog.get(job.pipeline)
+        except ConfigError as e:
+            raise PermanentJobError(str(e)) from e
+        workdir = self.settings.data_dir / "jobs" / str(job_id) / f"attempt-{job.attempts}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        ctx = OperatorContext(
+            job_id=job_id, idempotency_key=job.idempotency_key, workdir=workdir,
+            pipeline_name=pipeline.name, pipeline_version=pipeline.spec.version,
+        )
+        outputs = self._run_steps(job, pipeline, series_input, ctx)
+        return self._record_results(job, pipeline, outputs)
+
+    def _series_input(self, s: Any, job: Job) -> SeriesInput:
+        series = s.get(Series, job.series_id)
+        if series is None:
+            raise PermanentJobError(f"series {job.series_id} of job {job.id} no longer exists")
+        instances = s.exec(
+            select(Instance).where(Instance.series_id == series.id).order_by(col(Instance.instance_number), col(Instance.id))
+        ).all()
+        if not instances:
+            raise PermanentJobError(f"series {series.series_instance_uid} has no stored instances")
+        return SeriesInput(
+            ref=SeriesRef(job.study_instance_uid, series.series_instance_uid),
+            modality=series.modality,
+            paths=tuple(self.settings.data_dir / i.path for i in instances),
+            series_description=series.series_description,
+        )
+
+    def _run_steps(
+        self, job: Job, pipeline: Pipeline, series_input: SeriesInput, ctx: OperatorContext
+    ) -> dict[str, dict[str, Any]]:
+        values: dict[str, dict[str, Any]] = {PIPELINE_INPUT: {"series": series_input}}
+        for bound in pipeline.steps:
+            self._check_not_cancelled(job.id)  # type: ignore[arg-type]
+            step = bound.step
+            inputs = {port: _resolve(values, src) for port, src in step.inputs.items()}
+            ctx.logger = logging.getLogger(f"radloop.job.{step.use}")
+            with self._recorded_step(job, step.id, step.use, ctx.logger):
+                outputs = bound.instantiate().run(ctx, inputs)
+            missing = set(bound.operator.outputs) - set(outputs)
+            if missing:
+                raise PermanentJobError(f"operator {step.id} ({step.use}) did not produce {sorted(missing)}")
+            values[step.id] = outputs
+        return values
+
+    @contextmanager
+    def _recorded_step(self, job: Job, op_id: str, op_name: str, logger: logging.Logger) -> Iterator[None]:
+        """Time one operator, capture its log lines, and store both in a ``job_step`` row."""
+        buffer = io.StringIO()
+        handler = logging.StreamHandler(buffer)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        with session_scope(self.engine) as s:
+            row = JobStep(job_id=job.id, attempt=job.attempts, operator_id=op_id, operator=op_name)  # type: ignore[arg-type]
+            s.add(row)
+        start = time.perf_counter()
+        state, error = "succeeded", ""
+        try:
+            yield
+        except BaseException as e:
+            state, error = "failed", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            logger.removeHandler(handler)
+            row.duration_s = round(time.perf_counter() - start, 4)
+            row.state, row.error, row.log = state, error, buffer.getvalue()[-20000:]
+            with session_scope(self.engine) as s:
+                s.merge(row)
+            log.info("job %s: %s (%s) %s in %.2f s", job.id, op_id, op_name, state, row.duration_s)
+
+    def _check_not_cancelled(self, job_id: int) -> None:
+        with session_scope(self.engine) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state == JobState.cancelled:
+                raise JobCancelled(f"job {job_id} was cancelled")
+
+    def _record_results(self, job: Job, pipeline: Pipeline, values: dict[str, dict[str, Any]]) -> list[int]:
+        objects = [v for outputs in values.values() for v in outputs.values() if isinstance(v, DicomObjects)]
+        result_ids: list[int] = []
+        with session_scope(self.engine) as s:
+            for obj in objects:
+                for path in obj.paths:
+                    result = self._store_result(s, job, obj.kind, path)
+                    result_ids.append(result.id)  # type: ignore[arg-type]
+                    for dest in pipeline.spec.destinations:
+                        _ensure_delivery(s, result.id, dest)  # type: ignore[arg-type]
+        return result_ids
+
+    def _store_result(self, s: Any, job: Job, kind: str, path: Path) -> Result:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        sop_uid = str(ds.SOPInstanceUID)
+        rel = Path("results") / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{sop_uid}.dcm"
+        target = self.settings.data_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)
+        result = s.exec(select(Result).where(Result.sop_instance_uid == sop_uid)).first()
+        if result is None:
+            result = Result(
+                job_id=job.id, kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=sop_uid,
+                series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
+                path=str(rel), created_at=utcnow(),
+            )
+            s.add(result)
+            s.flush()
+        return result  # type: ignore[no-any-return]
+
+
+def _ensure_delivery(s: Any, result_id: int, destination: str) -> None:
+    exists = s.exec(
+        select(Delivery).where(Delivery.result_id == result_id, Delivery.destination == destination)
+    ).first()
+    if exists is None:
+        s.add(Delivery(result_id=result_id, destination=destination))
+
+
+def _resolve(values: dict[str, dict[str, Any]], source: str) -> Any:
+    op_id, _, port = source.partition(".")
+    return values[op_id][port]

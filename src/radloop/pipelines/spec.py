@@ -1,0 +1,228 @@
+"""Pipeline files: YAML → a validated DAG of typed operators, checked before anything runs.
+
+A pipeline file names its operators (``id``, ``use``, ``with`` options, ``inputs`` wired as
+``<operator id>.<output port>`` or ``input.series`` for the series that triggered the job).
+:func:`load_pipeline` rejects unknown operators, bad options, unwired or unknown inputs, type
+mismatches and cycles with a :class:`ConfigError` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from radloop.core.errors import ConfigError
+from radloop.core.models import Priority
+from radloop.pipelines.ports import SeriesInput
+from radloop.pipelines.registry import Operator, OperatorRegistry
+
+PIPELINE_INPUT = "input"
+_ID_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class MatchRules(BaseModel):
+    """Which completed series a pipeline accepts; every given rule must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] = Field(default_factory=list)
+    sop_class_uid: list[str] = Field(default_factory=list)
+    series_description: str | None = Field(None, description="Regular expression searched in SeriesDescription.")
+    called_ae: list[str] = Field(default_factory=list)
+    calling_ae: list[str] = Field(default_factory=list)
+    min_instances: int = Field(1, ge=1)
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from e
+        return v
+
+
+class OperatorStep(BaseModel):
+    """One operator of a pipeline file."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str
+    use: str
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    inputs: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID_RE.match(v) or v == PIPELINE_INPUT:
+            raise ValueError(f"operator id {v!r} must be lower-case letters, digits, '-', '_' and not 'input'")
+        return v
+
+
+class PipelineSpec(BaseModel):
+    """The whole pipeline file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str
+    description: str = ""
+    match: MatchRules = Field(default_factory=MatchRules)
+    priority: Priority = Priority.normal
+    operators: list[OperatorStep] = Field(min_length=1)
+    destinations: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(f"pipeline name {v!r} must be lower-case letters, digits, '-', '_'")
+        return v
+
+
+@dataclass(frozen=True)
+class BoundStep:
+    """A validated step: its operator class, parsed options and input wiring."""
+
+    step: OperatorStep
+    operator: type[Operator]
+    options: BaseModel
+
+    def instantiate(self) -> Operator:
+        return self.operator(self.options)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline: the spec plus its steps in execution (topological) order."""
+
+    spec: PipelineSpec
+    steps: tuple[BoundStep, ...]
+    source: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_pipeline(path: Path, registry: OperatorRegistry) -> Pipeline:
+    """Read and fully validate a pipeline file; :class:`ConfigError` names file, line and field."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read pipeline file: {e}") from e
+    return parse_pipeline_text(text, path, registry)
+
+
+def parse_pipeline_text(text: str, path: Path, registry: OperatorRegistry) -> Pipeline:
+    """Validate pipeline YAML ``text``; ``path`` is only used to name the source in errors."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a pipeline file must hold a mapping")
+    lines = _LineFinder(root)
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise ConfigError(f"{path}:{lines.line(loc)}: {_dotted(loc)}: {err['msg']}") from e
+    return _bind(spec, path, registry, lines)
+
+
+def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _LineFinder) -> Pipeline:
+    def fail(loc: tuple[str | int, ...], msg: str) -> ConfigError:
+        return ConfigError(f"{path}:{lines.line(loc)}: {_dotted(loc)}: {msg}")
+
+    bound: dict[str, BoundStep] = {}
+    for i, step in enumerate(spec.operators):
+        if step.id in bound:
+            raise fail(("operators", i, "id"), f"duplicate operator id {step.id!r}")
+        if step.use not in registry:
+            raise fail(("operators", i, "use"), f"unknown operator {step.use!r} (known: {', '.join(registry.names())})")
+        cls = registry.get(step.use)
+        try:
+            options = cls.Options.model_validate(step.with_)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise fail(("operators", i, "with", *err["loc"]), err["msg"]) from e
+        bound[step.id] = BoundStep(step, cls, options)
+    for i, step in enumerate(spec.operators):
+        _check_wiring(i, step, bound, fail)
+    graph = {sid: {src.split(".")[0] for src in b.step.inputs.values()} - {PIPELINE_INPUT} for sid, b in bound.items()}
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as e:
+        cycle = " → ".join(str(n) for n in e.args[1])
+        raise ConfigError(f"{path}:{lines.line(('operators',))}: operators: cycle between operators: {cycle}") from e
+    return Pipeline(spec=spec, steps=tuple(bound[sid] for sid in order), source=path)
+
+
+def _check_wiring(i: int, step: OperatorStep, bound: dict[str, BoundStep], fail: Any) -> None:
+    cls = bound[step.id].operator
+    for port in step.inputs:
+        if port not in cls.inputs:
+            raise fail(("operators", i, "inputs", port), f"{step.use} has no input {port!r} (has: {sorted(cls.inputs)})")
+    for port, want in cls.inputs.items():
+        loc = ("operators", i, "inputs", port)
+        source = step.inputs.get(port)
+        if source is None:
+            raise fail(("operators", i, "inputs"), f"input {port!r} of {step.use} is not wired")
+        src_id, _, src_port = source.partition(".")
+        if src_id == PIPELINE_INPUT:
+            have: type = SeriesInput
+            if src_port != "series":
+                raise fail(loc, f"the pipeline input is 'input.series', not {source!r}")
+        elif src_id not in bound:
+            raise fail(loc, f"{source!r} names no operator of this pipeline")
+        elif src_port not in bound[src_id].operator.outputs:
+            raise fail(loc, f"operator {src_id!r} has no output {src_port!r}")
+        else:
+            have = bound[src_id].operator.outputs[src_port]
+        if not issubclass(have, want):
+            raise fail(loc, f"type mismatch: {source} is {have.__name__}, {step.use}.{port} needs {want.__name__}")
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _LineFinder:
+    """Maps a field path (as pydantic reports it) to a 1-based line of the YAML file."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.root = root
+
+    def line(self, loc: tuple[Any, ...]) -> int:
+        node = self.root
+        best = 1 if node is None else node.start_mark.line + 1
+        for part in loc:
+            node = self._child(node, part)
+            if node is None:
+                break
+            best = node.start_mark.line + 1
+        return best
+
+    @staticmethod
+    def _child(node: yaml.Node | None, part: Any) -> yaml.Node | None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    return value  # type: ignore[no-any-return]
+        if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            return node.value[part]  # type: ignore[no-any-return]
+        return None
