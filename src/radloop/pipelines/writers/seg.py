@@ -1,0 +1,183 @@
+"""LabelMap → DICOM Segmentation (SEG) instance, written with highdicom.
+
+The SEG is a new series in the source study: it shares the source's StudyInstanceUID, patient
+and FrameOfReferenceUID, and references every source image (single-frame instances, or the
+frames of one multi-frame instance) it was derived from. Its frames take their
+ImagePositionPatient from the source headers, so they coincide with the source slices exactly.
+
+Segment numbers in a SEG run 1…n. Segments are numbered in the order of their label value
+(``Segment.number``), so label values 1…n keep their numbers; label values that no ``Segment``
+describes are written as background (and logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+
+import radloop
+from radloop.core.uids import derived_uid
+from radloop.pipelines.ports import Code, LabelMap, Segment, SourceFrame
+
+logger = logging.getLogger(__name__)
+
+
+def write_seg(
+    labelmap: LabelMap,
+    out_dir: Path,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str,
+    manufacturer: str = "radloop",
+    manufacturer_model_name: str = "radloop",
+    software_versions: str = radloop.__version__,
+    device_serial_number: str = "0",
+    fractional: bool = False,
+    algorithm_type: str = "AUTOMATIC",
+) -> Path:
+    """Write ``labelmap`` as a Segmentation instance ``<out_dir>/<sop_instance_uid>.dcm``.
+
+    ``fractional`` writes a FRACTIONAL (PROBABILITY) SEG with values 0 and 1 instead of a BINARY
+    one. ``algorithm_type`` is the SegmentAlgorithmType (AUTOMATIC for model output,
+    SEMIAUTOMATIC for an edited one, MANUAL drops the algorithm identification). The UIDs come
+    from the caller so that a retried job writes the same instance. Returns the file's path.
+    """
+    if not labelmap.segments:
+        raise ValueError("write_seg: labelmap has no segments to write")
+    segments = sorted(labelmap.segments, key=lambda s: s.number)
+    source_images, frame_order = _source_images(labelmap)
+    seg = hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=_seg_label_array(labelmap.array, segments)[frame_order],
+        segmentation_type="FRACTIONAL" if fractional else "BINARY",
+        segment_descriptions=_segment_descriptions(labelmap, segments, algorithm_type),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=manufacturer,
+        manufacturer_model_name=manufacturer_model_name,
+        software_versions=software_versions,
+        device_serial_number=device_serial_number,
+        series_description=series_description,
+        content_description=series_description[:64] or None,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{sop_instance_uid}.dcm"
+    seg.save_as(path)
+    logger.info("wrote SEG %s with %d segments, %d frames", path.name, len(segments), seg.NumberOfFrames)
+    return path
+
+
+def _seg_label_array(
+    labels: npt.NDArray[np.integer], segments: Sequence[Segment]
+) -> npt.NDArray[np.unsignedinteger]:
+    """Labels renumbered to SEG segment numbers 1…n (the position in ``segments``); others → 0."""
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    top = max(s.number for s in segments)
+    lut = np.zeros(top + 1, dtype=dtype)
+    for seg_number, segment in enumerate(segments, start=1):
+        lut[segment.number] = seg_number
+    inside = (labels >= 0) & (labels <= top)
+    out = np.zeros(labels.shape, dtype=dtype)
+    out[inside] = lut[labels[inside]]
+    undescribed = np.setdiff1d(np.unique(labels[labels != 0]), [s.number for s in segments])
+    if undescribed.size:
+        logger.warning("label values %s have no Segment; written as background", undescribed.tolist())
+    return out
+
+
+def _segment_descriptions(
+    labelmap: LabelMap, segments: Sequence[Segment], algorithm_type: str
+) -> list[hd.seg.SegmentDescription]:
+    """SegmentSequence items: label, coded category/type, algorithm, optional tracking ids."""
+    algorithm = labelmap.algorithm
+    identification = (
+        None
+        if algorithm_type == "MANUAL"
+        else hd.AlgorithmIdentificationSequence(
+            name=algorithm.name, family=_coded(algorithm.family), version=algorithm.version
+        )
+    )
+    study_uid = labelmap.reference.series.StudyInstanceUID
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=seg_number,
+            segment_label=segment.label,
+            segmented_property_category=_coded(segment.category),
+            segmented_property_type=_coded(segment.type),
+            algorithm_type=algorithm_type,
+            algorithm_identification=identification,
+            tracking_id=segment.tracking_id,
+            tracking_uid=(
+                derived_uid("segment-tracking", study_uid, segment.tracking_id)
+                if segment.tracking_id
+                else None
+            ),
+        )
+        for seg_number, segment in enumerate(segments, start=1)
+    ]
+
+
+def _coded(code: Code) -> hd.sr.CodedConcept:
+    """A radloop :class:`Code` as a highdicom coded concept."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _source_images(labelmap: LabelMap) -> tuple[list[Dataset], list[int]]:
+    """Source headers for highdicom, and the volume frame index for each SEG input frame.
+
+    Single-frame sources are passed in volume frame order. A multi-frame source is passed once,
+    and the volume frames are reordered to its stored frame order (highdicom pairs input frame
+    ``i`` with source frame ``i + 1``).
+    """
+    volume = labelmap.reference
+    headers = {str(ds.SOPInstanceUID): ds for ds in (_read_source_header(p) for p in volume.source_paths)}
+    frames = volume.source_frames
+    missing = {f.sop_instance_uid for f in frames} - headers.keys()
+    if missing:
+        raise ValueError(f"write_seg: source_paths lack the instances {sorted(missing)}")
+    if all(f.frame_number is None for f in frames):
+        return [headers[f.sop_instance_uid] for f in frames], list(range(len(frames)))
+    return _multi_frame_source(frames, headers)
+
+
+def _read_source_header(path: Path) -> Dataset:
+    """A source image's header, without empty top-level sequences.
+
+    highdicom copies the Patient and Study modules from the source; scanners often send Type 3
+    sequences with zero items (e.g. ProcedureCodeSequence), which are invalid in the SEG
+    (dciodvfy: "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
+    """
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    for element in list(ds):
+        if element.VR == "SQ" and len(element.value) == 0:
+            del ds[element.tag]
+    return ds
+
+
+def _multi_frame_source(
+    frames: Sequence[SourceFrame], headers: dict[str, Dataset]
+) -> tuple[list[Dataset], list[int]]:
+    """The one multi-frame source image and the volume index of each of its stored frames."""
+    instances = {f.sop_instance_uid for f in frames}
+    if len(instances) != 1 or any(f.frame_number is None for f in frames):
+        raise ValueError(
+            "write_seg: a SEG can reference either single-frame images or one multi-frame image; "
+            f"this volume mixes {len(instances)} instances"
+        )
+    source = headers[instances.pop()]
+    numbers = [f.frame_number for f in frames]
+    if sorted(n for n in numbers if n is not None) != list(range(1, int(source.NumberOfFrames) + 1)):
+        raise ValueError("write_seg: the volume does not hold every frame of its multi-frame source once")
+    order = sorted(range(len(frames)), key=lambda i: numbers[i] or 0)
+    return [source], order
