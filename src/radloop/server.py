@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 def check_destinations(settings: Settings, catalog: PipelineCatalog) -> None:
     """Every destination a pipeline names must be configured."""
     known = {d.name for d in settings.destinations}
+    for name in settings.pipelines.destinations:
+        if name != "*" and name not in catalog:
+            raise ConfigError(f"pipelines.destinations names pipeline {name!r}, which is not loaded")
     for p in catalog.all():
-        missing = [d for d in p.spec.destinations if d not in known]
+        wanted = settings.pipelines.destinations_for(p.name, p.spec.destinations)
+        missing = [d for d in wanted if d not in known]
         if missing:
             raise ConfigError(
                 f"{p.source}: pipeline {p.name} delivers to {missing}, which are not in settings.destinations "

@@ -150,6 +150,15 @@ class PipelineSettings(_Strict):
 
     dirs: list[Path] = Field(default_factory=list, description="Extra folders of pipeline YAML files.")
     include_reference: bool = Field(True, description="Load the reference pipelines shipped with radloop.")
+    destinations: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra destinations per pipeline name ('*' = every pipeline), added to the file's own.",
+    )
+
+    def destinations_for(self, pipeline: str, own: list[str]) -> list[str]:
+        """The pipeline file's destinations plus those configured here, without repeats."""
+        extra = self.destinations.get(pipeline, []) + self.destinations.get("*", [])
+        return list(dict.fromkeys([*own, *extra]))
 
 
 class Settings(BaseSettings):

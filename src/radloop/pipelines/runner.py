@@ -136,12 +136,13 @@ class JobRunner:
     def _record_results(self, job: Job, pipeline: Pipeline, values: dict[str, dict[str, Any]]) -> list[int]:
         objects = [v for outputs in values.values() for v in outputs.values() if isinstance(v, DicomObjects)]
         result_ids: list[int] = []
+        destinations = self.settings.pipelines.destinations_for(pipeline.name, pipeline.spec.destinations)
         with session_scope(self.engine) as s:
             for obj in objects:
                 for path in obj.paths:
                     result = self._store_result(s, job, obj.kind, path)
                     result_ids.append(result.id)  # type: ignore[arg-type]
-                    for dest in pipeline.spec.destinations:
+                    for dest in destinations:
                         _ensure_delivery(s, result.id, dest)  # type: ignore[arg-type]
         return result_ids
 

@@ -1,0 +1,25 @@
+# Shared by scripts/serve and scripts/test: make .venv with radloop installed.
+# On machines without an NVIDIA GPU, torch is pinned to the CPU build (constraints/cpu.txt).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RADLOOP_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+ensure_venv() {
+    local extras="$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    local constraints=()
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        constraints=(-c "$ROOT/constraints/cpu.txt")
+    fi
+    local stamp="$VENV/.radloop-installed"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+        echo "==> installing radloop$extras into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q "${constraints[@]}" -e "$ROOT$extras"
+        echo "$extras" > "$stamp"
+    fi
+}
