@@ -19,7 +19,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from io import BytesIO
+
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import Tag
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -30,6 +35,7 @@ from radloop.core.settings import ListenerSettings, Settings
 
 log = logging.getLogger(__name__)
 
+PIXEL_DATA_GROUP = Tag(0x7FE0, 0x0000)  # (Float/Double) Pixel Data and what follows
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
@@ -155,7 +161,7 @@ class StorageSCP:
         calling = str(assoc.requestor.primitive.calling_ae_title).strip()
         request = event.request
         try:
-            ds = event.dataset
+            ds = _header(event)
             info = describe(ds, str(event.context.transfer_syntax), called, calling)
             if info.sop_instance_uid != str(request.AffectedSOPInstanceUID):
                 raise InvalidInstanceError(
@@ -179,6 +185,22 @@ class StorageSCP:
         with self._lock:
             self._series_by_assoc[id(assoc)].add(stored.series_id)
         return STATUS_SUCCESS
+
+
+def _header(event: evt.Event) -> Dataset:
+    """The received data set up to (not including) its pixel data: all that indexing needs.
+
+    Decoding the pixel data here would cost a copy of every frame for nothing; the file on disk
+    keeps the complete data set exactly as sent. Deflated data sets are decoded in full.
+    """
+    ts = UID(str(event.context.transfer_syntax))
+    if ts.is_deflated:
+        return event.dataset
+    stream = event.request.DataSet.getvalue()  # type: ignore[union-attr]
+    return read_dataset(
+        BytesIO(stream), ts.is_implicit_VR, ts.is_little_endian,
+        stop_when=lambda tag, _vr, _length: tag >= PIXEL_DATA_GROUP,
+    )
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlalchemy.engine import Engine
+from sqlalchemy import String, insert, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import col, select
 
-from radloop.core.db import session_scope
 from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
 from radloop.core.models import Instance, RoutingStatus, Series, SeriesState, Study, utcnow
 from radloop.core.refs import is_valid_uid
@@ -88,6 +88,7 @@ class InstanceStore:
         self.engine = engine
         self.min_free_bytes = min_free_bytes
         self._index_lock = threading.Lock()  # one writer at a time: no upsert races on SQLite or PG
+        self._series_ids: dict[str, int] = {}  # SeriesInstanceUID → series.id (never changes once made)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def has_space(self) -> bool:
@@ -109,33 +110,46 @@ class InstanceStore:
             return self._index(info, ds, path, len(encoded))
         except IntegrityError:
             # A concurrent writer (another process on PostgreSQL) created a row first: index again.
+            self._series_ids.pop(info.series_instance_uid, None)
             return self._index(info, ds, path, len(encoded))
 
     def _index(self, info: ReceivedInstance, ds: Dataset, path: Path, size: int) -> StoredInstance:
-        with self._index_lock, session_scope(self.engine) as s:
-            existing = s.exec(select(Instance).where(Instance.sop_instance_uid == info.sop_instance_uid)).first()
-            study = _get_or_create_study(s, info, ds)
-            series, reopened = _get_or_create_series(s, study, info, ds, new_instance=existing is None)
+        """Index rows for one stored file: a few Core statements, study/series ids cached by UID."""
+        with self._index_lock, self.engine.begin() as conn:
+            existing = conn.execute(
+                select(Instance.id).where(Instance.sop_instance_uid == info.sop_instance_uid)
+            ).first()
+            series_id = self._series_id(conn, info, ds)
             now = utcnow()
+            reopened = False
             if existing is None:
-                s.add(
-                    Instance(
-                        series_id=series.id,  # type: ignore[arg-type]
-                        sop_instance_uid=info.sop_instance_uid,
-                        sop_class_uid=info.sop_class_uid,
-                        transfer_syntax_uid=info.transfer_syntax_uid,
-                        instance_number=_int_or_none(ds.get("InstanceNumber")),
-                        path=str(path.relative_to(self.data_dir)),
-                        size_bytes=size,
-                        received_at=now,
-                    )
+                conn.execute(insert(Instance).values(
+                    series_id=series_id,
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                    transfer_syntax_uid=info.transfer_syntax_uid,
+                    instance_number=_int_or_none(ds.get("InstanceNumber")),
+                    path=str(path.relative_to(self.data_dir)),
+                    size_bytes=size,
+                    received_at=now,
+                ))
+                reopened = _reopen_if_complete(conn, series_id)
+            conn.execute(
+                update(Series).where(col(Series.id) == series_id).values(
+                    last_received_at=now,
+                    instance_count=Series.instance_count + (1 if existing is None else 0),
                 )
-                series.instance_count += 1
-            series.last_received_at = now
-            s.add(series)
-            s.flush()
-            assert series.id is not None
-            return StoredInstance(series.id, path, duplicate=existing is not None, reopened=reopened)
+            )
+            return StoredInstance(series_id, path, duplicate=existing is not None, reopened=reopened)
+
+    def _series_id(self, conn: Connection, info: ReceivedInstance, ds: Dataset) -> int:
+        cached = self._series_ids.get(info.series_instance_uid)
+        if cached is not None:
+            return cached
+        study_id = _get_or_create_study(conn, info, ds)
+        series_id = _get_or_create_series(conn, study_id, info, ds)
+        self._series_ids[info.series_instance_uid] = series_id
+        return series_id
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -170,48 +184,60 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _get_or_create_study(s: Session, info: ReceivedInstance, ds: Dataset) -> Study:
-    study = s.exec(select(Study).where(Study.study_instance_uid == info.study_instance_uid)).first()
-    if study is None:
-        study = Study(
-            study_instance_uid=info.study_instance_uid,
-            patient_id=_text(ds, "PatientID"),
-            patient_name=_text(ds, "PatientName"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_date=_text(ds, "StudyDate"),
-            study_description=_text(ds, "StudyDescription"),
-        )
-        s.add(study)
-        s.flush()
-    return study
+def _get_or_create_study(conn: Connection, info: ReceivedInstance, ds: Dataset) -> int:
+    row = conn.execute(select(Study.id).where(Study.study_instance_uid == info.study_instance_uid)).first()
+    if row is not None:
+        return int(row[0])
+    res = conn.execute(insert(Study).values(
+        study_instance_uid=info.study_instance_uid,
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_description=_text(ds, "StudyDescription"),
+        created_at=utcnow(),
+    ))
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
-def _get_or_create_series(
-    s: Session, study: Study, info: ReceivedInstance, ds: Dataset, *, new_instance: bool
-) -> tuple[Series, bool]:
-    series = s.exec(select(Series).where(Series.series_instance_uid == info.series_instance_uid)).first()
-    if series is None:
-        series = Series(
-            study_id=study.id,  # type: ignore[arg-type]
-            series_instance_uid=info.series_instance_uid,
-            modality=_text(ds, "Modality"),
-            series_description=_text(ds, "SeriesDescription"),
-            series_number=_int_or_none(ds.get("SeriesNumber")),
-            sop_class_uid=info.sop_class_uid,
-            called_ae=info.called_ae,
-            calling_ae=info.calling_ae,
-        )
-        s.add(series)
-        s.flush()
-        return series, False
-    if series.state == SeriesState.complete and new_instance:
-        # A late instance (a resent duplicate brings nothing new and re-opens nothing): re-open so the series is completed (and routed) again with it.
-        series.state = SeriesState.open
-        series.routing_status = RoutingStatus.pending
-        series.routing_note = f"re-opened by a late instance after completion {series.revision}"
-        log.info("series %s re-opened by a late instance", series.id)
-        return series, True
-    return series, False
+def _get_or_create_series(conn: Connection, study_id: int, info: ReceivedInstance, ds: Dataset) -> int:
+    row = conn.execute(
+        select(Series.id).where(Series.series_instance_uid == info.series_instance_uid)
+    ).first()
+    if row is not None:
+        return int(row[0])
+    now = utcnow()
+    res = conn.execute(insert(Series).values(
+        study_id=study_id,
+        series_instance_uid=info.series_instance_uid,
+        modality=_text(ds, "Modality"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        sop_class_uid=info.sop_class_uid,
+        called_ae=info.called_ae,
+        calling_ae=info.calling_ae,
+        state=SeriesState.open,
+        revision=0,
+        instance_count=0,
+        first_received_at=now,
+        last_received_at=now,
+        routing_status=RoutingStatus.pending,
+        routing_note="",
+    ))
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+def _reopen_if_complete(conn: Connection, series_id: int) -> bool:
+    """A new instance for a complete series re-opens it, to be completed and routed again."""
+    res = conn.execute(
+        update(Series)
+        .where(col(Series.id) == series_id, col(Series.state) == SeriesState.complete)
+        .values(state=SeriesState.open, routing_status=RoutingStatus.pending,
+                routing_note="re-opened by a late instance after completion " + Series.revision.cast(String))
+    )
+    if res.rowcount:
+        log.info("series %s re-opened by a late instance", series_id)
+    return bool(res.rowcount)
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -1,0 +1,105 @@
+"""One batch of instances received outside the C-STORE SCP (a STOW-RS request, a retrieve from a
+PACS), handled like one association: each instance goes through the same store (durable file,
+then index), and when the batch ends the series it carried are handed to the assembler exactly as
+a released association's are (completed at once where the listener has ``complete_on_release``,
+else after the quiet period). A batch that fails part-way is left to the quiet period.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from radloop.connector.store import InstanceStore, StoredInstance, describe
+from radloop.core.errors import InvalidInstanceError
+
+log = logging.getLogger(__name__)
+PREAMBLE = bytes(128)
+SeriesCallback = Callable[[set[int], str], None]
+
+
+class IngestSession:
+    """Stores instances for one called (listener) AE title and completes their series at the end."""
+
+    def __init__(self, store: InstanceStore, on_end: SeriesCallback, called_ae: str, calling_ae: str) -> None:
+        self.store = store
+        self.on_end = on_end
+        self.called_ae = called_ae
+        self.calling_ae = calling_ae
+        self.series_ids: set[int] = set()
+        self.stored = 0
+        self._lock = threading.Lock()
+
+    def store_file(self, data: bytes) -> tuple[Dataset, StoredInstance]:
+        """Store one DICOM PS3.10 file (preamble optional, File Meta Information required)."""
+        encoded = _as_part10(data)
+        ds = read_header(encoded)
+        return ds, self._store(encoded, ds)
+
+    def store_dataset(self, ds: Dataset) -> StoredInstance:
+        """Store a data set read elsewhere (it must carry its ``file_meta``): encoded as a PS3.10 file."""
+        if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+            raise InvalidInstanceError("the data set has no File Meta Information (Transfer Syntax UID unknown)")
+        buffer = io.BytesIO()
+        try:
+            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        except (ValueError, AttributeError) as e:
+            raise InvalidInstanceError(f"cannot encode the data set: {e}") from e
+        return self._store(buffer.getvalue(), ds)
+
+    def _store(self, encoded: bytes, ds: Dataset) -> StoredInstance:
+        info = describe(ds, str(ds.file_meta.TransferSyntaxUID), self.called_ae, self.calling_ae)
+        meta_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "").strip()
+        if meta_uid and meta_uid != info.sop_instance_uid:
+            raise InvalidInstanceError(
+                f"SOPInstanceUID {info.sop_instance_uid} differs from MediaStorageSOPInstanceUID {meta_uid}"
+            )
+        stored = self.store.store(encoded, info, ds)
+        with self._lock:
+            self.series_ids.add(stored.series_id)
+            self.stored += 1
+        return stored
+
+    def end(self) -> None:
+        """The batch is over: hand its series to the assembler (like a released association)."""
+        with self._lock:
+            series_ids, self.series_ids = set(self.series_ids), set()
+        if series_ids:
+            log.info("%s from %s ended: %d instance(s) in %d series", self.called_ae, self.calling_ae,
+                     self.stored, len(series_ids))
+            self.on_end(series_ids, self.called_ae)
+
+    def __enter__(self) -> IngestSession:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.end()
+
+
+def _as_part10(data: bytes) -> bytes:
+    """``data`` as a complete PS3.10 file; a missing 128-byte preamble is added (tolerant read)."""
+    if data[128:132] == b"DICM":
+        return data
+    if data[:4] == b"DICM":
+        return PREAMBLE + data
+    raise InvalidInstanceError("not a DICOM PS3.10 file (no 'DICM' prefix and File Meta Information)")
+
+
+def read_header(encoded: bytes) -> Dataset:
+    """The data set of a PS3.10 file without its pixel data; :class:`InvalidInstanceError` if unreadable."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True)
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as e:
+        raise InvalidInstanceError(f"cannot read the DICOM file: {type(e).__name__}: {e}") from e
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise InvalidInstanceError("the File Meta Information has no TransferSyntaxUID")
+    return ds
