@@ -74,6 +74,11 @@ class Assembler:
             assert series is not None
             s.refresh(series)
             jobs = route_series(s, series, self.settings, self.catalog)
-            log.info("series %s complete (%s, %d instances): %d job(s)",
-                     series_id, reason, series.instance_count, len(jobs))
+            log.info(
+                "series %s complete (%s, %d instances): %d job(s)",
+                series_id,
+                reason,
+                series.instance_count,
+                len(jobs),
+            )
             return True

@@ -40,7 +40,7 @@ def explain_mismatch(rules: MatchRules, series: Series) -> str | None:
 def route_series(session: Session, series: Series, settings: Settings, catalog: PipelineCatalog) -> list[Job]:
     """Create the jobs for a just-completed series (idempotent per series revision)."""
     listener = settings.listener(series.called_ae) if series.called_ae else None
-    names = (listener.pipelines if listener and listener.pipelines else catalog.names())
+    names = listener.pipelines if listener and listener.pipelines else catalog.names()
     study = session.get(Study, series.study_id)
     jobs: list[Job] = []
     notes: list[str] = []
@@ -53,19 +53,28 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
         if why_not:
             notes.append(f"{name}: {why_not}")
             continue
-        jobs.append(_queue_job(session, series, study, name, pipeline.spec.version, pipeline.spec.priority, settings))
+        jobs.append(
+            _queue_job(session, series, study, name, pipeline.spec.version, pipeline.spec.priority, settings)
+        )
         notes.append(f"{name}: matched")
     series.routing_status = RoutingStatus.routed if jobs else RoutingStatus.unmatched
     series.routing_note = "; ".join(notes) if notes else "no pipeline configured for this AE title"
     session.add(series)
     if not jobs:
-        log.warning("series %s (AE %s) matched no pipeline: %s", series.id, series.called_ae, series.routing_note)
+        log.warning(
+            "series %s (AE %s) matched no pipeline: %s", series.id, series.called_ae, series.routing_note
+        )
     return jobs
 
 
 def _queue_job(
-    session: Session, series: Series, study: Study | None, pipeline: str, version: str,
-    priority: Priority, settings: Settings,
+    session: Session,
+    series: Series,
+    study: Study | None,
+    pipeline: str,
+    version: str,
+    priority: Priority,
+    settings: Settings,
 ) -> Job:
     key = f"{pipeline}:{series.series_instance_uid}:{series.revision}"
     existing = session.exec(select(Job).where(Job.idempotency_key == key)).first()

@@ -17,15 +17,15 @@ import socket
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
-
 from io import BytesIO
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -72,6 +72,7 @@ class StorageSCP:
         ae.network_timeout = cfg.network_timeout_s
         ae.require_called_aet = False  # several titles on one port: checked in _on_requested
         for cx in AllStoragePresentationContexts:
+            assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         return ae
@@ -87,10 +88,16 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
-        self._server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
-        port = int(self._server.server_address[1])
-        log.info("DICOM SCP listening on %s:%s for AE titles %s", cfg.host, port,
-                 ", ".join(lst.ae_title for lst in cfg.listeners))
+        server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
+        assert server is not None  # non-blocking start returns the server
+        self._server = server
+        port = int(server.server_address[1])
+        log.info(
+            "DICOM SCP listening on %s:%s for AE titles %s",
+            cfg.host,
+            port,
+            ", ".join(lst.ae_title for lst in cfg.listeners),
+        )
         return port
 
     def stop(self) -> None:
@@ -102,7 +109,7 @@ class StorageSCP:
     def _on_conn_open(self, event: evt.Event) -> None:
         if self.settings.dicom.tcp_nodelay:
             try:
-                sock = event.assoc.dul.socket.socket
+                sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as e:  # notification: never break the flow
@@ -111,22 +118,28 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         """Enforce called-AE and caller allowlists, and the disk floor, before negotiation."""
         assoc = event.assoc
-        primitive = assoc.requestor.primitive
-        called = str(primitive.called_ae_title).strip()
-        calling = str(primitive.calling_ae_title).strip()
+        called, calling = _titles(assoc)
         host = assoc.requestor.address
         listener = self.settings.listener(called)
         reason: tuple[int, int, int] | None = None
         if listener is None:
             reason = REJECT_CALLED_AE
-            log.warning("association rejected: called AE %r is not one of ours (caller %r from %s)",
-                        called, calling, host)
+            log.warning(
+                "association rejected: called AE %r is not one of ours (caller %r from %s)",
+                called,
+                calling,
+                host,
+            )
         elif not _caller_allowed(listener, calling, host):
             reason = REJECT_CALLING_AE
-            log.warning("association rejected: caller %r from %s is not allowed on AE %r", calling, host, called)
+            log.warning(
+                "association rejected: caller %r from %s is not allowed on AE %r", calling, host, called
+            )
         elif not self.store.has_space():
             reason = REJECT_NO_RESOURCES
-            log.error("association rejected: free disk space below the floor (AE %r, caller %r)", called, calling)
+            log.error(
+                "association rejected: free disk space below the floor (AE %r, caller %r)", called, calling
+            )
         if reason is not None:
             assoc.acse.send_reject(*reason)
             assoc.is_rejected = True
@@ -143,8 +156,10 @@ class StorageSCP:
             series_ids = self._series_by_assoc.pop(id(event.assoc), set())
         if not series_ids:
             return
-        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
-        log.info("association %s by %s: %d series", "released" if released else "aborted", called, len(series_ids))
+        called, _calling = _titles(event.assoc)
+        log.info(
+            "association %s by %s: %d series", "released" if released else "aborted", called, len(series_ids)
+        )
         if released:
             try:
                 self.on_association_end(series_ids, called)
@@ -157,9 +172,8 @@ class StorageSCP:
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc
-        called = str(assoc.requestor.primitive.called_ae_title).strip()
-        calling = str(assoc.requestor.primitive.calling_ae_title).strip()
-        request = event.request
+        called, calling = _titles(assoc)
+        request = cast(C_STORE, event.request)
         try:
             ds = _header(event)
             info = describe(ds, str(event.context.transfer_syntax), called, calling)
@@ -173,8 +187,13 @@ class StorageSCP:
             log.error("C-STORE from %s refused: %s", calling, e)
             return _status(STATUS_OUT_OF_RESOURCES, str(e))
         except InvalidInstanceError as e:
-            log.warning("C-STORE from %s to %s refused (SOP Instance %s): %s",
-                        calling, called, request.AffectedSOPInstanceUID, e)
+            log.warning(
+                "C-STORE from %s to %s refused (SOP Instance %s): %s",
+                calling,
+                called,
+                request.AffectedSOPInstanceUID,
+                e,
+            )
             return _status(STATUS_CANNOT_UNDERSTAND, str(e))
         except StoreError as e:
             log.error("C-STORE from %s failed: %s", calling, e)
@@ -198,9 +217,19 @@ def _header(event: evt.Event) -> Dataset:
         return event.dataset
     stream = event.request.DataSet.getvalue()  # type: ignore[union-attr]
     return read_dataset(
-        BytesIO(stream), ts.is_implicit_VR, ts.is_little_endian,
+        BytesIO(stream),
+        ts.is_implicit_VR,
+        ts.is_little_endian,
         stop_when=lambda tag, _vr, _length: tag >= PIXEL_DATA_GROUP,
     )
+
+
+def _titles(assoc: Any) -> tuple[str, str]:
+    """(called, calling) AE titles of an association's request, stripped; empty if unknown."""
+    primitive = assoc.requestor.primitive
+    if primitive is None:
+        return "", ""
+    return str(primitive.called_ae_title).strip(), str(primitive.calling_ae_title).strip()
 
 
 def _status(code: int, comment: str) -> Dataset:

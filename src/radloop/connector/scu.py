@@ -74,7 +74,9 @@ def send_files(
     ae = _requestor(calling_ae, timeout_s, headers.values())
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
     if not assoc.is_established:
-        raise DeliveryError(f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)")
+        raise DeliveryError(
+            f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
+        )
     report = SendReport()
     try:
         for f in files:
@@ -83,7 +85,7 @@ def send_files(
             if on_progress:
                 on_progress(f, ok)
             if not assoc.is_established:
-                for rest in files[len(report.sent) + len(report.failed):]:
+                for rest in files[len(report.sent) + len(report.failed) :]:
                     report.failed.append((rest, "association lost"))
                 break
     finally:
@@ -103,14 +105,16 @@ def _requestor(calling_ae: str, timeout_s: float, headers: Iterable[Dataset]) ->
             if uid not in syntaxes:
                 syntaxes.append(uid)
     if len(wanted) > MAX_CONTEXTS:
-        raise DeliveryError(f"{len(wanted)} SOP classes in one send; at most {MAX_CONTEXTS} fit in one association")
+        raise DeliveryError(
+            f"{len(wanted)} SOP classes in one send; at most {MAX_CONTEXTS} fit in one association"
+        )
     for sop_class, syntaxes in wanted.items():
         ae.add_requested_context(sop_class, syntaxes)
     return ae
 
 
 def _nodelay(event: evt.Event) -> None:
-    sock = event.assoc.dul.socket.socket
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

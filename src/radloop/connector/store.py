@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlalchemy import String, insert, update
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -59,13 +59,18 @@ class StoredInstance:
     reopened: bool
 
 
-def describe(ds: Dataset, transfer_syntax_uid: str, called_ae: str = "", calling_ae: str = "") -> ReceivedInstance:
+def describe(
+    ds: Dataset, transfer_syntax_uid: str, called_ae: str = "", calling_ae: str = ""
+) -> ReceivedInstance:
     """Pull the identifying UIDs out of a data set, refusing objects that lack valid ones."""
+
     def uid(keyword: str) -> str:
         value = str(ds.get(keyword, "") or "").strip()
         if not is_valid_uid(value):
             shown = repr(value) if value else "empty"
-            raise InvalidInstanceError(f"{keyword} is {shown}: not a valid UID, the instance cannot be stored")
+            raise InvalidInstanceError(
+                f"{keyword} is {shown}: not a valid UID, the instance cannot be stored"
+            )
         return value
 
     return ReceivedInstance(
@@ -102,7 +107,8 @@ class InstanceStore:
         """Write ``encoded`` (a complete DICOM file: preamble, meta, data set) durably, then index it."""
         if not self.has_space():
             raise DiskFullError(
-                f"free space on {self.root} is below the floor of {self.min_free_bytes} bytes; refusing new data"
+                f"free space on {self.root} is below the floor of {self.min_free_bytes} bytes; "
+                "refusing new data"
             )
         path = self.path_for(info)
         _write_durably(path, encoded)
@@ -123,19 +129,23 @@ class InstanceStore:
             now = utcnow()
             reopened = False
             if existing is None:
-                conn.execute(insert(Instance).values(
-                    series_id=series_id,
-                    sop_instance_uid=info.sop_instance_uid,
-                    sop_class_uid=info.sop_class_uid,
-                    transfer_syntax_uid=info.transfer_syntax_uid,
-                    instance_number=_int_or_none(ds.get("InstanceNumber")),
-                    path=str(path.relative_to(self.data_dir)),
-                    size_bytes=size,
-                    received_at=now,
-                ))
+                conn.execute(
+                    insert(Instance).values(
+                        series_id=series_id,
+                        sop_instance_uid=info.sop_instance_uid,
+                        sop_class_uid=info.sop_class_uid,
+                        transfer_syntax_uid=info.transfer_syntax_uid,
+                        instance_number=_int_or_none(ds.get("InstanceNumber")),
+                        path=str(path.relative_to(self.data_dir)),
+                        size_bytes=size,
+                        received_at=now,
+                    )
+                )
                 reopened = _reopen_if_complete(conn, series_id)
             conn.execute(
-                update(Series).where(col(Series.id) == series_id).values(
+                update(Series)
+                .where(col(Series.id) == series_id)
+                .values(
                     last_received_at=now,
                     instance_count=Series.instance_count + (1 if existing is None else 0),
                 )
@@ -163,7 +173,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -188,15 +198,17 @@ def _get_or_create_study(conn: Connection, info: ReceivedInstance, ds: Dataset) 
     row = conn.execute(select(Study.id).where(Study.study_instance_uid == info.study_instance_uid)).first()
     if row is not None:
         return int(row[0])
-    res = conn.execute(insert(Study).values(
-        study_instance_uid=info.study_instance_uid,
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_date=_text(ds, "StudyDate"),
-        study_description=_text(ds, "StudyDescription"),
-        created_at=utcnow(),
-    ))
+    res = conn.execute(
+        insert(Study).values(
+            study_instance_uid=info.study_instance_uid,
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_date=_text(ds, "StudyDate"),
+            study_description=_text(ds, "StudyDescription"),
+            created_at=utcnow(),
+        )
+    )
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
@@ -207,23 +219,25 @@ def _get_or_create_series(conn: Connection, study_id: int, info: ReceivedInstanc
     if row is not None:
         return int(row[0])
     now = utcnow()
-    res = conn.execute(insert(Series).values(
-        study_id=study_id,
-        series_instance_uid=info.series_instance_uid,
-        modality=_text(ds, "Modality"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int_or_none(ds.get("SeriesNumber")),
-        sop_class_uid=info.sop_class_uid,
-        called_ae=info.called_ae,
-        calling_ae=info.calling_ae,
-        state=SeriesState.open,
-        revision=0,
-        instance_count=0,
-        first_received_at=now,
-        last_received_at=now,
-        routing_status=RoutingStatus.pending,
-        routing_note="",
-    ))
+    res = conn.execute(
+        insert(Series).values(
+            study_id=study_id,
+            series_instance_uid=info.series_instance_uid,
+            modality=_text(ds, "Modality"),
+            series_description=_text(ds, "SeriesDescription"),
+            series_number=_int_or_none(ds.get("SeriesNumber")),
+            sop_class_uid=info.sop_class_uid,
+            called_ae=info.called_ae,
+            calling_ae=info.calling_ae,
+            state=SeriesState.open,
+            revision=0,
+            instance_count=0,
+            first_received_at=now,
+            last_received_at=now,
+            routing_status=RoutingStatus.pending,
+            routing_note="",
+        )
+    )
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
@@ -232,8 +246,11 @@ def _reopen_if_complete(conn: Connection, series_id: int) -> bool:
     res = conn.execute(
         update(Series)
         .where(col(Series.id) == series_id, col(Series.state) == SeriesState.complete)
-        .values(state=SeriesState.open, routing_status=RoutingStatus.pending,
-                routing_note="re-opened by a late instance after completion " + Series.revision.cast(String))
+        .values(
+            state=SeriesState.open,
+            routing_status=RoutingStatus.pending,
+            routing_note="re-opened by a late instance after completion",
+        )
     )
     if res.rowcount:
         log.info("series %s re-opened by a late instance", series_id)

@@ -36,7 +36,9 @@ def make_engine(settings: Settings) -> Engine:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint; files are fsynced separately
+    cur.execute(
+        "PRAGMA synchronous=NORMAL"
+    )  # WAL + NORMAL: durable at checkpoint; files are fsynced separately
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

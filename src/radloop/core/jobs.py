@@ -129,9 +129,7 @@ def requeue_expired(engine: Engine) -> list[int]:
     """Re-queue running jobs whose lease expired (their worker died); returns their ids."""
     now = utcnow()
     with session_scope(engine) as s:
-        stale = s.exec(
-            select(Job).where(Job.state == JobState.running, col(Job.lease_until) < now)
-        ).all()
+        stale = s.exec(select(Job).where(Job.state == JobState.running, col(Job.lease_until) < now)).all()
         for job in stale:
             job.state = JobState.queued
             job.next_attempt_at = now

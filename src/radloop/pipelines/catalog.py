@@ -23,14 +23,17 @@ class PipelineCatalog:
         for p in pipelines:
             if p.name in self._by_name:
                 raise ConfigError(
-                    f"pipeline name {p.name!r} is defined twice: {self._by_name[p.name].source} and {p.source}"
+                    f"pipeline name {p.name!r} is defined twice: "
+                    f"{self._by_name[p.name].source} and {p.source}"
                 )
             self._by_name[p.name] = p
 
     @classmethod
     def load(cls, settings: Settings, registry: OperatorRegistry) -> PipelineCatalog:
         """Load and validate every pipeline file the settings point at."""
-        folders = ([REFERENCE_DIR] if settings.pipelines.include_reference else []) + list(settings.pipelines.dirs)
+        folders = ([REFERENCE_DIR] if settings.pipelines.include_reference else []) + list(
+            settings.pipelines.dirs
+        )
         pipelines = []
         for folder in folders:
             if not folder.is_dir():

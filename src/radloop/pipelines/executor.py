@@ -93,7 +93,9 @@ class LocalExecutor:
             job = jobs.claim_next(self.engine, self.worker_id, self.settings.workers.lease_s)
             if job is None or job.id is None:
                 return
-            log.info("job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts)
+            log.info(
+                "job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts
+            )
             future = self._pool.submit(_run_in_worker, job.id, self.worker_id)
             self._running[job.id] = _Running(future, time.monotonic())
 
@@ -125,8 +127,15 @@ class LocalExecutor:
 
     def _record_failure(self, job_id: int, error: str, *, transient: bool) -> None:
         cfg = self.settings.workers
-        state = jobs.fail_attempt(self.engine, job_id, self.worker_id, error, transient=transient,
-                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        state = jobs.fail_attempt(
+            self.engine,
+            job_id,
+            self.worker_id,
+            error,
+            transient=transient,
+            base_s=cfg.retry_base_s,
+            cap_s=cfg.retry_cap_s,
+        )
         log.error("job %s: %s → %s", job_id, error, state)
 
 
@@ -163,14 +172,28 @@ def _run_in_worker(job_id: int, worker_id: str) -> str:
     try:
         runner.run(job_id)
     except JobError as e:
-        state = jobs.fail_attempt(runner.engine, job_id, worker_id, str(e), transient=e.transient,
-                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        state = jobs.fail_attempt(
+            runner.engine,
+            job_id,
+            worker_id,
+            str(e),
+            transient=e.transient,
+            base_s=cfg.retry_base_s,
+            cap_s=cfg.retry_cap_s,
+        )
         log.warning("job %s failed: %s → %s", job_id, e, state)
         return str(state)
     except Exception as e:  # job boundary: any other error is recorded on the job and retried
         log.exception("job %s raised", job_id)
-        state = jobs.fail_attempt(runner.engine, job_id, worker_id, f"{type(e).__name__}: {e}", transient=True,
-                                  base_s=cfg.retry_base_s, cap_s=cfg.retry_cap_s)
+        state = jobs.fail_attempt(
+            runner.engine,
+            job_id,
+            worker_id,
+            f"{type(e).__name__}: {e}",
+            transient=True,
+            base_s=cfg.retry_base_s,
+            cap_s=cfg.retry_cap_s,
+        )
         return str(state)
     jobs.finish(runner.engine, job_id, worker_id)
     return "succeeded"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from radloop.core.errors import ConfigError
 from radloop.core.models import Priority
@@ -33,7 +33,9 @@ class MatchRules(BaseModel):
 
     modality: list[str] = Field(default_factory=list)
     sop_class_uid: list[str] = Field(default_factory=list)
-    series_description: str | None = Field(None, description="Regular expression searched in SeriesDescription.")
+    series_description: str | None = Field(
+        None, description="Regular expression searched in SeriesDescription."
+    )
     called_ae: list[str] = Field(default_factory=list)
     calling_ae: list[str] = Field(default_factory=list)
     min_instances: int = Field(1, ge=1)
@@ -63,7 +65,9 @@ class OperatorStep(BaseModel):
     @classmethod
     def _id(cls, v: str) -> str:
         if not _ID_RE.match(v) or v == PIPELINE_INPUT:
-            raise ValueError(f"operator id {v!r} must be lower-case letters, digits, '-', '_' and not 'input'")
+            raise ValueError(
+                f"operator id {v!r} must be lower-case letters, digits, '-', '_' and not 'input'"
+            )
         return v
 
 
@@ -75,10 +79,15 @@ class PipelineSpec(BaseModel):
     name: str
     version: str
     description: str = ""
-    match: MatchRules = Field(default_factory=MatchRules)
+    match: MatchRules = Field(default_factory=lambda: MatchRules())
     priority: Priority = Priority.normal
     operators: list[OperatorStep] = Field(min_length=1)
     destinations: list[str] = Field(default_factory=list)
+    destination_kinds: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Result kinds (SEG, RTSTRUCT, SR, SC) sent to each named destination; "
+        "a destination not named here gets every kind.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -86,6 +95,18 @@ class PipelineSpec(BaseModel):
         if not _ID_RE.match(v):
             raise ValueError(f"pipeline name {v!r} must be lower-case letters, digits, '-', '_'")
         return v
+
+    @model_validator(mode="after")
+    def _kinds_name_destinations(self) -> PipelineSpec:
+        unknown = sorted(set(self.destination_kinds) - set(self.destinations))
+        if unknown:
+            raise ValueError(f"destination_kinds names {unknown}, not in destinations {self.destinations}")
+        return self
+
+    def sends(self, kind: str, destination: str) -> bool:
+        """Whether this pipeline sends its results of ``kind`` to ``destination``."""
+        kinds = self.destination_kinds.get(destination)
+        return kinds is None or kind in kinds
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,10 @@ def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _Li
         if step.id in bound:
             raise fail(("operators", i, "id"), f"duplicate operator id {step.id!r}")
         if step.use not in registry:
-            raise fail(("operators", i, "use"), f"unknown operator {step.use!r} (known: {', '.join(registry.names())})")
+            raise fail(
+                ("operators", i, "use"),
+                f"unknown operator {step.use!r} (known: {', '.join(registry.names())})",
+            )
         cls = registry.get(step.use)
         try:
             options = cls.Options.model_validate(step.with_)
@@ -160,12 +184,17 @@ def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _Li
         bound[step.id] = BoundStep(step, cls, options)
     for i, step in enumerate(spec.operators):
         _check_wiring(i, step, bound, fail)
-    graph = {sid: {src.split(".")[0] for src in b.step.inputs.values()} - {PIPELINE_INPUT} for sid, b in bound.items()}
+    graph = {
+        sid: {src.split(".")[0] for src in b.step.inputs.values()} - {PIPELINE_INPUT}
+        for sid, b in bound.items()
+    }
     try:
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as e:
         cycle = " → ".join(str(n) for n in e.args[1])
-        raise ConfigError(f"{path}:{lines.line(('operators',))}: operators: cycle between operators: {cycle}") from e
+        raise ConfigError(
+            f"{path}:{lines.line(('operators',))}: operators: cycle between operators: {cycle}"
+        ) from e
     return Pipeline(spec=spec, steps=tuple(bound[sid] for sid in order), source=path)
 
 
@@ -173,7 +202,10 @@ def _check_wiring(i: int, step: OperatorStep, bound: dict[str, BoundStep], fail:
     cls = bound[step.id].operator
     for port in step.inputs:
         if port not in cls.inputs:
-            raise fail(("operators", i, "inputs", port), f"{step.use} has no input {port!r} (has: {sorted(cls.inputs)})")
+            raise fail(
+                ("operators", i, "inputs", port),
+                f"{step.use} has no input {port!r} (has: {sorted(cls.inputs)})",
+            )
     for port, want in cls.inputs.items():
         loc = ("operators", i, "inputs", port)
         source = step.inputs.get(port)
@@ -191,7 +223,9 @@ def _check_wiring(i: int, step: OperatorStep, bound: dict[str, BoundStep], fail:
         else:
             have = bound[src_id].operator.outputs[src_port]
         if not issubclass(have, want):
-            raise fail(loc, f"type mismatch: {source} is {have.__name__}, {step.use}.{port} needs {want.__name__}")
+            raise fail(
+                loc, f"type mismatch: {source} is {have.__name__}, {step.use}.{port} needs {want.__name__}"
+            )
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -222,7 +256,7 @@ class _LineFinder:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if key.value == part:
-                    return value  # type: ignore[no-any-return]
+                    return value
         if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            return node.value[part]  # type: ignore[no-any-return]
+            return node.value[part]
         return None
