@@ -15,7 +15,8 @@ import pytest
 import peers
 
 # Binaries and files that `peers`-marked tests need.
-PEER_BINARIES = ("Orthanc", "storescu", "storescp", "echoscu", "findscu", "movescu", "dcmdump", "dciodvfy")
+PEER_BINARIES = ("Orthanc", "storescu", "storescp", "echoscu", "findscu", "movescu", "dcmdump", "dciodvfy",
+                 "chromium")
 
 
 def _missing_peer_requirements() -> list[str]:

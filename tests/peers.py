@@ -10,6 +10,7 @@ on `sys.path`); `bench/ingest.py` puts `tests/` on `sys.path` itself.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -43,6 +44,8 @@ _DEBIAN_PACKAGE = {
     "movescu": "dcmtk",
     "dcmdump": "dcmtk",
     "dciodvfy": "dicom3tools",
+    "chromium": "chromium",
+    "dcm2niix": "dcm2niix",
 }
 
 # storescu proposes only uncompressed transfer syntaxes unless told otherwise; to send a
@@ -158,7 +161,11 @@ class OrthancServer:
     (`RemoteAccessAllowed: false`). Note: Orthanc 1.10 has no bind-address option, so both
     ports listen on all interfaces; remote HTTP clients are refused, remote DICOM is not.
     `modalities` maps a name to `(AET, host, port)`; Orthanc answers C-FIND / C-MOVE only
-    from AEs listed there (they can also be added later with `add_modality`).
+    from AEs listed there (they can also be added later with `add_modality`). With `credentials`
+    (user, password) the REST API and DICOMweb require HTTP basic authentication.
+
+    The ports are chosen once, here: `stop()` then `start()` brings the same server back on the
+    same ports with the same storage (a PACS that was down for a while).
     """
 
     def __init__(
@@ -167,8 +174,10 @@ class OrthancServer:
         aet: str = "ORTHANC",
         modalities: dict[str, tuple[str, str, int]] | None = None,
         extra_config: dict[str, Any] | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.credentials = credentials
         self.aet = aet
         self.modalities = dict(modalities or {})
         self.extra_config = dict(extra_config or {})
@@ -198,7 +207,8 @@ class OrthancServer:
             "HttpServerEnabled": True,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": self.credentials is not None,
+            "RegisteredUsers": dict([self.credentials]) if self.credentials else {},
             "HttpDescribeErrors": True,
             "OrthancExplorerEnabled": False,
             "WebDavEnabled": False,
@@ -301,7 +311,11 @@ class OrthancServer:
         headers: dict[str, str] | None = None,
     ) -> bytes:
         """Call the REST API and return the response body; HTTP errors carry Orthanc's log."""
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.credentials:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 return bytes(response.read())

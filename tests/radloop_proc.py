@@ -23,14 +23,17 @@ class RadloopServer:
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
         self.port = peers.free_port()
+        self.api_port = peers.free_port()
         base: dict[str, Any] = {
             "data_dir": str(workdir / "data"),
             "dicom": {"host": "127.0.0.1", "port": self.port, "min_free_bytes": 0},
+            "api": {"host": "127.0.0.1", "port": self.api_port},
             "workers": {"processes": 1, "poll_interval_s": 0.2, "retry_base_s": 1.0},
             "outbox": {"poll_interval_s": 0.5, "retry_base_s": 1.0, "retry_cap_s": 5.0},
         }
         merged = _merge(base, config)
         merged["dicom"]["port"] = self.port
+        merged["api"]["port"] = self.api_port
         self.config_path = workdir / "radloop.yaml"
         self.config_path.write_text(yaml.safe_dump(merged))
         self.log_path = workdir / "serve.log"
@@ -80,14 +83,27 @@ class RadloopServer:
         self.proc.wait(timeout=10)
         self.proc = None
 
+    @property
+    def api_url(self) -> str:
+        """Root URL of the HTTP API (REST under /api/v1, DICOMweb under /dicomweb)."""
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def create_token(self, name: str = "tests") -> str:
+        """An API token made with ``radloop tokens create`` (the CLI prints it on its last line)."""
+        done = self.cli("tokens", "create", name)
+        if done.returncode != 0:
+            raise RuntimeError(f"radloop tokens create failed: {done.stderr}")
+        return done.stdout.strip().splitlines()[-1]
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run a ``radloop`` CLI command against this server's config."""
+    def cli(self, *args: str, with_config: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a ``radloop`` CLI command (against this server's config unless ``with_config`` is False)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RADLOOP_")}
+        config = ["-c", str(self.config_path)] if with_config else []
         return subprocess.run(
-            [sys.executable, "-m", "radloop.cli", *args, "-c", str(self.config_path)],
+            [sys.executable, "-m", "radloop.cli", *args, *config],
             capture_output=True, text=True, env=env, timeout=120, check=False,
         )
 

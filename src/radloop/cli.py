@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radloop import services
+from radloop.cli_export import export_app
+from radloop.cli_models import models_app, triton_app
+from radloop.cli_xnat import run_pipeline, xnat_app
 from radloop.core import db
 from radloop.core.errors import RadloopError
 from radloop.core.logging import configure_logging
@@ -27,9 +30,17 @@ pipelines_app = typer.Typer(help="Pipeline files.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="The outbox: results × destinations.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (machine access to the HTTP API).", no_args_is_help=True)
+pulls_app = typer.Typer(help="Studies pulled from PACS sources, and polling.", no_args_is_help=True)
 for sub, name in [(studies_app, "studies"), (jobs_app, "jobs"), (pipelines_app, "pipelines"),
-                  (deliveries_app, "deliveries"), (config_app, "config"), (db_app, "db")]:
+                  (deliveries_app, "deliveries"), (config_app, "config"), (db_app, "db"),
+                  (tokens_app, "tokens"), (pulls_app, "pulls")]:
     app.add_typer(sub, name=name)
+app.add_typer(models_app, name="models")
+app.add_typer(triton_app, name="triton")
+app.add_typer(xnat_app, name="xnat")
+app.add_typer(export_app, name="export")
+app.command("run-pipeline")(run_pipeline)
 
 console = Console()
 ConfigOpt = Annotated[
@@ -158,13 +169,13 @@ def pipelines_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     from radloop.pipelines.catalog import PipelineCatalog
     from radloop.pipelines.operators import builtin_registry
 
-    catalog = PipelineCatalog.load(_settings(config), builtin_registry())
-    rows = [
-        {"name": p.name, "version": p.spec.version, "operators": " → ".join(s.step.id for s in p.steps),
-         "destinations": ", ".join(p.spec.destinations), "file": str(p.source), "description": p.spec.description}
-        for p in catalog.all()
-    ]
-    _emit(rows, as_json, ["name", "version", "operators", "destinations", "file"], "Pipelines")
+    rows = services.list_pipelines(PipelineCatalog.load(_settings(config), builtin_registry()))
+    if as_json:
+        _emit(rows, True, [], "")
+        return
+    flat = [{**r, "operators": " → ".join(o["id"] for o in r["operators"]),
+             "destinations": ", ".join(r["destinations"])} for r in rows]
+    _table(flat, ["name", "version", "operators", "destinations", "file"], "Pipelines")
 
 
 @pipelines_app.command("validate")
@@ -219,12 +230,133 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     console.print(f"database at {settings.database_url.split('@')[-1]} is up to date")
 
 
+@tokens_app.command("create")
+def tokens_create(name: Annotated[str, typer.Argument(help="Who the token is for, e.g. 'pacs-router'.")],
+                  config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Create an API token and print it once (only its hash is stored)."""
+    row = services.create_token(_engine(_settings(config)), name)
+    if as_json:
+        _emit(row, True, [], "")
+        return
+    console.print(f"token {row['name']!r} (id {row['id']}) created; it is shown only now:")
+    sys.stdout.write(row["token"] + "\n")
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """API tokens, active and revoked (never the tokens themselves)."""
+    rows = services.list_tokens(_engine(_settings(config)))
+    columns = ["id", "name", "prefix", "active", "created_at", "last_used_at", "revoked_at"]
+    _emit(rows, as_json, columns, "Tokens")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name_or_id: Annotated[str, typer.Argument(help="Token name or id.")],
+                  config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Revoke an active token: requests carrying it get 401 from now on."""
+    row = services.revoke_token(_engine(_settings(config)), name_or_id)
+    _emit(row, as_json, ["id", "name", "revoked_at"], "Revoked")
+
+
+@app.command()
+def pull(
+    source: Annotated[str | None, typer.Option(help="Pull source (default: the only one).")] = None,
+    accession: Annotated[str, typer.Option("--accession", help="AccessionNumber of the study.")] = "",
+    study: Annotated[str, typer.Option("--study", help="StudyInstanceUID of the study.")] = "",
+    config: ConfigOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Retrieve a study from a PACS now (by --accession or --study); it is routed like a pushed one.
+
+    With a C-MOVE source, the PACS sends the study to ``radloop serve``'s DICOM port, which must be running.
+    """
+    settings = _settings(config)
+    configure_logging("WARNING")
+    name = source or _only_source(settings)
+    engine = _engine(settings)
+    rows = services.pull_study(services.build_puller(settings, engine), name, accession, study)
+    _emit(rows, as_json, ["source", "study_instance_uid", "accession_number", "state", "instances",
+                          "failed_instances", "error"], "Pulled")
+    if any(r["state"] != "done" for r in rows):
+        raise typer.Exit(1)
+
+
+def _only_source(settings: Settings) -> str:
+    if len(settings.sources) != 1:
+        names = [s.name for s in settings.sources]
+        raise RadloopError(f"name the source with --source (configured: {names})")
+    return settings.sources[0].name
+
+
+@pulls_app.command("list")
+def pulls_list(config: ConfigOpt = None, as_json: JsonOpt = False, source: str | None = None,
+               state: str | None = None, limit: int = 100) -> None:
+    """Studies found on pull sources: state, retrievals, instances."""
+    rows = services.list_pulls(_engine(_settings(config)), source, state, limit)
+    _emit(rows, as_json, ["id", "source", "study_instance_uid", "trigger", "state", "retrievals", "instances",
+                          "retrieved_at", "error"], "Pulls")
+
+
+@pulls_app.command("poll")
+def pulls_poll(source: Annotated[str, typer.Argument(help="Pull source name.")], config: ConfigOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Poll a source once now, as ``radloop serve`` does on schedule (new studies only)."""
+    settings = _settings(config)
+    configure_logging("WARNING")
+    report = services.poll_source(services.build_puller(settings, _engine(settings)), source)
+    if as_json:
+        _emit(report, True, [], "")
+        return
+    retrieved = len(report["retrieved"])
+    console.print(f"{report['found']} found, {report['skipped']} already pulled, {retrieved} retrieved")
+
+
+@pulls_app.command("sources")
+def pulls_sources(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Configured pull sources and where their polling stands."""
+    settings = _settings(config)
+    rows = services.list_sources(settings, _engine(settings))
+    if as_json:
+        _emit(rows, True, [], "")
+        return
+    flat = [{**r, "poll": "on" if r["poll"]["enabled"] else "off",
+             "since": (r["cursor"] or {}).get("since_date", ""), "polls": (r["cursor"] or {}).get("polls", 0)}
+            for r in rows]
+    columns = ["name", "kind", "address", "listener_ae_title", "retrieve", "poll", "polls", "since"]
+    _table(flat, columns, "Sources")
+
+
+@app.command("review-url")
+def review_url(
+    study: Annotated[str | None, typer.Argument(
+        help="StudyInstanceUID or AccessionNumber of the study to review; omit for a worklist link.")] = None,
+    reviewer: Annotated[str, typer.Option(help="Who reviews (the PACS user ID).")] = "",
+    result: Annotated[str, typer.Option(help="SeriesInstanceUID or SOPInstanceUID of the SEG; "
+                                              "default: the study's newest AI SEG.")] = "",
+    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds the link stays valid "
+                                                  "(default: review.link_ttl_s).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a signed, expiring launch URL for the review app (what a PACS launch button opens)."""
+    from radloop.core.refs import is_valid_uid
+    from radloop.viewer_launch.signing import launch_url
+
+    if not reviewer.strip():
+        raise RadloopError("--reviewer is required: the launch URL names who reviews")
+    settings = _settings(config)
+    named = study or ""
+    by_uid = is_valid_uid(named)
+    url = launch_url(settings, reviewer=reviewer.strip(), study=named if by_uid else "",
+                     accession="" if by_uid else named, result=result,
+                     ttl_s=ttl if ttl is not None else settings.review.link_ttl_s)
+    sys.stdout.write(url + "\n")
+
+
 def main() -> None:
     """Console entry point: radloop errors become a one-line message and exit status 2."""
     try:
         app()
     except RadloopError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        sys.stderr.write(f"error: {e}\n")  # one unwrapped line: scripts and people grep it
         raise SystemExit(2) from e
 
 

@@ -1,5 +1,6 @@
-"""``radloop serve``: one process group running the SCP, the assembler, the local executor and
-the outbox on the embedded defaults (SQLite, local worker processes).
+"""``radloop serve``: one process group running the SCP, the assembler, the local executor,
+the outbox, the HTTP API (REST, DICOMweb, metrics) and the pollers of pull sources, on the
+embedded defaults (SQLite, local worker processes).
 
 Start-up validates everything first (settings, database schema, every pipeline file, every
 destination a pipeline names) and refuses to start on the first problem, naming it.
@@ -12,20 +13,25 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 
 from sqlalchemy.engine import Engine
 
+from radloop.api.context import AppContext
+from radloop.api.serving import ApiServer
 from radloop.connector.assembler import Assembler
 from radloop.connector.outbox import Outbox
+from radloop.connector.pull import Puller
 from radloop.connector.scp import StorageSCP
 from radloop.connector.store import InstanceStore
 from radloop.core import db
-from radloop.core.errors import ConfigError
+from radloop.core.errors import ConfigError, PullError
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.executor import LocalExecutor
 from radloop.pipelines.operators import builtin_registry
+from radloop.viewer_launch.prefetch import ReviewPrefetcher
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class Server:
     port: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    api: ApiServer | None = None
 
     def run_forever(self) -> None:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
@@ -90,6 +97,8 @@ class Server:
 
     def _shutdown(self) -> None:
         log.info("shutting down")
+        if self.api is not None:
+            self.api.stop()
         self.scp.stop()
         self.executor.stop(wait=False)
         for t in self._threads:
@@ -109,12 +118,38 @@ def build_server(settings: Settings) -> Server:
     return Server(settings, engine, catalog, scp, assembler, LocalExecutor(settings, engine), Outbox(settings, engine))
 
 
+def start_pollers(server: Server, puller: Puller) -> None:
+    """One polling thread per source with ``poll.enabled`` (first poll at once, then every interval)."""
+    for src in server.settings.sources:
+        if src.poll.enabled:
+            poll = partial(_poll_once, puller, src.name)
+            server._spawn(f"radloop-poll-{src.name}", poll, src.poll.interval_s)
+            log.info("polling %s every %g s", src.name, src.poll.interval_s)
+
+
+def _poll_once(puller: Puller, source: str) -> None:
+    """A scheduled poll; a source that cannot be reached is logged and tried at the next interval."""
+    try:
+        puller.poll(source)
+    except PullError as e:
+        log.warning("poll of %s failed (next try in one interval): %s", source, e)
+
+
 def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) -> None:
     """Run radloop until SIGTERM or SIGINT."""
     server = build_server(settings)
     server.assembler.resume()
     server.port = server.scp.start()
     server.executor.start()
+    context = AppContext.from_parts(
+        settings, server.engine, server.catalog, server.scp.store, server.assembler
+    )
+    if settings.api.enabled:
+        server.api = ApiServer(settings, context)
+        server.api.start()
+    start_pollers(server, context.puller)
+    if settings.review.prefetch:  # review data converted before the first launch
+        server._spawn("radloop-review-prefetch", ReviewPrefetcher(settings, server.engine).tick, 2.0)
 
     def _signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s received", signal.Signals(signum).name)
@@ -122,7 +157,9 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
-    log.info("radloop ready: DICOM %s:%s, data in %s", settings.dicom.host, server.port, settings.data_dir)
+    api = f", API http://{server.api.host}:{server.api.port}" if server.api else ""
+    log.info("radloop ready: DICOM %s:%s%s, data in %s",
+             settings.dicom.host, server.port, api, settings.data_dir)
     if on_ready:
         on_ready(server)
     server.run_forever()

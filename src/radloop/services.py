@@ -1,5 +1,6 @@
 """Service functions shared by the CLI and the HTTP API: queries and user actions on studies,
-jobs and deliveries. They take an engine, return plain dicts, and raise radloop errors."""
+jobs, deliveries, pipelines, API tokens and pulls. They take an engine (or the part they act
+through), return plain dicts, and raise radloop errors."""
 
 from __future__ import annotations
 
@@ -8,18 +9,33 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import col, func, select
 
+from radloop.connector.pull import Puller
 from radloop.core import jobs as job_states
+from radloop.core import tokens
 from radloop.core.db import session_scope
-from radloop.core.errors import RadloopError
-from radloop.core.models import Delivery, DeliveryState, Job, JobState, JobStep, Result, Series, Study, utcnow
-
-
-class NotFoundError(RadloopError):
-    """The named row does not exist."""
+from radloop.core.errors import NotFoundError, RadloopError
+from radloop.core.models import (
+    ApiToken,
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    JobStep,
+    PollCursor,
+    PulledStudy,
+    PullState,
+    Result,
+    Series,
+    Study,
+    utcnow,
+)
+from radloop.core.settings import DicomwebSource, Settings
+from radloop.pipelines.catalog import PipelineCatalog
+from radloop.pipelines.spec import Pipeline
 
 
 def _row(obj: Any) -> dict[str, Any]:
-    out = obj.model_dump()
+    out: dict[str, Any] = obj.model_dump()
     for k, v in out.items():
         if hasattr(v, "isoformat"):
             out[k] = v.isoformat()
@@ -98,6 +114,20 @@ def list_deliveries(engine: Engine, state: str | None = None, limit: int = 100) 
         return [{**_row(d), "kind": r.kind, "sop_instance_uid": r.sop_instance_uid, "job_id": r.job_id} for d, r in rows]
 
 
+def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
+    """One outbox row with the result it carries."""
+    with session_scope(engine) as s:
+        found = s.exec(
+            select(Delivery, Result)
+            .join(Result, col(Result.id) == Delivery.result_id)
+            .where(Delivery.id == delivery_id)
+        ).first()
+        if found is None:
+            raise NotFoundError(f"no delivery {delivery_id}")
+        d, r = found
+        return {**_row(d), "kind": r.kind, "sop_instance_uid": r.sop_instance_uid, "job_id": r.job_id}
+
+
 def retry_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
     """Send a failed or dismissed delivery again now."""
     with session_scope(engine) as s:
@@ -137,3 +167,220 @@ def counts(engine: Engine) -> dict[str, int]:
             select(func.count()).select_from(Delivery).where(Delivery.state == DeliveryState.pending)
         ).one()
         return out
+
+
+# --------------------------------------------------------------------------- studies and series
+
+
+def get_study(engine: Engine, study_instance_uid: str) -> dict[str, Any]:
+    """One study with its series and the jobs run on them."""
+    with session_scope(engine) as s:
+        st = s.exec(select(Study).where(Study.study_instance_uid == study_instance_uid)).first()
+        if st is None:
+            raise NotFoundError(f"no study {study_instance_uid}")
+        row = _row(st)
+        series = s.exec(select(Series).where(Series.study_id == st.id).order_by(col(Series.id))).all()
+        row["series"] = [_row(x) for x in series]
+        q = select(Job).where(Job.study_instance_uid == study_instance_uid).order_by(col(Job.id))
+        jobs = s.exec(q).all()
+        row["jobs"] = [_row(j) for j in jobs]
+        return row
+
+
+def list_series(
+    engine: Engine, state: str | None = None, routing_status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Series, newest first, optionally filtered by assembly state and routing outcome."""
+    with session_scope(engine) as s:
+        q = select(Series, Study.study_instance_uid).join(Study, col(Study.id) == Series.study_id)
+        if state:
+            q = q.where(Series.state == state)
+        if routing_status:
+            q = q.where(Series.routing_status == routing_status)
+        rows = s.exec(q.order_by(col(Series.id).desc()).limit(limit)).all()
+        return [{**_row(se), "study_instance_uid": uid} for se, uid in rows]
+
+
+def get_series(engine: Engine, series_instance_uid: str) -> dict[str, Any]:
+    """One series with its study UID and its jobs."""
+    with session_scope(engine) as s:
+        found = s.exec(
+            select(Series, Study.study_instance_uid).join(Study, col(Study.id) == Series.study_id)
+            .where(Series.series_instance_uid == series_instance_uid)
+        ).first()
+        if found is None:
+            raise NotFoundError(f"no series {series_instance_uid}")
+        se, study_uid = found
+        jobs = s.exec(select(Job).where(Job.series_id == se.id).order_by(col(Job.id))).all()
+        return {**_row(se), "study_instance_uid": study_uid, "jobs": [_row(j) for j in jobs]}
+
+
+def job_logs(engine: Engine, job_id: int) -> str:
+    """The log lines of every operator of a job, attempt by attempt, as one text."""
+    job = get_job(engine, job_id)
+    parts = []
+    for step in job["steps"]:
+        head = f"== attempt {step['attempt']} · {step['operator_id']} ({step['operator']}) · {step['state']}"
+        if step["duration_s"] is not None:
+            head += f" · {step['duration_s']:.2f} s"
+        parts.append("\n".join(x for x in (head, step["log"].rstrip(), step["error"]) if x))
+    return "\n".join(parts) + ("\n" if parts else "")
+
+
+# --------------------------------------------------------------------------- pipelines and models
+
+
+def list_pipelines(catalog: PipelineCatalog) -> list[dict[str, Any]]:
+    """Loaded pipelines: name, version, match rules, operators in order, destinations."""
+    return [_pipeline_row(p) for p in catalog.all()]
+
+
+def get_pipeline(catalog: PipelineCatalog, name: str) -> dict[str, Any]:
+    """One loaded pipeline; :class:`NotFoundError` if none has this name."""
+    if name not in catalog:
+        raise NotFoundError(f"no pipeline named {name!r} (have: {', '.join(catalog.names())})")
+    return _pipeline_row(catalog.get(name))
+
+
+def _pipeline_row(p: Pipeline) -> dict[str, Any]:
+    return {
+        "name": p.name, "version": p.spec.version, "description": p.spec.description,
+        "priority": p.spec.priority.value, "match": p.spec.match.model_dump(mode="json"),
+        "operators": [{"id": b.step.id, "use": b.step.use} for b in p.steps],
+        "destinations": list(p.spec.destinations), "file": str(p.source),
+    }
+
+
+def list_models(settings: Settings, catalog: PipelineCatalog) -> list[dict[str, Any]]:
+    """Models radloop can run: every version in the model store, then the models packaged with
+    radloop, then models a pipeline names that neither has (``available`` false); each with the
+    pipelines that use it."""
+    from radloop.inference.packaged import packaged_models
+    from radloop.inference.store import ModelStore
+
+    used = _models_used_by_pipelines(catalog)
+    store = ModelStore(settings.inference.store_dir(settings.data_dir))
+    rows = [_model_row(m.spec, "store", used) for m in store.all()]
+    have = {r["name"] for r in rows}
+    packaged = sorted(packaged_models().items())
+    rows += [_model_row(p.spec, "package", used) for name, p in packaged if name not in have]
+    have |= {r["name"] for r in rows}
+    missing = [(name, pipelines) for name, pipelines in sorted(used.items()) if name not in have]
+    rows += [{"name": name, "version": "", "format": "", "task": "", "description": "", "location": "missing",
+              "available": False, "used_by": pipelines} for name, pipelines in missing]
+    return rows
+
+
+def _models_used_by_pipelines(catalog: PipelineCatalog) -> dict[str, list[str]]:
+    """Model name → pipelines whose operators name it (``with: {model: NAME}``)."""
+    used: dict[str, set[str]] = {}
+    for p in catalog.all():
+        for b in p.steps:
+            name = b.options.model_dump().get("model")
+            if isinstance(name, str) and name:
+                used.setdefault(name, set()).add(p.name)
+    return {k: sorted(v) for k, v in used.items()}
+
+
+def _model_row(spec: Any, location: str, used: dict[str, list[str]]) -> dict[str, Any]:
+    return {"name": spec.name, "version": spec.version, "format": spec.format, "task": spec.task,
+            "description": spec.description, "location": location, "available": True,
+            "used_by": used.get(spec.name, [])}
+
+
+# --------------------------------------------------------------------------- health
+
+
+def health(engine: Engine) -> dict[str, Any]:
+    """Liveness and database reachability; raises nothing (the status says what is wrong)."""
+    from radloop import __version__
+
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        database = "ok"
+    except Exception as e:  # a health probe reports, never raises
+        database = f"error: {type(e).__name__}"
+    return {"status": "ok" if database == "ok" else "degraded", "database": database, "version": __version__}
+
+
+# --------------------------------------------------------------------------- API tokens
+
+
+def create_token(engine: Engine, name: str) -> dict[str, Any]:
+    """A new API token: the row plus ``token`` (shown once; only its hash is stored)."""
+    row, token = tokens.create(engine, name)
+    return {**_token_row(row), "token": token}
+
+
+def revoke_token(engine: Engine, name_or_id: str) -> dict[str, Any]:
+    """Revoke an active token by name or id."""
+    return _token_row(tokens.revoke(engine, name_or_id))
+
+
+def list_tokens(engine: Engine) -> list[dict[str, Any]]:
+    """Every token (never the token itself)."""
+    return [_token_row(t) for t in tokens.list_all(engine)]
+
+
+def _token_row(t: ApiToken) -> dict[str, Any]:
+    row = _row(t)
+    row.pop("token_hash", None)
+    row["active"] = t.revoked_at is None
+    return row
+
+
+# --------------------------------------------------------------------------- pulls
+
+
+def build_puller(settings: Settings, engine: Engine, catalog: PipelineCatalog | None = None) -> Puller:
+    """A puller storing through a new instance store and completing series with a new assembler."""
+    from radloop.connector.assembler import Assembler
+    from radloop.connector.store import InstanceStore
+    from radloop.pipelines.operators import builtin_registry
+
+    catalog = catalog or PipelineCatalog.load(settings, builtin_registry())
+    store = InstanceStore(settings.data_dir, engine, settings.dicom.min_free_bytes)
+    return Puller(settings, engine, store, Assembler(settings, engine, catalog).on_association_end)
+
+
+def pull_study(puller: Puller, source: str, accession_number: str = "", study_instance_uid: str = "") -> list[
+        dict[str, Any]]:
+    """Retrieve a study (by accession number or UID) from a source now; one row per study found."""
+    rows = puller.pull(source, accession_number=accession_number, study_instance_uid=study_instance_uid)
+    return [_row(r) for r in rows]
+
+
+def poll_source(puller: Puller, source: str) -> dict[str, Any]:
+    """Poll a source once now (as the scheduled poll does)."""
+    report = puller.poll(source)
+    return {"source": report.source, "found": report.found, "skipped": report.skipped,
+            "retrieved": [_row(r) for r in report.retrieved]}
+
+
+def list_pulls(engine: Engine, source: str | None = None, state: str | None = None,
+               limit: int = 100) -> list[dict[str, Any]]:
+    """Studies found on pull sources, newest first."""
+    with session_scope(engine) as s:
+        q = select(PulledStudy).order_by(col(PulledStudy.id).desc()).limit(limit)
+        if source:
+            q = q.where(PulledStudy.source == source)
+        if state:
+            q = q.where(PulledStudy.state == PullState(state))
+        return [_row(r) for r in s.exec(q).all()]
+
+
+def list_sources(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
+    """Configured pull sources with their polling settings and cursor (no credentials)."""
+    with session_scope(engine) as s:
+        cursors = {c.source: c for c in s.exec(select(PollCursor)).all()}
+    out = []
+    for src in settings.sources:
+        cursor = cursors.get(src.name)
+        where = src.url if isinstance(src, DicomwebSource) else f"{src.ae_title}@{src.host}:{src.port}"
+        out.append({
+            "name": src.name, "kind": src.kind, "address": where, "listener_ae_title": src.listener_ae_title,
+            "retrieve": getattr(src, "retrieve", "wado-rs"), "poll": src.poll.model_dump(mode="json"),
+            "cursor": _row(cursor) if cursor else None,
+        })
+    return out

@@ -50,3 +50,35 @@ class InferenceError(JobError):
 
 class DeliveryError(RadloopError):
     """A result could not be delivered to a destination; the outbox will retry."""
+
+
+class ModelNotFoundError(PermanentJobError):
+    """A pipeline names a model that is neither in the model store nor served by a configured backend."""
+
+
+class NotFoundError(RadloopError):
+    """The named thing (a study, a job, a pipeline, a pull source...) does not exist."""
+
+
+class RequestError(RadloopError):
+    """A request from a client is malformed (a bad multipart body, a bad query key)."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A request body is of a media type this endpoint does not accept."""
+
+
+class NotAcceptableError(RequestError):
+    """None of the media types (or transfer syntaxes) a client accepts can be produced."""
+
+
+class PayloadTooLargeError(RequestError):
+    """A request body is larger than the configured limit."""
+
+
+class PullError(RadloopError):
+    """A pull source could not be searched or a study could not be retrieved from it."""
+
+
+class ExportError(RadloopError):
+    """A training dataset could not be exported (an incompatible export folder, an unreadable case)."""

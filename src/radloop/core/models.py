@@ -185,3 +185,98 @@ class AuditEvent(SQLModel, table=True):
     action: str
     subject: str = ""
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class ApiToken(SQLModel, table=True):
+    """A machine's credential for the HTTP API. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    prefix: str = Field(default="", max_length=16)  # first characters, to recognise a token in a list
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class PullState(StrEnum):
+    """A study found on a pull source: being retrieved, retrieved, or failed (retried on the next poll)."""
+
+    retrieving = "retrieving"
+    done = "done"
+    failed = "failed"
+
+
+class PulledStudy(SQLModel, table=True):
+    """A study radloop retrieved (or tried to) from a pull source; polling skips those ``done``."""
+
+    __tablename__ = "pulled_study"
+    __table_args__ = (UniqueConstraint("source", "study_instance_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(index=True)
+    study_instance_uid: str = Field(max_length=64, index=True)
+    accession_number: str = ""
+    study_date: str = ""
+    trigger: str = "manual"  # manual | poll
+    state: PullState = Field(default=PullState.retrieving, index=True)
+    retrievals: int = 0
+    instances: int = 0
+    failed_instances: int = 0
+    error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    first_seen_at: datetime = Field(default_factory=utcnow)
+    retrieved_at: datetime | None = None
+
+
+class PollCursor(SQLModel, table=True):
+    """Where polling of one source stands; survives restarts."""
+
+    __tablename__ = "poll_cursor"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(unique=True, index=True)
+    polls: int = 0
+    last_poll_at: datetime | None = None
+    last_success_at: datetime | None = None
+    since_date: str = ""  # YYYYMMDD: the StudyDate the next poll matches from
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class ReviewDecision(StrEnum):
+    """What a radiologist made of an AI result: accepted as is, edited, or rejected."""
+
+    accepted = "accepted"
+    edited = "edited"
+    rejected = "rejected"
+
+
+class Review(SQLModel, table=True):
+    """One reviewer's decision on one AI result, with the agreement between the AI mask and the final one.
+
+    ``edited_result_id`` is the result row of the edited SEG ("reviewed and edited") when the
+    decision is ``edited``. ``dice`` and the volumes compare the AI mask with the final mask
+    (the AI mask itself when accepted; none when rejected).
+    """
+
+    __tablename__ = "review"
+
+    id: int | None = Field(default=None, primary_key=True)
+    result_id: int = Field(foreign_key="result.id", index=True)
+    reviewer: str = Field(index=True)
+    decision: ReviewDecision = Field(index=True)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    started_at: datetime
+    ended_at: datetime = Field(default_factory=utcnow, index=True)
+    model_name: str = Field(default="", index=True)
+    model_version: str = ""
+    pipeline: str = ""
+    pipeline_version: str = ""
+    edited_result_id: int | None = Field(default=None, foreign_key="result.id")
+    dice: float | None = None
+    volume_ai_ml: float | None = None
+    volume_final_ml: float | None = None
+    added_voxels: int | None = None
+    removed_voxels: int | None = None
+    session_id: str = ""

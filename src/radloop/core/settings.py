@@ -13,10 +13,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from radloop.core.errors import ConfigError
+from radloop.core.export_settings import TrainingExportSettings
+from radloop.core.inference_settings import InferenceSettings
+from radloop.core.review_settings import ReviewSettings
+from radloop.core.xnat_settings import XnatServerFields, XnatSettings
 
 _AE_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 _-.")
 DEV_SECRET = "radloop-development-secret-change-me"
@@ -91,11 +103,33 @@ class DicomSettings(_Strict):
         return self
 
 
-class DicomDestination(_Strict):
+class _DestinationBase(_Strict):
+    """What every destination has: a name, and the result kinds the peer takes."""
+
+    name: str
+    accepts: list[str] = Field(
+        default_factory=list,
+        description="Result kinds this peer takes (SEG, RTSTRUCT, SR, SC); empty = every kind. "
+        "Many PACSs reject SEG or RTSTRUCT: list what yours displays.",
+    )
+
+    @field_validator("accepts")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if not k.isalnum() or k != k.upper()]
+        if bad:
+            raise ValueError(f"result kinds are upper-case words such as SEG, RTSTRUCT, SR, SC; got {bad}")
+        return v
+
+    def takes(self, kind: str) -> bool:
+        """Whether results of ``kind`` (a ``DicomObjects.kind``) go to this destination."""
+        return not self.accepts or kind in self.accepts
+
+
+class DicomDestination(_DestinationBase):
     """A DICOM peer reached by C-STORE (a PACS, a router, a workstation)."""
 
     kind: Literal["dicom"] = "dicom"
-    name: str
     host: str
     port: int = Field(ge=1, le=65535)
     ae_title: str
@@ -105,15 +139,72 @@ class DicomDestination(_Strict):
     _check = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
 
-class FolderDestination(_Strict):
+class DicomwebDestination(_DestinationBase):
+    """A PACS reached by DICOMweb STOW-RS: instances are POSTed to ``<url>/studies``.
+
+    Credentials come from the config (``password``/``token``, kept as secrets: never shown or
+    logged) or, better, from an environment variable named by ``password_env``/``token_env``,
+    read when sending.
+    """
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str = ""
+    password: SecretStr | None = None
+    password_env: str = ""
+    token: SecretStr | None = None
+    token_env: str = ""
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"url {v!r} must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> DicomwebDestination:
+        has_password = self.password is not None or bool(self.password_env)
+        has_token = self.token is not None or bool(self.token_env)
+        if self.auth == "basic" and not (self.username and has_password):
+            raise ValueError("auth basic needs username and password (or password_env)")
+        if self.auth == "bearer" and not has_token:
+            raise ValueError("auth bearer needs token (or token_env)")
+        if self.auth != "basic" and (self.username or has_password):
+            raise ValueError(f"username/password are only used with auth basic, not {self.auth}")
+        if self.auth != "bearer" and has_token:
+            raise ValueError(f"token is only used with auth bearer, not {self.auth}")
+        return self
+
+    def secret(self) -> str:
+        """The password (basic) or token (bearer), from the config or its environment variable."""
+        basic = self.auth == "basic"
+        value, env = (self.password, self.password_env) if basic else (self.token, self.token_env)
+        if value is not None:
+            return value.get_secret_value()
+        if env and env in os.environ:
+            return os.environ[env]
+        raise ConfigError(f"destination {self.name!r}: environment variable {env!r} is not set")
+
+
+class FolderDestination(_DestinationBase):
     """A folder results are copied to (a share another system watches)."""
 
     kind: Literal["folder"] = "folder"
-    name: str
     path: Path
 
 
-Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="kind")]
+class XnatDestination(_DestinationBase, XnatServerFields):
+    """An XNAT project receiving results as session resources (see :mod:`radloop.core.xnat_settings`)."""
+
+    kind: Literal["xnat"] = "xnat"
+
+
+Destination = Annotated[
+    DicomDestination | DicomwebDestination | FolderDestination | XnatDestination, Field(discriminator="kind")
+]
 
 
 class DatabaseSettings(_Strict):
@@ -161,6 +252,85 @@ class PipelineSettings(_Strict):
         return list(dict.fromkeys([*own, *extra]))
 
 
+class ApiSettings(_Strict):
+    """The HTTP server of ``radloop serve``: REST API, DICOMweb (STOW-RS, QIDO-RS, WADO-RS), metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 = any free port (logged at start).")
+    base_url: str = Field(
+        "", description="External URL of the API (RetrieveURL in DICOMweb answers); empty = from the request."
+    )
+    default_ae_title: str = Field(
+        "", description="Listener AE title for STOW-RS to /dicomweb/studies; empty = the first listener."
+    )
+    max_request_bytes: int = Field(
+        4 << 30, ge=1, description="A STOW-RS request body larger than this is refused (413)."
+    )
+    token_touch_interval_s: float = Field(
+        60.0, ge=0, description="``last_used_at`` of a token is written at most this often."
+    )
+    public_docs: bool = Field(
+        False, description="Serve /openapi.json and /docs without a token (they show the API, no data)."
+    )
+
+
+class PollSettings(_Strict):
+    """Scheduled polling of a pull source: which studies to look for, and how often."""
+
+    enabled: bool = False
+    interval_s: float = Field(300.0, gt=0)
+    modalities: list[str] = Field(default_factory=list, description="ModalitiesInStudy to match; [] = any.")
+    filters: dict[str, str] = Field(
+        default_factory=dict, description="More study-level matching keys (DICOM keywords): values."
+    )
+    since_last_poll: bool = Field(True, description="Match only StudyDate from the last poll's date on.")
+    initial_lookback_days: int = Field(1, ge=0, description="StudyDate window of the very first poll.")
+    overlap_days: int = Field(1, ge=0, description="Days before the last poll's date matched too (skew).")
+    max_studies: int = Field(100, ge=1, description="Studies retrieved per poll at most (the rest wait).")
+
+
+class DicomwebSource(_Strict):
+    """A PACS reached by QIDO-RS (search) and WADO-RS (retrieve)."""
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    name: str
+    url: str = Field(description="DICOMweb root, e.g. http://pacs:8042/dicom-web")
+    listener_ae_title: str = Field(description="Our listener AE title retrieved studies are routed as.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (Authorization)")
+    timeout_s: float = Field(60.0, gt=0)
+    poll: PollSettings = Field(default_factory=PollSettings)
+
+    _check = field_validator("listener_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class DimseSource(_Strict):
+    """A PACS reached by C-FIND (search) and C-MOVE to our own AE or C-GET (retrieve)."""
+
+    kind: Literal["dimse"] = "dimse"
+    name: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(description="The PACS's AE title.")
+    listener_ae_title: str = Field(
+        description="Our listener AE title: the C-MOVE destination, and how retrieved studies are routed."
+    )
+    calling_ae_title: str = Field("", description="Our AE title towards the PACS; empty = listener_ae_title.")
+    retrieve: Literal["c-move", "c-get"] = "c-move"
+    timeout_s: float = Field(60.0, gt=0)
+    poll: PollSettings = Field(default_factory=PollSettings)
+
+    _check = field_validator("ae_title", "listener_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @property
+    def calling_ae(self) -> str:
+        """The AE title radloop associates with (``calling_ae_title`` or ``listener_ae_title``)."""
+        return self.calling_ae_title or self.listener_ae_title
+
+
+PullSource = Annotated[DicomwebSource | DimseSource, Field(discriminator="kind")]
+
+
 class Settings(BaseSettings):
     """All of radloop's configuration; see the README's "Configuration" section."""
 
@@ -176,6 +346,12 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     pipelines: PipelineSettings = Field(default_factory=PipelineSettings)
     destinations: list[Destination] = Field(default_factory=list)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    sources: list[PullSource] = Field(default_factory=list, description="PACS radloop pulls studies from.")
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+    xnat: XnatSettings = Field(default_factory=XnatSettings)
+    training_export: TrainingExportSettings = Field(default_factory=TrainingExportSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -195,14 +371,31 @@ class Settings(BaseSettings):
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError(f"destination names must be unique, got {names}")
+        self._check_sources()
         return self
+
+    def _check_sources(self) -> None:
+        names = [src.name for src in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        titles = {lst.ae_title for lst in self.dicom.listeners}
+        for src in self.sources:
+            if src.listener_ae_title not in titles:
+                raise ValueError(
+                    f"source {src.name!r}: listener_ae_title {src.listener_ae_title!r} is not one of "
+                    f"dicom.listeners ({sorted(titles)})"
+                )
+        if self.api.default_ae_title and self.api.default_ae_title not in titles:
+            raise ValueError(f"api.default_ae_title {self.api.default_ae_title!r} is not a dicom listener")
 
     @property
     def database_url(self) -> str:
         """The SQLAlchemy URL; SQLite in ``data_dir`` unless ``database.url`` is set."""
         return self.database.url or f"sqlite:///{(self.data_dir / 'radloop.db').resolve()}"
 
-    def destination(self, name: str) -> DicomDestination | FolderDestination:
+    def destination(
+        self, name: str
+    ) -> DicomDestination | DicomwebDestination | FolderDestination | XnatDestination:
         """The destination called ``name``; :class:`ConfigError` if none is configured."""
         for d in self.destinations:
             if d.name == name:

@@ -122,6 +122,29 @@ class LabelMap:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """One output of a classifier: what it looked for, how probable, and its decision if it made one."""
+
+    type: Code
+    probability: float
+    present: bool | None = None
+    site: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"Finding.probability must lie in [0, 1], got {self.probability}")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """A classifier's findings about the images of ``reference`` (for an SR measurement report)."""
+
+    items: tuple[Finding, ...]
+    reference: Volume
+    algorithm: AlgorithmIdentification
+
+
+@dataclass(frozen=True)
 class DicomObjects:
     """DICOM files an operator wrote (results), each ready to deliver."""
 
@@ -150,4 +173,5 @@ PORT_TYPES: dict[str, type] = {
     "Volume": Volume,
     "LabelMap": LabelMap,
     "DicomObjects": DicomObjects,
+    "Findings": Findings,
 }

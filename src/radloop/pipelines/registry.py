@@ -17,12 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from radloop.core.errors import ConfigError
 from radloop.core.uids import derived_uid
+
+if TYPE_CHECKING:
+    from radloop.inference.resolve import ModelResolver
 
 
 class NoOptions(BaseModel):
@@ -42,6 +45,8 @@ class OperatorContext:
     models_dir: Path | None = None
     pipeline_name: str = ""
     pipeline_version: str = ""
+    models: ModelResolver | None = None
+    """Model name → backend (settings + model store); set by the job runner."""
 
     def uid(self, *parts: str) -> str:
         """A UID that is the same on every attempt of this job (so retries overwrite, not duplicate)."""

@@ -26,10 +26,11 @@ from radloop.core.errors import ConfigError, JobError, PermanentJobError
 from radloop.core.models import Delivery, Instance, Job, JobState, JobStep, Result, Series, utcnow
 from radloop.core.refs import SeriesRef
 from radloop.core.settings import Settings
+from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.ports import DicomObjects, SeriesInput
 from radloop.pipelines.registry import OperatorContext
-from radloop.pipelines.spec import PIPELINE_INPUT, Pipeline
+from radloop.pipelines.spec import PIPELINE_INPUT, BoundStep, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class JobRunner:
         self.settings = settings
         self.engine = engine
         self.catalog = catalog
+        self.models = ModelResolver.from_settings(settings)  # backends outlive jobs: a model loads once
 
     def run(self, job_id: int) -> list[int]:
         """Run the job (which the caller has claimed); returns the ids of its result rows."""
@@ -64,7 +66,7 @@ class JobRunner:
         workdir.mkdir(parents=True)
         ctx = OperatorContext(
             job_id=job_id, idempotency_key=job.idempotency_key, workdir=workdir,
-            pipeline_name=pipeline.name, pipeline_version=pipeline.spec.version,
+            pipeline_name=pipeline.name, pipeline_version=pipeline.spec.version, models=self.models,
         )
         outputs = self._run_steps(job, pipeline, series_input, ctx)
         return self._record_results(job, pipeline, outputs)
@@ -92,14 +94,9 @@ class JobRunner:
         for bound in pipeline.steps:
             self._check_not_cancelled(job.id)  # type: ignore[arg-type]
             step = bound.step
-            inputs = {port: _resolve(values, src) for port, src in step.inputs.items()}
             ctx.logger = logging.getLogger(f"radloop.job.{step.use}")
             with self._recorded_step(job, step.id, step.use, ctx.logger):
-                outputs = bound.instantiate().run(ctx, inputs)
-            missing = set(bound.operator.outputs) - set(outputs)
-            if missing:
-                raise PermanentJobError(f"operator {step.id} ({step.use}) did not produce {sorted(missing)}")
-            values[step.id] = outputs
+                values[step.id] = run_step(bound, values, ctx)
         return values
 
     @contextmanager
@@ -139,12 +136,24 @@ class JobRunner:
         destinations = self.settings.pipelines.destinations_for(pipeline.name, pipeline.spec.destinations)
         with session_scope(self.engine) as s:
             for obj in objects:
+                wanted = [d for d in destinations if self._delivers(pipeline, obj.kind, d)]
                 for path in obj.paths:
                     result = self._store_result(s, job, obj.kind, path)
                     result_ids.append(result.id)  # type: ignore[arg-type]
-                    for dest in destinations:
+                    for dest in wanted:
                         _ensure_delivery(s, result.id, dest)  # type: ignore[arg-type]
         return result_ids
+
+    def _delivers(self, pipeline: Pipeline, kind: str, destination: str) -> bool:
+        """Results of ``kind`` go to ``destination`` unless the pipeline or the destination's
+        ``accepts`` list leaves that kind out. An unconfigured destination still gets its row, so
+        the outbox shows the configuration error instead of dropping the result silently."""
+        if not pipeline.spec.sends(kind, destination):
+            return False
+        try:
+            return self.settings.destination(destination).takes(kind)
+        except ConfigError:
+            return True
 
     def _store_result(self, s: Any, job: Job, kind: str, path: Path) -> Result:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -177,3 +186,33 @@ def _ensure_delivery(s: Any, result_id: int, destination: str) -> None:
 def _resolve(values: dict[str, dict[str, Any]], source: str) -> Any:
     op_id, _, port = source.partition(".")
     return values[op_id][port]
+
+
+def run_step(bound: BoundStep, values: dict[str, dict[str, Any]], ctx: OperatorContext) -> dict[str, Any]:
+    """Run one operator on the outputs computed so far (``values``: operator id → port → value)."""
+    step = bound.step
+    inputs = {port: _resolve(values, src) for port, src in step.inputs.items()}
+    outputs = bound.instantiate().run(ctx, inputs)
+    missing = set(bound.operator.outputs) - set(outputs)
+    if missing:
+        raise PermanentJobError(f"operator {step.id} ({step.use}) did not produce {sorted(missing)}")
+    return outputs
+
+
+def run_pipeline_offline(
+    pipeline: Pipeline, series_input: SeriesInput, ctx: OperatorContext
+) -> list[DicomObjects]:
+    """Run ``pipeline`` on one series without a database (no job rows, no outbox): the DICOM objects
+    its writers produced, in ``ctx.workdir``. Used where radloop runs outside a server, e.g. as an
+    XNAT Container Service command (:mod:`radloop.xnat_plugin.run_pipeline`). Each operator is
+    timed in the log, as jobs time theirs in ``job_step`` rows.
+    """
+    values: dict[str, dict[str, Any]] = {PIPELINE_INPUT: {"series": series_input}}
+    for bound in pipeline.steps:
+        step = bound.step
+        ctx.logger = logging.getLogger(f"radloop.job.{step.use}")
+        start = time.perf_counter()
+        values[step.id] = run_step(bound, values, ctx)
+        seconds = time.perf_counter() - start
+        log.info("%s: %s (%s) succeeded in %.2f s", pipeline.name, step.id, step.use, seconds)
+    return [v for outputs in values.values() for v in outputs.values() if isinstance(v, DicomObjects)]

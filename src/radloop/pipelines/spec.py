@@ -71,6 +71,15 @@ class OperatorStep(BaseModel):
         return v
 
 
+class ResourceNeeds(BaseModel):
+    """Machine resources a pipeline needs; a generated XNAT Container Service command requests them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(0, ge=0, description="GPUs the pipeline needs; 0 = it runs on CPU.")
+    memory_mb: int | None = Field(None, ge=1, description="Memory to reserve, in MiB; None = no reservation.")
+
+
 class PipelineSpec(BaseModel):
     """The whole pipeline file."""
 
@@ -87,6 +96,9 @@ class PipelineSpec(BaseModel):
         default_factory=dict,
         description="Result kinds (SEG, RTSTRUCT, SR, SC) sent to each named destination; "
         "a destination not named here gets every kind.",
+    )
+    resources: ResourceNeeds = Field(
+        default_factory=lambda: ResourceNeeds(), description="What the pipeline needs from the machine it runs on."
     )
 
     @field_validator("name")

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 from radloop.pipelines.operators.brain_extraction import BrainExtraction
 from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
+from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
+from radloop.pipelines.operators.projection import ProjectionImage
+from radloop.pipelines.operators.roi import LabelMapPaste, RoiCrop
+from radloop.pipelines.operators.writers import (
+    FindingsSrWriter,
+    RtstructWriter,
+    SecondaryCaptureWriter,
+    SrWriter,
+)
 from radloop.pipelines.registry import OperatorRegistry
 
-BUILTIN_OPERATORS = (SeriesToVolume, BrainExtraction, SegWriter)
+BUILTIN_OPERATORS = (
+    SeriesToVolume,
+    BrainExtraction,
+    SegWriter,
+    RtstructWriter,
+    SrWriter,
+    FindingsSrWriter,
+    SecondaryCaptureWriter,
+    ProjectionImage,
+    InferSegment,
+    InferSegmentParallel,
+    InferClassify,
+    RoiCrop,
+    LabelMapPaste,
+)
 
 
 def builtin_registry() -> OperatorRegistry:
