@@ -1,8 +1,11 @@
 """C-STORE SCU: send DICOM files to a peer (``radloop send`` and the ``dicom`` destination).
 
-Transfer syntax negotiation: each SOP class is proposed with the file's own transfer syntax
-first and Explicit/Implicit VR Little Endian as fall-backs; if the peer only accepts an
-uncompressed syntax for a compressed file, the file is decompressed before sending.
+Transfer syntax negotiation: for each SOP class, each compressed transfer syntax the files use
+is proposed in a presentation context of its own, and Explicit/Implicit VR Little Endian in one
+more. (Offered together in one context, the peer picks one syntax for all, and most pick
+uncompressed.) A file goes as it is when the peer accepted its syntax; otherwise it is
+decompressed first, keeping its SOP Instance UID: a change of transfer syntax is the same
+instance (PS3.5 §10), so a retried or re-routed result never becomes a second copy.
 """
 
 from __future__ import annotations
@@ -97,18 +100,20 @@ def send_files(
 def _requestor(calling_ae: str, timeout_s: float, headers: Iterable[Dataset]) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    wanted: dict[str, list[str]] = {}
+    contexts: dict[tuple[str, str], list[str]] = {}  # (SOP class, compressed TS or "") -> syntaxes
     for ds in headers:
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        syntaxes = wanted.setdefault(str(ds.SOPClassUID), [])
-        for uid in (ts, *(str(u) for u in _UNCOMPRESSED)):
-            if uid not in syntaxes:
-                syntaxes.append(uid)
-    if len(wanted) > MAX_CONTEXTS:
+        ts = UID(str(ds.file_meta.TransferSyntaxUID))
+        sop_class = str(ds.SOPClassUID)
+        plain = contexts.setdefault((sop_class, ""), [str(u) for u in _UNCOMPRESSED])
+        if ts.is_compressed:
+            contexts.setdefault((sop_class, str(ts)), [str(ts)])
+        elif str(ts) not in plain:
+            plain.append(str(ts))
+    if len(contexts) > MAX_CONTEXTS:
         raise DeliveryError(
-            f"{len(wanted)} SOP classes in one send; at most {MAX_CONTEXTS} fit in one association"
+            f"{len(contexts)} presentation contexts needed; at most {MAX_CONTEXTS} fit in one association"
         )
-    for sop_class, syntaxes in wanted.items():
+    for (sop_class, _), syntaxes in contexts.items():
         ae.add_requested_context(sop_class, syntaxes)
     return ae
 
@@ -130,7 +135,7 @@ def _send_one(assoc: object, path: Path) -> tuple[bool, str]:
     if not accepted:
         return False, f"peer accepted no presentation context for SOP class {ds.SOPClassUID}"
     if str(ts) not in accepted and ts.is_compressed:
-        ds.decompress()  # the peer takes only uncompressed data for this SOP class
+        ds.decompress(generate_instance_uid=False)  # the peer takes only uncompressed data for this class
     try:
         status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
     except (ValueError, RuntimeError) as e:

@@ -43,13 +43,18 @@ def write_seg(
     device_serial_number: str = "0",
     fractional: bool = False,
     algorithm_type: str = "AUTOMATIC",
+    further_source_images: Sequence[Dataset] = (),
+    content_creator_name: str | None = None,
 ) -> Path:
     """Write ``labelmap`` as a Segmentation instance ``<out_dir>/<sop_instance_uid>.dcm``.
 
     ``fractional`` writes a FRACTIONAL (PROBABILITY) SEG with values 0 and 1 instead of a BINARY
     one. ``algorithm_type`` is the SegmentAlgorithmType (AUTOMATIC for model output,
     SEMIAUTOMATIC for an edited one, MANUAL drops the algorithm identification). The UIDs come
-    from the caller so that a retried job writes the same instance. Returns the file's path.
+    from the caller so that a retried job writes the same instance. ``further_source_images``
+    are referenced too (per frame where their planes match), e.g. the AI SEG an edited SEG was
+    derived from; ``content_creator_name`` names the person who made the content. Returns the
+    file's path.
     """
     if not labelmap.segments:
         raise ValueError("write_seg: labelmap has no segments to write")
@@ -70,6 +75,8 @@ def write_seg(
         device_serial_number=device_serial_number,
         series_description=series_description,
         content_description=series_description[:64] or None,
+        further_source_images=list(further_source_images) or None,
+        content_creator_name=content_creator_name,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{sop_instance_uid}.dcm"
