@@ -25,7 +25,6 @@ the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the sa
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,13 +39,13 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from radloop.core.errors import InferenceError, InputDataError
+from radloop.core.errors import InputDataError
 from radloop.inference.backend import InferenceBackend, TensorSpec
+from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK, DEEPBET_VERSION, deepbet_model_path
 from radloop.inference.torchscript import TorchScriptBackend
 from radloop.pipelines.ports import AlgorithmIdentification, Code, LabelMap, Segment, Volume
 from radloop.pipelines.registry import Operator, OperatorContext
 
-DEEPBET_VERSION = "1.0.2"
 BBOX_SHAPE = (128, 128, 128)
 """Grid of the bounding-box network (deepbet ``small_shape``)."""
 MASK_SHAPE = (256, 256, 256)
@@ -79,6 +78,8 @@ class BrainExtractionOptions(BaseModel):
     bbox_model_path: Path | None = Field(
         default=None, description="box network; default: deepbet's bbox_model.pt"
     )
+    mask_model: str = Field(default=DEEPBET_MASK, description="mask network's name in the model store")
+    bbox_model: str = Field(default=DEEPBET_BBOX, description="box network's name in the model store")
 
 
 class BrainExtraction(Operator):
@@ -107,7 +108,7 @@ class BrainExtraction(Operator):
         volume: Volume = inputs["volume"]
         timer = StageTimer()
         with timer.stage("load"):
-            bbox_backend, mask_backend = self._backends(options)
+            bbox_backend, mask_backend = self._backends(options, ctx)
         mask = extract_brain(volume, bbox_backend, mask_backend, options, timer)
         ctx.logger.info(
             "%s: %d brain voxels, %.1f mL; %s",
@@ -130,15 +131,28 @@ class BrainExtraction(Operator):
             raise TypeError(f"{self.name} needs BrainExtractionOptions, got {type(self.options).__name__}")
         return self.options
 
-    def _backends(self, options: BrainExtractionOptions) -> tuple[InferenceBackend, InferenceBackend]:
-        """The two networks, loading the TorchScript files the first time they are needed."""
+    def _backends(
+        self, options: BrainExtractionOptions, ctx: OperatorContext
+    ) -> tuple[InferenceBackend, InferenceBackend]:
+        """The two networks: given backends, else model files named in the options, else the models
+        resolved by name through ``ctx.models`` (settings pick in process or Triton), else the
+        TorchScript files of the deepbet wheel in process."""
         if self._bbox_backend is None:
-            path = options.bbox_model_path or deepbet_model_path("bbox_model.pt")
-            self._bbox_backend = torchscript_backend(path, "deepbet_bbox", BBOX_SHAPE)
+            self._bbox_backend = _backend(ctx, options.bbox_model_path, options.bbox_model, "bbox_model.pt",
+                                          BBOX_SHAPE)
         if self._mask_backend is None:
-            path = options.model_path or deepbet_model_path("model.pt")
-            self._mask_backend = torchscript_backend(path, "deepbet_mask", MASK_SHAPE)
+            self._mask_backend = _backend(ctx, options.model_path, options.mask_model, "model.pt", MASK_SHAPE)
         return self._bbox_backend, self._mask_backend
+
+
+def _backend(
+    ctx: OperatorContext, path: Path | None, name: str, wheel_file: str, shape: tuple[int, int, int]
+) -> InferenceBackend:
+    if path is not None:
+        return torchscript_backend(path, name, shape)
+    if ctx.models is not None:
+        return ctx.models.resolve(name).backend
+    return torchscript_backend(deepbet_model_path(wheel_file), name, shape)
 
 
 @dataclass
@@ -159,18 +173,6 @@ class StageTimer:
     def summary(self) -> str:
         """E.g. ``load 0.20 s, pre 0.41 s, infer 2.90 s, post 0.62 s``."""
         return ", ".join(f"{name} {s:.2f} s" for name, s in self.seconds.items())
-
-
-def deepbet_model_path(filename: str) -> Path:
-    """Path of ``data/models/<filename>`` in the installed deepbet wheel (deepbet is not imported)."""
-    try:
-        dist = importlib.metadata.distribution("deepbet")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise InferenceError(f"deepbet is not installed: cannot locate its {filename}") from e
-    for file in dist.files or ():
-        if file.as_posix() == f"data/models/{filename}":
-            return Path(str(file.locate()))
-    raise InferenceError(f"the installed deepbet {dist.version} has no data/models/{filename}")
 
 
 def torchscript_backend(path: Path, name: str, shape: tuple[int, int, int]) -> TorchScriptBackend:

@@ -1,0 +1,130 @@
+"""From a model *name* (what a pipeline file says) to a running backend (what settings say).
+
+:class:`ModelResolver` looks the name up in ``inference.models`` (else ``inference.default``):
+
+* ``triton``: a :class:`~radloop.inference.triton.TritonBackend` for the server at ``url``;
+  the model need not be in the local store (the server has it), but its spec is used when it is.
+* ``auto`` / ``onnxruntime`` / ``torchscript``: the newest version in the model store (or a
+  model shipped in a package, such as deepbet's), run in this process with the runtime its
+  file needs.
+
+Backends are built once per resolver and reused (a worker process keeps one resolver, so a
+TorchScript model loads once, not once per job). A model that cannot be found raises
+:class:`~radloop.core.errors.ModelNotFoundError` (the job fails at once, saying how to add it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from radloop.core.errors import ModelNotFoundError, PermanentJobError
+from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings
+from radloop.core.settings import Settings
+from radloop.inference.backend import InferenceBackend
+from radloop.inference.model_spec import ModelSpec
+from radloop.inference.store import ModelStore, StoredModel, not_found_message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A backend ready to run, and the model's spec when radloop has one."""
+
+    name: str
+    backend: InferenceBackend
+    spec: ModelSpec | None
+    settings: ModelBackendSettings
+
+    def require_spec(self) -> ModelSpec:
+        """The spec; :class:`PermanentJobError` if the model is only known to a Triton server."""
+        if self.spec is None:
+            raise PermanentJobError(
+                f"model {self.name!r} runs on Triton but has no spec in the local model store: add it with "
+                f"`radloop models add PATH --name {self.name} --version VERSION` so radloop knows how to "
+                "prepare its input"
+            )
+        return self.spec
+
+
+class ModelResolver:
+    """Backends by model name, built on first use from the settings and the model store."""
+
+    def __init__(self, settings: InferenceSettings, store: ModelStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._cache: dict[str, ResolvedModel] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelResolver:
+        """The resolver of a radloop process: its ``inference`` settings and model store."""
+        return cls(settings.inference, ModelStore(settings.inference.store_dir(settings.data_dir)))
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """The backend that runs ``name`` (cached); see the module docstring."""
+        with self._lock:
+            if name not in self._cache:
+                self._cache[name] = self._build(name)
+            return self._cache[name]
+
+    def forget(self, name: str) -> None:
+        """Drop a cached backend (e.g. after a new version was added)."""
+        with self._lock:
+            self._cache.pop(name, None)
+
+    def _build(self, name: str) -> ResolvedModel:
+        cfg = self.settings.backend_for(name)
+        stored = self.store.find(name)
+        if cfg.backend == "triton":
+            from radloop.inference.triton import TritonBackend
+
+            backend: InferenceBackend = TritonBackend(name, cfg)
+            logger.info("model %s: Triton at %s", name, cfg.url)
+            return ResolvedModel(name, backend, None if stored is None else stored.spec, cfg)
+        if stored is None:
+            raise_not_found(name, self.store.root)
+        backend = in_process_backend(stored, cfg)
+        logger.info(
+            "model %s version %s: in process (%s) from %s",
+            name,
+            stored.spec.version,
+            stored.spec.format,
+            stored.path,
+        )
+        return ResolvedModel(name, backend, stored.spec, cfg)
+
+
+def in_process_backend(stored: StoredModel, cfg: ModelBackendSettings) -> InferenceBackend:
+    """ONNX Runtime for an ONNX file, TorchScript otherwise; the configured backend must fit the file."""
+    spec = stored.spec
+    wanted = {"onnx": "onnxruntime", "torchscript": "torchscript"}[spec.format]
+    if cfg.backend not in ("auto", wanted):
+        raise PermanentJobError(
+            f"model {spec.name!r} is a {spec.format} file; "
+            f"backend {cfg.backend!r} cannot run it (use {wanted!r})"
+        )
+    if spec.format == "onnx":
+        from radloop.inference.onnx_runtime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(stored.path, spec.name, spec.version)
+    from radloop.inference.torchscript import TorchScriptBackend
+
+    metadata = spec.metadata()
+    return TorchScriptBackend(
+        stored.path,
+        spec.name,
+        spec.version,
+        device=cfg.device,
+        inputs=metadata.inputs,
+        outputs=metadata.outputs,
+    )
+
+
+def raise_not_found(name: str, root: Path) -> NoReturn:
+    """Raise :class:`ModelNotFoundError` for ``name`` with the command that adds it."""
+    raise ModelNotFoundError(not_found_message(name, root, None, []))

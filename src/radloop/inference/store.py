@@ -1,0 +1,170 @@
+"""The versioned model store: a folder per model, a folder per version, a spec file in each.
+
+Layout (``inference.models_dir``, default ``<data_dir>/models``)::
+
+    <store>/<name>/<version>/model.json     the spec (radloop.inference.model_spec)
+    <store>/<name>/<version>/model.onnx     or model.ts: the network, copied in
+    <store>/<name>/<version>/bundle/        a MONAI bundle's configs/ and docs/, for reference
+
+A version is written into a hidden temporary folder and renamed into place, so a reader never
+sees half a model, and a version once added is never changed (add a new version instead, or
+``replace=True`` to overwrite deliberately). No database table: the folder is the truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from radloop.core.errors import ConfigError, ModelNotFoundError
+from radloop.inference import model_import
+from radloop.inference.model_spec import SPEC_FILE, ModelSpec, read_spec, validate_spec, write_spec
+from radloop.inference.packaged import PackagedModel, packaged_models
+
+logger = logging.getLogger(__name__)
+
+_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One model version: its spec and the absolute path of its network file."""
+
+    spec: ModelSpec
+    path: Path
+
+    @property
+    def folder(self) -> Path:
+        """The version folder (or the package folder of a packaged model)."""
+        return self.path.parent
+
+
+class ModelStore:
+    """The model store rooted at ``root`` (created on first write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def add(
+        self,
+        source: Path,
+        name: str,
+        version: str,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+    ) -> StoredModel:
+        """Import an ONNX file, TorchScript file or MONAI bundle folder as ``name``/``version``.
+
+        ``overrides`` are spec fields (e.g. from ``--spec``) that win over what the source says.
+        """
+        source = Path(source)
+        kind = model_import.detect_source(source)
+        fields = _source_fields(source, kind)
+        fields |= dict(overrides or {})
+        fields |= {"name": name, "version": version, "source": kind}
+        fields["file"] = _FILE_NAMES[str(fields["format"])]
+        network = model_import.bundle_network_file(source) if kind == "monai_bundle" else source
+        fields["sha256"] = _sha256(network)
+        spec = validate_spec(fields, f"{source} as {name}/{version}")
+        return self._write(spec, network, source if kind == "monai_bundle" else None, replace)
+
+    def add_packaged(self, packaged: PackagedModel, *, replace: bool = False) -> StoredModel:
+        """Copy a model shipped in a package (deepbet) into the store, spec included."""
+        spec = packaged.spec.model_copy(update={"sha256": _sha256(packaged.path)})
+        return self._write(spec, packaged.path, None, replace)
+
+    def _write(self, spec: ModelSpec, network: Path, bundle: Path | None, replace: bool) -> StoredModel:
+        target = self.root / spec.name / spec.version
+        if target.exists() and not replace:
+            raise ConfigError(
+                f"model {spec.name} version {spec.version} is already in the store ({target}); "
+                "versions are immutable: add a new version"
+            )
+        staging = self.root / spec.name / f".tmp-{spec.version}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            shutil.copyfile(network, staging / spec.file)
+            if bundle is not None:
+                shutil.copytree(bundle / "configs", staging / "bundle" / "configs")
+            write_spec(spec, staging / SPEC_FILE)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info("model %s version %s added to %s", spec.name, spec.version, target)
+        return StoredModel(spec, target / spec.file)
+
+    def names(self) -> list[str]:
+        """Names of the models with at least one version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name``, oldest first (by natural order: ``2`` before ``10``)."""
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        found = [p.name for p in folder.iterdir() if (p / SPEC_FILE).is_file() and not p.name.startswith(".")]
+        return sorted(found, key=version_key)
+
+    def get(self, name: str, version: str | None = None) -> StoredModel:
+        """One version of ``name`` (the newest if ``version`` is None); :class:`ModelNotFoundError`."""
+        versions = self.versions(name)
+        if not versions or (version is not None and version not in versions):
+            raise ModelNotFoundError(not_found_message(name, self.root, version, versions))
+        chosen = version or versions[-1]
+        spec = read_spec(self.root / name / chosen / SPEC_FILE)
+        return StoredModel(spec, self.root / name / chosen / spec.file)
+
+    def all(self) -> list[StoredModel]:
+        """Every version of every model."""
+        return [self.get(name, v) for name in self.names() for v in self.versions(name)]
+
+    def find(self, name: str) -> StoredModel | None:
+        """The newest version of ``name`` in the store, else the packaged model of that name, else None."""
+        if self.versions(name):
+            return self.get(name)
+        packaged = packaged_models().get(name)
+        return None if packaged is None else StoredModel(packaged.spec, packaged.path)
+
+
+def not_found_message(name: str, root: Path, version: str | None, versions: list[str]) -> str:
+    """The message of a missing model: where we looked and the command that adds it."""
+    what = f"model {name!r}" + (f" version {version!r}" if version else "")
+    have = f" (it has versions {versions})" if versions else ""
+    return (
+        f"{what} is not in the model store at {root}{have}; add it with "
+        f"`radloop models add PATH --name {name} --version VERSION`"
+    )
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural sort key: numeric parts compare as numbers (``1.10`` after ``1.9``)."""
+    parts = version.replace("-", ".").replace("+", ".").replace("_", ".").split(".")
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def _source_fields(source: Path, kind: str) -> dict[str, Any]:
+    if kind == "onnx":
+        return model_import.onnx_fields(source)
+    if kind == "torchscript":
+        return model_import.torchscript_fields(source)
+    return model_import.bundle_fields(source)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
