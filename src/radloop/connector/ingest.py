@@ -39,14 +39,14 @@ class IngestSession:
 
     def store_file(self, data: bytes) -> tuple[Dataset, StoredInstance]:
         """Store one DICOM PS3.10 file (preamble optional, File Meta Information required)."""
-        encoded = _as_part10(data)
+        encoded = as_part10(data)
         ds = read_header(encoded)
         return ds, self._store(encoded, ds)
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
         """Store a data set read elsewhere (it must carry its ``file_meta``): encoded as a PS3.10 file."""
         if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
-            raise InvalidInstanceError("the data set has no File Meta Information (Transfer Syntax UID unknown)")
+            raise InvalidInstanceError("the data set has no File Meta Information (no Transfer Syntax UID)")
         buffer = io.BytesIO()
         try:
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
@@ -72,20 +72,26 @@ class IngestSession:
         with self._lock:
             series_ids, self.series_ids = set(self.series_ids), set()
         if series_ids:
-            log.info("%s from %s ended: %d instance(s) in %d series", self.called_ae, self.calling_ae,
-                     self.stored, len(series_ids))
+            log.info(
+                "%s from %s ended: %d instance(s) in %d series",
+                self.called_ae,
+                self.calling_ae,
+                self.stored,
+                len(series_ids),
+            )
             self.on_end(series_ids, self.called_ae)
 
     def __enter__(self) -> IngestSession:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.end()
 
 
-def _as_part10(data: bytes) -> bytes:
+def as_part10(data: bytes) -> bytes:
     """``data`` as a complete PS3.10 file; a missing 128-byte preamble is added (tolerant read)."""
     if data[128:132] == b"DICM":
         return data

@@ -12,13 +12,13 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from radloop.core.errors import RadloopError
+from radloop.core.errors import RequestError
 
 CRLF = b"\r\n"
 _PARAM_RE = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
 
 
-class MultipartError(RadloopError):
+class MultipartError(RequestError):
     """A multipart body or its Content-Type is malformed."""
 
 
@@ -33,7 +33,7 @@ class MediaType:
 def parse_media_type(value: str) -> MediaType:
     """Parse one media type such as ``multipart/related; type="application/dicom"; boundary=x``."""
     head, _, _rest = value.partition(";")
-    params = {m.group(1).lower(): _unquote(m.group(2)) for m in _PARAM_RE.finditer(value[len(head):])}
+    params = {m.group(1).lower(): _unquote(m.group(2)) for m in _PARAM_RE.finditer(value[len(head) :])}
     return MediaType(head.strip().lower(), params)
 
 
@@ -48,7 +48,9 @@ def parse_accept(value: str) -> list[MediaType]:
 
 def _split_top_level(value: str) -> list[str]:
     """Split on commas that are not inside quotes."""
-    items, current, quoted = [], [], False
+    items: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in value:
         if ch == '"':
             quoted = not quoted
@@ -115,7 +117,7 @@ class MultipartReader:
             if not self._in_preamble:
                 parts.append(_split_part(bytes(self._buffer[:index])))
             self._in_preamble = False
-            if self._buffer[after:after + 2] == b"--":
+            if self._buffer[after : after + 2] == b"--":
                 self._done = True
                 del self._buffer[:]
                 break
