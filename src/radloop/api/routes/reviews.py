@@ -1,0 +1,87 @@
+"""``/api/v1/reviews``, ``/api/v1/quality`` and ``/api/v1/review-urls``: review feedback for machines.
+
+Decisions radiologists made in the review app, per-model quality over time, and signed launch
+URLs for integrations that cannot compute the HMAC themselves (a RIS or PACS broker asks radloop
+for the URL with its API token, then opens it on the workstation).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from radloop.api.deps import MAX_ROW_ID, Caller, Ctx
+from radloop.api.problems import responses
+from radloop.core import audit
+from radloop.core.db import session_scope
+from radloop.feedback.decisions import list_reviews, pending_results
+from radloop.feedback.quality import model_quality
+from radloop.viewer_launch.signing import launch_url
+
+router = APIRouter(prefix="/api/v1", tags=["reviews"])
+Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many rows.")]
+
+
+class ReviewUrlRequest(BaseModel):
+    """What a launch URL names: a study (UID or accession), optionally the result, and the reviewer."""
+
+    reviewer: str = Field(min_length=1, max_length=128)
+    study: str = Field("", description="StudyInstanceUID; empty with accession empty = worklist link")
+    accession: str = Field("", max_length=64)
+    result: str = Field("", description="SeriesInstanceUID or SOPInstanceUID of the SEG to review")
+    ttl_s: float | None = Field(None, gt=0, le=30 * 86400, description="Validity; default review.link_ttl_s")
+
+
+class ReviewUrlOut(BaseModel):
+    """A signed launch URL and when it stops working (Unix seconds)."""
+
+    url: str
+    expires_at: int
+
+
+@router.get("/reviews", responses=responses(422))
+def get_reviews(
+    ctx: Ctx,
+    _caller: Caller,
+    result_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
+    limit: Limit = 100,
+) -> list[dict[str, Any]]:
+    """Review decisions, newest first: reviewer, times, decision, reason, model, Dice and volumes."""
+    return list_reviews(ctx.engine, result_id=result_id, limit=limit)
+
+
+@router.get("/reviews/pending", responses=responses(422))
+def get_pending(ctx: Ctx, _caller: Caller, limit: Limit = 200) -> list[dict[str, Any]]:
+    """AI SEG results nobody has decided on yet (the worklist)."""
+    return pending_results(ctx.engine, limit)
+
+
+@router.get("/quality", responses=responses(422))
+def get_quality(
+    ctx: Ctx, _caller: Caller, period: Literal["day", "week", "month"] = "week"
+) -> list[dict[str, Any]]:
+    """Per model (name, version): acceptance rate, mean Dice of edits, per period and overall."""
+    return [m.as_dict() for m in model_quality(ctx.engine, period=period)]
+
+
+@router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(422))
+def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
+    settings = ctx.settings
+    ttl = body.ttl_s if body.ttl_s is not None else settings.review.link_ttl_s
+    now = int(time.time())
+    url = launch_url(
+        settings,
+        reviewer=body.reviewer,
+        study=body.study,
+        accession=body.accession,
+        result=body.result,
+        ttl_s=ttl,
+        now=now,
+    )
+    with session_scope(ctx.engine) as s:
+        audit.record(s, f"token:{caller.name}", "review.url_created", "", {"reviewer": body.reviewer})
+    return {"url": url, "expires_at": now + int(ttl)}

@@ -1,0 +1,103 @@
+"""Edited masks: a reviewer's final mask becomes a new DICOM SEG ("reviewed and edited").
+
+The edited SEG is a new series in the study of the AI SEG, written with highdicom by the same
+writer as AI results (:func:`radloop.pipelines.writers.seg.write_seg`), with
+SegmentAlgorithmType SEMIAUTOMATIC (the model's output, corrected by a person), the reviewer as
+ContentCreatorName, and the AI SEG among its sources (ReferencedSeriesSequence and, where its
+frames match, each frame's DerivationImageSequence). It is stored like any result (a ``result``
+row of the AI SEG's job, kind SEG) and, when ``review.deliver_edits`` is on, queued for the
+destinations the AI SEG was delivered to.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from sqlmodel import Session, select
+
+from radloop.core.models import Delivery, Result, utcnow
+from radloop.core.settings import Settings
+from radloop.core.uids import new_uid
+from radloop.pipelines.ports import LabelMap
+from radloop.pipelines.writers.seg import write_seg
+
+logger = logging.getLogger(__name__)
+
+EDITED_SUFFIX = " - reviewed and edited"
+EDITED_SERIES_NUMBER_OFFSET = 10
+"""The edited SEG's SeriesNumber: the AI SEG's plus this (9901 → 9911)."""
+
+
+def edited_series_description(ai_description: str) -> str:
+    """``<AI SeriesDescription> - reviewed and edited``, cut to the 64 characters LO allows."""
+    base = ai_description or "AI segmentation"
+    return (base[: 64 - len(EDITED_SUFFIX)] + EDITED_SUFFIX).strip()
+
+
+def store_edited_seg(
+    settings: Settings,
+    session: Session,
+    ai_result: Result,
+    labelmap: LabelMap,
+    *,
+    ai_seg: Dataset,
+    reviewer: str,
+) -> Result:
+    """Write the edited SEG into the store, add its ``result`` row (and deliveries); returns the row."""
+    series_uid, sop_uid = new_uid(), new_uid()
+    staging = settings.data_dir / "tmp" / f"edited-{sop_uid}"
+    try:
+        written = write_seg(
+            labelmap,
+            staging,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            series_number=_series_number(ai_seg),
+            series_description=edited_series_description(str(ai_seg.get("SeriesDescription", "") or "")),
+            algorithm_type="SEMIAUTOMATIC",
+            further_source_images=[ai_seg],
+            content_creator_name=_person_name(reviewer),
+        )
+        relative = Path("results") / ai_result.study_instance_uid / series_uid / f"{sop_uid}.dcm"
+        target = settings.data_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result = Result(
+        job_id=ai_result.job_id,
+        kind=ai_result.kind,
+        sop_class_uid=ai_result.sop_class_uid,
+        sop_instance_uid=sop_uid,
+        series_instance_uid=series_uid,
+        study_instance_uid=ai_result.study_instance_uid,
+        path=str(relative),
+        created_at=utcnow(),
+    )
+    session.add(result)
+    session.flush()
+    if settings.review.deliver_edits:
+        _queue_like(session, ai_result, result)
+    logger.info("stored edited SEG (result %s, from result %s)", result.id, ai_result.id)
+    return result
+
+
+def _series_number(ai_seg: Dataset) -> int:
+    number = int(ai_seg.get("SeriesNumber", 0) or 0)
+    return number + EDITED_SERIES_NUMBER_OFFSET if number else 9911
+
+
+def _person_name(reviewer: str) -> str:
+    """The reviewer as a DICOM PN: a user ID without ``^`` becomes a family name (``jdoe^``)."""
+    cleaned = reviewer.replace("\\", " ")[:64]
+    return cleaned if "^" in cleaned else f"{cleaned}^"
+
+
+def _queue_like(session: Session, ai_result: Result, edited: Result) -> None:
+    """Deliver ``edited`` to every destination ``ai_result`` was (or is being) delivered to."""
+    destinations = session.exec(select(Delivery.destination).where(Delivery.result_id == ai_result.id)).all()
+    for destination in sorted(set(destinations)):
+        session.add(Delivery(result_id=edited.id, destination=destination))  # type: ignore[arg-type]

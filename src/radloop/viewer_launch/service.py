@@ -1,0 +1,324 @@
+"""What the review routes do: launch, view, accept / reject / save an edit, worklist, quality.
+
+Every launch (valid or not), every view and every decision writes an audit row. A session may
+act on the one result its launch named, or on any result when it came from a worklist link.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from radloop.core import audit
+from radloop.core.db import session_scope
+from radloop.core.errors import NotFoundError, RequestError
+from radloop.core.models import AuditEvent, Result, ReviewDecision, Study
+from radloop.core.settings import Settings
+from radloop.feedback import decisions
+from radloop.feedback.agreement import Agreement, agreement, unchanged
+from radloop.feedback.edits import store_edited_seg
+from radloop.feedback.quality import Period, model_quality
+from radloop.pipelines.ports import LabelMap
+from radloop.viewer_launch.conversion import nifti_to_labels
+from radloop.viewer_launch.review_cache import IMAGE_FILE, MASK_FILE, ReviewCache, result_source
+from radloop.viewer_launch.signing import (
+    LaunchClaims,
+    LaunchDeniedError,
+    ReviewSession,
+    decode_session,
+    launch_key,
+    new_session,
+    session_key,
+    verify_launch,
+)
+
+logger = logging.getLogger(__name__)
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A review session opened by a valid launch, and the result it opens (None = worklist)."""
+
+    session: ReviewSession
+    result_id: int | None
+
+
+class ReviewService:
+    """The review app's actions on the database, the store and the review cache."""
+
+    def __init__(self, settings: Settings, engine: Engine, cache: ReviewCache | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.cache = cache or ReviewCache(settings, engine)
+
+    # ------------------------------------------------------------------ launch and session
+
+    def launch(self, raw_query: str, *, now: float | None = None) -> Launched:
+        """Verify a launch URL's query and open a session; denials are audited and re-raised."""
+        moment = time.time() if now is None else now
+        cfg = self.settings.review
+        try:
+            claims = verify_launch(
+                raw_query,
+                launch_key(self.settings),
+                now=moment,
+                ttl_s=cfg.link_ttl_s,
+                skew_s=cfg.clock_skew_s,
+            )
+        except LaunchDeniedError as e:
+            self._audit(ANONYMOUS, "review.launch_denied", "", reason=e.reason)
+            logger.warning("review launch denied: %s", e.reason)
+            raise
+        try:
+            result_id = self._resolve(claims)
+        except NotFoundError:
+            self._audit(claims.reviewer, "review.launch_not_found", "", result=claims.result)
+            raise
+        session = new_session(claims, result_id, now=moment, ttl_s=cfg.session_ttl_s)
+        subject = f"result:{result_id}" if result_id is not None else "worklist"
+        self._audit(claims.reviewer, "review.launch", subject, session=session.session_id)
+        if result_id is not None:
+            self.cache.prewarm(result_id)
+        return Launched(session, result_id)
+
+    def session(self, cookie: str | None, *, now: float | None = None) -> ReviewSession:
+        """The session in a cookie value; :class:`LaunchDeniedError` if missing, forged or expired."""
+        return decode_session(session_key(self.settings), cookie, now=time.time() if now is None else now)
+
+    def _resolve(self, claims: LaunchClaims) -> int | None:
+        """The result a launch opens: the named SEG, else the newest AI SEG of the study."""
+        if claims.is_worklist:
+            return None
+        with session_scope(self.engine) as s:
+            studies = _studies(s, claims)
+            query = select(Result).where(
+                Result.kind == decisions.REVIEWABLE_KIND, col(Result.study_instance_uid).in_(studies)
+            )
+            if claims.result:
+                query = query.where(
+                    (Result.sop_instance_uid == claims.result) | (Result.series_instance_uid == claims.result)
+                )
+            edited = decisions.edited_result_ids(s)
+            found = [r for r in s.exec(query.order_by(col(Result.id).desc())).all() if r.id not in edited]
+            if claims.result and not found:
+                found = list(s.exec(query.order_by(col(Result.id).desc())).all())  # an edited SEG, named
+        if not found:
+            raise NotFoundError("no AI result to review for this study yet")
+        return found[0].id
+
+    # ------------------------------------------------------------------ viewing
+
+    def view(self, session: ReviewSession, result_id: int) -> dict[str, Any]:
+        """What the app shows about a result; audited as a view whose id starts the review clock."""
+        self._check_allowed(session, result_id)
+        facts = self.cache.facts(result_id)
+        source = result_source(self.engine, self.settings, result_id)
+        with session_scope(self.engine) as s:
+            event = audit.record(
+                s, session.reviewer, "review.view", f"result:{result_id}", {"session": session.session_id}
+            )
+            view_id = event.id
+        study, series, job = source.study, source.series, source.job
+        return {
+            "result_id": result_id,
+            "view_id": view_id,
+            "reviewer": session.reviewer,
+            "worklist": session.result_id is None,
+            "study": {
+                "study_instance_uid": study.study_instance_uid,
+                "patient_name": study.patient_name,
+                "patient_id": study.patient_id,
+                "accession_number": study.accession_number,
+                "study_date": study.study_date,
+                "study_description": study.study_description,
+            },
+            "series": {
+                "series_instance_uid": series.series_instance_uid,
+                "modality": series.modality,
+                "series_description": series.series_description,
+            },
+            "pipeline": {"name": job.pipeline, "version": job.pipeline_version},
+            "seg": {
+                "sop_instance_uid": source.result.sop_instance_uid,
+                "series_instance_uid": source.result.series_instance_uid,
+            },
+            **facts,
+            "model": _model(facts, job.pipeline_version),
+            "reviews": decisions.list_reviews(self.engine, result_id=result_id, limit=20),
+            "urls": {
+                "image": f"/review/api/results/{result_id}/{IMAGE_FILE}",
+                "mask": f"/review/api/results/{result_id}/{MASK_FILE}",
+            },
+        }
+
+    def data_file(self, session: ReviewSession, result_id: int, name: str) -> Path:
+        """The converted image or mask file of a result the session may see."""
+        self._check_allowed(session, result_id)
+        if name not in (IMAGE_FILE, MASK_FILE):
+            raise NotFoundError(f"no review file {name!r}")
+        return self.cache.path(result_id, name)
+
+    def worklist(self, session: ReviewSession, limit: int = 200) -> list[dict[str, Any]]:
+        """Results awaiting review (worklist sessions only); audited."""
+        if session.result_id is not None:
+            raise LaunchDeniedError("forbidden", "this review link opens one result, not the worklist")
+        rows = decisions.pending_results(self.engine, limit)
+        self._audit(
+            session.reviewer,
+            "review.worklist_view",
+            "worklist",
+            session=session.session_id,
+            results=len(rows),
+        )
+        return rows
+
+    def quality(self, session: ReviewSession, period: Period = "week") -> list[dict[str, Any]]:
+        """Per-model quality over time (any valid session: no patient data in it)."""
+        return [m.as_dict() for m in model_quality(self.engine, period=period)]
+
+    # ------------------------------------------------------------------ decisions
+
+    def decide(
+        self,
+        session: ReviewSession,
+        result_id: int,
+        decision: ReviewDecision,
+        reason: str,
+        view_id: int | None,
+    ) -> dict[str, Any]:
+        """Record an accept or a reject (an edit goes through :meth:`save_edit`)."""
+        if decision == ReviewDecision.edited:
+            raise RequestError("an edit is saved by uploading the edited mask")
+        self._check_allowed(session, result_id)
+        facts = self.cache.facts(result_id)
+        measured = unchanged(float(facts["ai_volume_ml"])) if decision == ReviewDecision.accepted else None
+        return self._record(session, result_id, decision, reason, view_id, measured, None, facts)
+
+    def save_edit(
+        self, session: ReviewSession, result_id: int, body: bytes, reason: str, view_id: int | None
+    ) -> dict[str, Any]:
+        """Turn the uploaded drawing into an edited SEG and record the decision (accept if unchanged)."""
+        self._check_allowed(session, result_id)
+        if len(body) > self.settings.review.max_edit_bytes:
+            raise RequestError("the edited mask is larger than review.max_edit_bytes")
+        loaded = self.cache.loaded(result_id)
+        seg = loaded.seg
+        labels = nifti_to_labels(body, loaded.volume, {s.number for s in seg.segments})
+        measured = agreement(seg.labels, labels, loaded.volume.voxel_volume_ml)
+        facts = self.cache.facts(result_id)
+        if np.array_equal(labels, seg.labels):
+            return self._record(
+                session, result_id, ReviewDecision.accepted, reason, view_id, measured, None, facts
+            )
+        labelmap = LabelMap(labels, loaded.volume, seg.segments, seg.algorithm)
+        with session_scope(self.engine) as s:
+            ai_result = s.get(Result, result_id)
+            assert ai_result is not None  # checked by the cache loading it
+            edited = store_edited_seg(
+                self.settings, s, ai_result, labelmap, ai_seg=seg.dataset, reviewer=session.reviewer
+            )
+            edited_id = edited.id
+        return self._record(
+            session, result_id, ReviewDecision.edited, reason, view_id, measured, edited_id, facts
+        )
+
+    def _record(
+        self,
+        session: ReviewSession,
+        result_id: int,
+        decision: ReviewDecision,
+        reason: str,
+        view_id: int | None,
+        measured: Agreement | None,
+        edited_id: int | None,
+        facts: dict[str, Any],
+    ) -> dict[str, Any]:
+        model = _model(facts, "")
+        with session_scope(self.engine) as s:
+            started = _started_at(s, view_id, session, result_id)
+            review = decisions.record_decision(
+                s,
+                decisions.Decision(
+                    result_id=result_id,
+                    reviewer=session.reviewer,
+                    decision=decision,
+                    started_at=started,
+                    model_name=model["name"],
+                    model_version=model["version"],
+                    session_id=session.session_id,
+                    reason=reason,
+                    agreement=measured,
+                    edited_result_id=edited_id,
+                ),
+            )
+            row = decisions.review_row(review)
+            if edited_id is not None:
+                edited = s.get(Result, edited_id)
+                row["edited_seg"] = (
+                    {
+                        "sop_instance_uid": edited.sop_instance_uid,
+                        "series_instance_uid": edited.series_instance_uid,
+                    }
+                    if edited
+                    else None
+                )
+        return row
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_allowed(self, session: ReviewSession, result_id: int) -> None:
+        if not session.allows(result_id):
+            self._audit(
+                session.reviewer, "review.forbidden", f"result:{result_id}", session=session.session_id
+            )
+            raise LaunchDeniedError("forbidden", "this review session is for another result")
+
+    def _audit(self, actor: str, action: str, subject: str, **detail: Any) -> None:
+        with session_scope(self.engine) as s:
+            audit.record(s, actor, action, subject, detail)
+
+
+def _studies(s: Session, claims: LaunchClaims) -> list[str]:
+    """StudyInstanceUIDs a launch names (by UID, else by AccessionNumber); both must agree if given."""
+    query = select(Study)
+    if claims.study:
+        query = query.where(Study.study_instance_uid == claims.study)
+    if claims.accession:
+        query = query.where(Study.accession_number == claims.accession)
+    uids = [st.study_instance_uid for st in s.exec(query).all()]
+    if not uids:
+        raise NotFoundError("radloop has not received this study")
+    return uids
+
+
+def _model(facts: dict[str, Any], fallback_version: str) -> dict[str, str]:
+    """Model name and version from the SEG; the pipeline version when the SEG names none."""
+    model = facts.get("model") or {}
+    return {
+        "name": str(model.get("name", "") or ""),
+        "version": str(model.get("version", "") or fallback_version),
+    }
+
+
+def _started_at(s: Session, view_id: int | None, session: ReviewSession, result_id: int) -> datetime:
+    """When the reviewer opened the result: the view event ``view_id`` if it is theirs, else the launch."""
+    if view_id is not None:
+        event = s.get(AuditEvent, view_id)
+        if (
+            event is not None
+            and event.action == "review.view"
+            and event.subject == f"result:{result_id}"
+            and json.loads(event.detail or "{}").get("session") == session.session_id
+        ):
+            return event.at
+    return datetime.fromtimestamp(session.issued_at, UTC)

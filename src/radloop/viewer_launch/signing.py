@@ -1,0 +1,283 @@
+"""Signed, expiring launch URLs for PACS workstations, and the review session they open.
+
+A **launch URL** names a study (StudyInstanceUID or AccessionNumber), optionally the AI result to
+review (the SEG's SeriesInstanceUID or SOPInstanceUID; the newest AI SEG of the study when
+absent) and the reviewer, with a time stamp and an HMAC signature::
+
+    {base}/review/launch?study=1.2.3&accession=&result=&reviewer=jdoe&ts=1767225600&sig=9f86d0…
+
+* ``ts``: when the link was made, in Unix seconds (UTC). The link is valid from ``ts`` to
+  ``ts + review.link_ttl_s``, or to ``exp`` (Unix seconds) when the link carries one; both
+  ends are widened by ``review.clock_skew_s`` for clocks that disagree.
+* ``sig``: lower-case hex HMAC-SHA256, keyed with ``review.launch_key`` (``secret_key`` when
+  empty), of the query string that precedes ``&sig=``, byte for byte as sent. ``sig`` must be
+  the last parameter. Any parameter may be empty; ``study`` and ``accession`` both empty make
+  a *worklist* link (every result awaiting review).
+
+A valid launch opens a **review session**: a cookie holding the reviewer, the result it may act
+on (or the worklist), and its lifetime, signed with a key derived from ``secret_key`` (so that a
+PACS holding the launch key still cannot forge a session).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+from radloop.core.errors import RadloopError
+from radloop.core.refs import is_valid_uid
+from radloop.core.settings import Settings
+
+LAUNCH_PARAMS = ("study", "accession", "result", "reviewer", "ts", "exp")
+"""Parameters a launch URL may carry before ``sig``, in the order radloop writes them."""
+
+_MAX_TEXT = 128
+
+
+class LaunchDeniedError(RadloopError):
+    """A launch URL or a review session is not valid; ``reason`` says why in one word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LaunchClaims:
+    """What a verified launch URL says: who reviews which study's result, and until when."""
+
+    reviewer: str
+    study: str
+    accession: str
+    result: str
+    issued_at: int
+    expires_at: int
+
+    @property
+    def is_worklist(self) -> bool:
+        """A link naming no study opens the worklist."""
+        return not self.study and not self.accession
+
+
+@dataclass(frozen=True)
+class ReviewSession:
+    """A review session: its id, reviewer, the one result it may act on (None = any) and its lifetime."""
+
+    session_id: str
+    reviewer: str
+    result_id: int | None
+    issued_at: int
+    expires_at: int
+
+    def allows(self, result_id: int) -> bool:
+        """Whether this session may view and decide on ``result_id``."""
+        return self.result_id is None or self.result_id == result_id
+
+
+def launch_key(settings: Settings) -> bytes:
+    """The key launch URLs are signed with: ``review.launch_key``, else ``secret_key``."""
+    return (settings.review.launch_key or settings.secret_key).encode("utf-8")
+
+
+def session_key(settings: Settings) -> bytes:
+    """The key review session cookies are signed with, derived from ``secret_key``."""
+    return hmac.new(
+        settings.secret_key.encode("utf-8"), b"radloop review session v1", hashlib.sha256
+    ).digest()
+
+
+def signature(key: bytes, message: str) -> str:
+    """Lower-case hex HMAC-SHA256 of ``message`` (UTF-8) under ``key``."""
+    return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sign_launch_query(
+    key: bytes,
+    *,
+    reviewer: str,
+    issued_at: int,
+    study: str = "",
+    accession: str = "",
+    result: str = "",
+    expires_at: int | None = None,
+) -> str:
+    """The signed query string of a launch URL (parameters in :data:`LAUNCH_PARAMS` order, then ``sig``)."""
+    params = [
+        ("study", study),
+        ("accession", accession),
+        ("result", result),
+        ("reviewer", reviewer),
+        ("ts", str(issued_at)),
+    ]
+    if expires_at is not None:
+        params.append(("exp", str(expires_at)))
+    query = urlencode(params, quote_via=quote)
+    return f"{query}&sig={signature(key, query)}"
+
+
+def launch_url(
+    settings: Settings,
+    *,
+    reviewer: str,
+    study: str = "",
+    accession: str = "",
+    result: str = "",
+    ttl_s: float | None = None,
+    now: float | None = None,
+) -> str:
+    """A signed launch URL on ``review.base_url`` (or the API's address), valid for ``ttl_s``."""
+    issued = int(time.time() if now is None else now)
+    expires = None if ttl_s is None else issued + int(ttl_s)
+    query = sign_launch_query(
+        launch_key(settings),
+        reviewer=reviewer,
+        issued_at=issued,
+        study=study,
+        accession=accession,
+        result=result,
+        expires_at=expires,
+    )
+    return f"{base_url(settings)}/review/launch?{query}"
+
+
+def base_url(settings: Settings) -> str:
+    """Where browsers reach radloop: ``review.base_url``, else ``http://<api.host>:<api.port>``."""
+    if settings.review.base_url:
+        return settings.review.base_url
+    host = settings.api.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.api.port}"
+
+
+def verify_launch(query: str, key: bytes, *, now: float, ttl_s: float, skew_s: float) -> LaunchClaims:
+    """Check a launch URL's raw query string; :class:`LaunchDeniedError` names what is wrong."""
+    signed, sig = _split_signature(query)
+    if not hmac.compare_digest(signature(key, signed), sig.lower()):
+        raise LaunchDeniedError("bad-signature", "the link's signature does not match")
+    params = _parse_params(signed)
+    claims = _claims(params, ttl_s)
+    if now < claims.issued_at - skew_s:
+        raise LaunchDeniedError("not-yet-valid", "the link was issued in the future (check the PACS clock)")
+    if now > claims.expires_at + skew_s:
+        raise LaunchDeniedError("expired", "the link has expired; open it again from the PACS")
+    return claims
+
+
+def _split_signature(query: str) -> tuple[str, str]:
+    """The signed part of the query and the ``sig`` value; ``sig`` must come last."""
+    if query.startswith("sig="):
+        signed, sig = "", query[len("sig=") :]
+    else:
+        signed, found, sig = query.rpartition("&sig=")
+        if not found:
+            raise LaunchDeniedError("malformed", "the link carries no signature (sig)")
+    if not sig or "&" in sig or len(sig) != 64:
+        raise LaunchDeniedError("malformed", "sig must be the last parameter: 64 hex digits")
+    return signed, sig
+
+
+def _parse_params(signed: str) -> dict[str, str]:
+    """Decoded parameters; a repeated parameter makes the link ambiguous, so it is refused."""
+    try:
+        pairs = parse_qsl(signed, keep_blank_values=True, strict_parsing=bool(signed))
+    except ValueError as e:
+        raise LaunchDeniedError("malformed", f"the link's query string cannot be parsed: {e}") from e
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            raise LaunchDeniedError("malformed", f"parameter {name!r} appears more than once")
+        params[name] = value.strip()
+    return params
+
+
+def _claims(params: dict[str, str], ttl_s: float) -> LaunchClaims:
+    """The claims of a (signature-checked) link, each value checked for form."""
+    reviewer = _text(params, "reviewer")
+    if not reviewer:
+        raise LaunchDeniedError("malformed", "the link names no reviewer")
+    study = params.get("study", "")
+    if study and not is_valid_uid(study):
+        raise LaunchDeniedError("malformed", "study is not a valid StudyInstanceUID")
+    result = params.get("result", "")
+    if result and not is_valid_uid(result):
+        raise LaunchDeniedError("malformed", "result is not a valid SeriesInstanceUID or SOPInstanceUID")
+    issued = _unix_seconds(params, "ts")
+    if issued is None:
+        raise LaunchDeniedError("malformed", "the link carries no ts (issue time)")
+    expires = _unix_seconds(params, "exp")
+    if expires is not None and expires < issued:
+        raise LaunchDeniedError("malformed", "exp is before ts")
+    return LaunchClaims(
+        reviewer=reviewer,
+        study=study,
+        accession=_text(params, "accession"),
+        result=result,
+        issued_at=issued,
+        expires_at=expires if expires is not None else issued + int(ttl_s),
+    )
+
+
+def _text(params: dict[str, str], name: str) -> str:
+    value = params.get(name, "")
+    if len(value) > _MAX_TEXT or any(not ch.isprintable() for ch in value):
+        raise LaunchDeniedError("malformed", f"{name} must be at most {_MAX_TEXT} printable characters")
+    return value
+
+
+def _unix_seconds(params: dict[str, str], name: str) -> int | None:
+    value = params.get(name, "")
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 12:
+        raise LaunchDeniedError("malformed", f"{name} must be Unix time in whole seconds")
+    return int(value)
+
+
+def new_session(claims: LaunchClaims, result_id: int | None, *, now: float, ttl_s: float) -> ReviewSession:
+    """A fresh session for a verified launch (``result_id`` None for a worklist launch)."""
+    issued = int(now)
+    return ReviewSession(
+        session_id=secrets.token_hex(16),
+        reviewer=claims.reviewer,
+        result_id=result_id,
+        issued_at=issued,
+        expires_at=issued + int(ttl_s),
+    )
+
+
+def encode_session(key: bytes, session: ReviewSession) -> str:
+    """The cookie value: base64url(JSON) "." base64url(HMAC-SHA256)."""
+    payload = _b64(json.dumps(asdict(session), separators=(",", ":"), sort_keys=True).encode("utf-8"))
+    mac = _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
+    return f"{payload}.{mac}"
+
+
+def decode_session(key: bytes, token: str | None, *, now: float) -> ReviewSession:
+    """The session in a cookie value; :class:`LaunchDeniedError` if missing, forged or expired."""
+    if not token:
+        raise LaunchDeniedError("no-session", "no review session: open the review link from the PACS")
+    payload, _, mac = token.partition(".")
+    expected = _b64(hmac.new(key, payload.encode("ascii", "replace"), hashlib.sha256).digest())
+    if not mac or not hmac.compare_digest(expected, mac):
+        raise LaunchDeniedError("bad-session", "the review session is not valid")
+    try:
+        session = ReviewSession(**json.loads(_unb64(payload)))
+    except (ValueError, TypeError) as e:
+        raise LaunchDeniedError("bad-session", "the review session is not valid") from e
+    if now > session.expires_at:
+        raise LaunchDeniedError("session-expired", "the review session has expired; open the link again")
+    return session
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
