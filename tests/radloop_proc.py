@@ -57,15 +57,20 @@ class RadloopServer:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "radloop.cli", "serve", "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
         )
-        peers.wait_for(self._ready, timeout, interval=0.2, what=f"radloop on port {self.port} (log: {self.log_path})")
+        peers.wait_for(
+            self._ready, timeout, interval=0.2, what=f"radloop on port {self.port} (log: {self.log_path})"
+        )
         return self
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"radloop serve exited with {self.proc.returncode}:\n{self.log_text()}")
-        return "radloop ready" in self.log_text()[self._log_offset:]
+        return "radloop ready" in self.log_text()[self._log_offset :]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -104,7 +109,11 @@ class RadloopServer:
         config = ["-c", str(self.config_path)] if with_config else []
         return subprocess.run(
             [sys.executable, "-m", "radloop.cli", *args, *config],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
         )
 
     def __enter__(self) -> RadloopServer:

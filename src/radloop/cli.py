@@ -22,7 +22,9 @@ from radloop.core.logging import configure_logging
 from radloop.core.settings import Settings, load_settings
 
 app = typer.Typer(
-    help="radloop: medical-imaging AI in the clinical loop.", no_args_is_help=True, pretty_exceptions_enable=False
+    help="radloop: medical-imaging AI in the clinical loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 studies_app = typer.Typer(help="Received studies and series.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Pipeline jobs.", no_args_is_help=True)
@@ -32,9 +34,16 @@ config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (machine access to the HTTP API).", no_args_is_help=True)
 pulls_app = typer.Typer(help="Studies pulled from PACS sources, and polling.", no_args_is_help=True)
-for sub, name in [(studies_app, "studies"), (jobs_app, "jobs"), (pipelines_app, "pipelines"),
-                  (deliveries_app, "deliveries"), (config_app, "config"), (db_app, "db"),
-                  (tokens_app, "tokens"), (pulls_app, "pulls")]:
+for sub, name in [
+    (studies_app, "studies"),
+    (jobs_app, "jobs"),
+    (pipelines_app, "pipelines"),
+    (deliveries_app, "deliveries"),
+    (config_app, "config"),
+    (db_app, "db"),
+    (tokens_app, "tokens"),
+    (pulls_app, "pulls"),
+]:
     app.add_typer(sub, name=name)
 app.add_typer(models_app, name="models")
 app.add_typer(triton_app, name="triton")
@@ -44,7 +53,8 @@ app.command("run-pipeline")(run_pipeline)
 
 console = Console()
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (else $RADLOOP_CONFIG).", envvar="RADLOOP_CONFIG")
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (else $RADLOOP_CONFIG).", envvar="RADLOOP_CONFIG"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -101,8 +111,9 @@ def send(
     columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task("send", total=len(files))
-        report = send_files(files, host, port, called_ae, calling_ae,
-                            on_progress=lambda _p, _ok: progress.advance(task))
+        report = send_files(
+            files, host, port, called_ae, calling_ae, on_progress=lambda _p, _ok: progress.advance(task)
+        )
     for path, why in report.failed:
         console.print(f"[red]failed[/red] {path}: {why}")
     console.print(f"{len(report.sent)} sent, {len(report.failed)} failed")
@@ -118,18 +129,28 @@ def studies_list(config: ConfigOpt = None, as_json: JsonOpt = False, limit: int 
         _emit(rows, True, [], "")
         return
     flat = [
-        {"study": st["study_instance_uid"], "series": se["series_instance_uid"], "modality": se["modality"],
-         "instances": se["instance_count"], "state": se["state"], "routing": se["routing_status"],
-         "note": se["routing_note"]}
-        for st in rows for se in st["series"]
+        {
+            "study": st["study_instance_uid"],
+            "series": se["series_instance_uid"],
+            "modality": se["modality"],
+            "instances": se["instance_count"],
+            "state": se["state"],
+            "routing": se["routing_status"],
+            "note": se["routing_note"],
+        }
+        for st in rows
+        for se in st["series"]
     ]
     _table(flat, ["study", "series", "modality", "instances", "state", "routing", "note"], "Studies")
 
 
 @jobs_app.command("list")
 def jobs_list(
-    config: ConfigOpt = None, as_json: JsonOpt = False, state: str | None = None,
-    pipeline: str | None = None, limit: int = 100,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    state: str | None = None,
+    pipeline: str | None = None,
+    limit: int = 100,
 ) -> None:
     """Jobs, newest first."""
     rows = services.list_jobs(_engine(_settings(config)), state, pipeline, limit)
@@ -173,8 +194,14 @@ def pipelines_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit(rows, True, [], "")
         return
-    flat = [{**r, "operators": " → ".join(o["id"] for o in r["operators"]),
-             "destinations": ", ".join(r["destinations"])} for r in rows]
+    flat = [
+        {
+            **r,
+            "operators": " → ".join(o["id"] for o in r["operators"]),
+            "destinations": ", ".join(r["destinations"]),
+        }
+        for r in rows
+    ]
     _table(flat, ["name", "version", "operators", "destinations", "file"], "Pipelines")
 
 
@@ -185,8 +212,13 @@ def pipelines_validate(file: Path, as_json: JsonOpt = False) -> None:
     from radloop.pipelines.spec import load_pipeline
 
     p = load_pipeline(file, builtin_registry())
-    row = {"file": str(file), "name": p.name, "version": p.spec.version, "valid": True,
-           "order": [s.step.id for s in p.steps]}
+    row = {
+        "file": str(file),
+        "name": p.name,
+        "version": p.spec.version,
+        "valid": True,
+        "order": [s.step.id for s in p.steps],
+    }
     _emit(row, as_json, ["file", "name", "version", "valid", "order"], "Valid")
 
 
@@ -194,8 +226,12 @@ def pipelines_validate(file: Path, as_json: JsonOpt = False) -> None:
 def deliveries_list(config: ConfigOpt = None, as_json: JsonOpt = False, state: str | None = None) -> None:
     """Outbox rows with their attempts and last error."""
     rows = services.list_deliveries(_engine(_settings(config)), state)
-    _emit(rows, as_json, ["id", "kind", "destination", "state", "attempts", "next_attempt_at", "last_error"],
-          "Deliveries")
+    _emit(
+        rows,
+        as_json,
+        ["id", "kind", "destination", "state", "attempts", "next_attempt_at", "last_error"],
+        "Deliveries",
+    )
 
 
 @deliveries_app.command("retry")
@@ -231,8 +267,11 @@ def db_upgrade(config: ConfigOpt = None) -> None:
 
 
 @tokens_app.command("create")
-def tokens_create(name: Annotated[str, typer.Argument(help="Who the token is for, e.g. 'pacs-router'.")],
-                  config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for, e.g. 'pacs-router'.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Create an API token and print it once (only its hash is stored)."""
     row = services.create_token(_engine(_settings(config)), name)
     if as_json:
@@ -251,8 +290,11 @@ def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(name_or_id: Annotated[str, typer.Argument(help="Token name or id.")],
-                  config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def tokens_revoke(
+    name_or_id: Annotated[str, typer.Argument(help="Token name or id.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke an active token: requests carrying it get 401 from now on."""
     row = services.revoke_token(_engine(_settings(config)), name_or_id)
     _emit(row, as_json, ["id", "name", "revoked_at"], "Revoked")
@@ -263,7 +305,8 @@ def pull(
     source: Annotated[str | None, typer.Option(help="Pull source (default: the only one).")] = None,
     accession: Annotated[str, typer.Option("--accession", help="AccessionNumber of the study.")] = "",
     study: Annotated[str, typer.Option("--study", help="StudyInstanceUID of the study.")] = "",
-    config: ConfigOpt = None, as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Retrieve a study from a PACS now (by --accession or --study); it is routed like a pushed one.
 
@@ -274,8 +317,20 @@ def pull(
     name = source or _only_source(settings)
     engine = _engine(settings)
     rows = services.pull_study(services.build_puller(settings, engine), name, accession, study)
-    _emit(rows, as_json, ["source", "study_instance_uid", "accession_number", "state", "instances",
-                          "failed_instances", "error"], "Pulled")
+    _emit(
+        rows,
+        as_json,
+        [
+            "source",
+            "study_instance_uid",
+            "accession_number",
+            "state",
+            "instances",
+            "failed_instances",
+            "error",
+        ],
+        "Pulled",
+    )
     if any(r["state"] != "done" for r in rows):
         raise typer.Exit(1)
 
@@ -288,17 +343,39 @@ def _only_source(settings: Settings) -> str:
 
 
 @pulls_app.command("list")
-def pulls_list(config: ConfigOpt = None, as_json: JsonOpt = False, source: str | None = None,
-               state: str | None = None, limit: int = 100) -> None:
+def pulls_list(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    source: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+) -> None:
     """Studies found on pull sources: state, retrievals, instances."""
     rows = services.list_pulls(_engine(_settings(config)), source, state, limit)
-    _emit(rows, as_json, ["id", "source", "study_instance_uid", "trigger", "state", "retrievals", "instances",
-                          "retrieved_at", "error"], "Pulls")
+    _emit(
+        rows,
+        as_json,
+        [
+            "id",
+            "source",
+            "study_instance_uid",
+            "trigger",
+            "state",
+            "retrievals",
+            "instances",
+            "retrieved_at",
+            "error",
+        ],
+        "Pulls",
+    )
 
 
 @pulls_app.command("poll")
-def pulls_poll(source: Annotated[str, typer.Argument(help="Pull source name.")], config: ConfigOpt = None,
-               as_json: JsonOpt = False) -> None:
+def pulls_poll(
+    source: Annotated[str, typer.Argument(help="Pull source name.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Poll a source once now, as ``radloop serve`` does on schedule (new studies only)."""
     settings = _settings(config)
     configure_logging("WARNING")
@@ -318,22 +395,37 @@ def pulls_sources(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         _emit(rows, True, [], "")
         return
-    flat = [{**r, "poll": "on" if r["poll"]["enabled"] else "off",
-             "since": (r["cursor"] or {}).get("since_date", ""), "polls": (r["cursor"] or {}).get("polls", 0)}
-            for r in rows]
+    flat = [
+        {
+            **r,
+            "poll": "on" if r["poll"]["enabled"] else "off",
+            "since": (r["cursor"] or {}).get("since_date", ""),
+            "polls": (r["cursor"] or {}).get("polls", 0),
+        }
+        for r in rows
+    ]
     columns = ["name", "kind", "address", "listener_ae_title", "retrieve", "poll", "polls", "since"]
     _table(flat, columns, "Sources")
 
 
 @app.command("review-url")
 def review_url(
-    study: Annotated[str | None, typer.Argument(
-        help="StudyInstanceUID or AccessionNumber of the study to review; omit for a worklist link.")] = None,
+    study: Annotated[
+        str | None,
+        typer.Argument(
+            help="StudyInstanceUID or AccessionNumber of the study to review; omit for a worklist link."
+        ),
+    ] = None,
     reviewer: Annotated[str, typer.Option(help="Who reviews (the PACS user ID).")] = "",
-    result: Annotated[str, typer.Option(help="SeriesInstanceUID or SOPInstanceUID of the SEG; "
-                                              "default: the study's newest AI SEG.")] = "",
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Seconds the link stays valid "
-                                                  "(default: review.link_ttl_s).")] = None,
+    result: Annotated[
+        str,
+        typer.Option(
+            help="SeriesInstanceUID or SOPInstanceUID of the SEG; default: the study's newest AI SEG."
+        ),
+    ] = "",
+    ttl: Annotated[
+        float | None, typer.Option("--ttl", help="Seconds the link stays valid (default: review.link_ttl_s).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print a signed, expiring launch URL for the review app (what a PACS launch button opens)."""
@@ -345,9 +437,14 @@ def review_url(
     settings = _settings(config)
     named = study or ""
     by_uid = is_valid_uid(named)
-    url = launch_url(settings, reviewer=reviewer.strip(), study=named if by_uid else "",
-                     accession="" if by_uid else named, result=result,
-                     ttl_s=ttl if ttl is not None else settings.review.link_ttl_s)
+    url = launch_url(
+        settings,
+        reviewer=reviewer.strip(),
+        study=named if by_uid else "",
+        accession="" if by_uid else named,
+        result=result,
+        ttl_s=ttl if ttl is not None else settings.review.link_ttl_s,
+    )
     sys.stdout.write(url + "\n")
 
 

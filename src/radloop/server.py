@@ -47,8 +47,8 @@ def check_destinations(settings: Settings, catalog: PipelineCatalog) -> None:
         missing = [d for d in wanted if d not in known]
         if missing:
             raise ConfigError(
-                f"{p.source}: pipeline {p.name} delivers to {missing}, which are not in settings.destinations "
-                f"(configured: {sorted(known) or 'none'})"
+                f"{p.source}: pipeline {p.name} delivers to {missing}, "
+                f"which are not in settings.destinations (configured: {sorted(known) or 'none'})"
             )
 
 
@@ -115,7 +115,9 @@ def build_server(settings: Settings) -> Server:
     store = InstanceStore(settings.data_dir, engine, settings.dicom.min_free_bytes)
     assembler = Assembler(settings, engine, catalog)
     scp = StorageSCP(settings, store, assembler.on_association_end)
-    return Server(settings, engine, catalog, scp, assembler, LocalExecutor(settings, engine), Outbox(settings, engine))
+    return Server(
+        settings, engine, catalog, scp, assembler, LocalExecutor(settings, engine), Outbox(settings, engine)
+    )
 
 
 def start_pollers(server: Server, puller: Puller) -> None:
@@ -158,8 +160,9 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     api = f", API http://{server.api.host}:{server.api.port}" if server.api else ""
-    log.info("radloop ready: DICOM %s:%s%s, data in %s",
-             settings.dicom.host, server.port, api, settings.data_dir)
+    log.info(
+        "radloop ready: DICOM %s:%s%s, data in %s", settings.dicom.host, server.port, api, settings.data_dir
+    )
     if on_ready:
         on_ready(server)
     server.run_forever()

@@ -111,7 +111,10 @@ def list_deliveries(engine: Engine, state: str | None = None, limit: int = 100) 
         if state:
             q = q.where(Delivery.state == DeliveryState(state))
         rows = s.exec(q.order_by(col(Delivery.id).desc()).limit(limit)).all()
-        return [{**_row(d), "kind": r.kind, "sop_instance_uid": r.sop_instance_uid, "job_id": r.job_id} for d, r in rows]
+        return [
+            {**_row(d), "kind": r.kind, "sop_instance_uid": r.sop_instance_uid, "job_id": r.job_id}
+            for d, r in rows
+        ]
 
 
 def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
@@ -162,7 +165,9 @@ def counts(engine: Engine) -> dict[str, int]:
             "series": s.exec(select(func.count()).select_from(Series)).one(),
         }
         for state in JobState:
-            out[f"jobs_{state.value}"] = s.exec(select(func.count()).select_from(Job).where(Job.state == state)).one()
+            out[f"jobs_{state.value}"] = s.exec(
+                select(func.count()).select_from(Job).where(Job.state == state)
+            ).one()
         out["deliveries_pending"] = s.exec(
             select(func.count()).select_from(Delivery).where(Delivery.state == DeliveryState.pending)
         ).one()
@@ -205,7 +210,8 @@ def get_series(engine: Engine, series_instance_uid: str) -> dict[str, Any]:
     """One series with its study UID and its jobs."""
     with session_scope(engine) as s:
         found = s.exec(
-            select(Series, Study.study_instance_uid).join(Study, col(Study.id) == Series.study_id)
+            select(Series, Study.study_instance_uid)
+            .join(Study, col(Study.id) == Series.study_id)
             .where(Series.series_instance_uid == series_instance_uid)
         ).first()
         if found is None:
@@ -244,10 +250,14 @@ def get_pipeline(catalog: PipelineCatalog, name: str) -> dict[str, Any]:
 
 def _pipeline_row(p: Pipeline) -> dict[str, Any]:
     return {
-        "name": p.name, "version": p.spec.version, "description": p.spec.description,
-        "priority": p.spec.priority.value, "match": p.spec.match.model_dump(mode="json"),
+        "name": p.name,
+        "version": p.spec.version,
+        "description": p.spec.description,
+        "priority": p.spec.priority.value,
+        "match": p.spec.match.model_dump(mode="json"),
         "operators": [{"id": b.step.id, "use": b.step.use} for b in p.steps],
-        "destinations": list(p.spec.destinations), "file": str(p.source),
+        "destinations": list(p.spec.destinations),
+        "file": str(p.source),
     }
 
 
@@ -266,8 +276,19 @@ def list_models(settings: Settings, catalog: PipelineCatalog) -> list[dict[str, 
     rows += [_model_row(p.spec, "package", used) for name, p in packaged if name not in have]
     have |= {r["name"] for r in rows}
     missing = [(name, pipelines) for name, pipelines in sorted(used.items()) if name not in have]
-    rows += [{"name": name, "version": "", "format": "", "task": "", "description": "", "location": "missing",
-              "available": False, "used_by": pipelines} for name, pipelines in missing]
+    rows += [
+        {
+            "name": name,
+            "version": "",
+            "format": "",
+            "task": "",
+            "description": "",
+            "location": "missing",
+            "available": False,
+            "used_by": pipelines,
+        }
+        for name, pipelines in missing
+    ]
     return rows
 
 
@@ -283,9 +304,16 @@ def _models_used_by_pipelines(catalog: PipelineCatalog) -> dict[str, list[str]]:
 
 
 def _model_row(spec: Any, location: str, used: dict[str, list[str]]) -> dict[str, Any]:
-    return {"name": spec.name, "version": spec.version, "format": spec.format, "task": spec.task,
-            "description": spec.description, "location": location, "available": True,
-            "used_by": used.get(spec.name, [])}
+    return {
+        "name": spec.name,
+        "version": spec.version,
+        "format": spec.format,
+        "task": spec.task,
+        "description": spec.description,
+        "location": location,
+        "available": True,
+        "used_by": used.get(spec.name, []),
+    }
 
 
 # --------------------------------------------------------------------------- health
@@ -344,8 +372,9 @@ def build_puller(settings: Settings, engine: Engine, catalog: PipelineCatalog | 
     return Puller(settings, engine, store, Assembler(settings, engine, catalog).on_association_end)
 
 
-def pull_study(puller: Puller, source: str, accession_number: str = "", study_instance_uid: str = "") -> list[
-        dict[str, Any]]:
+def pull_study(
+    puller: Puller, source: str, accession_number: str = "", study_instance_uid: str = ""
+) -> list[dict[str, Any]]:
     """Retrieve a study (by accession number or UID) from a source now; one row per study found."""
     rows = puller.pull(source, accession_number=accession_number, study_instance_uid=study_instance_uid)
     return [_row(r) for r in rows]
@@ -354,12 +383,17 @@ def pull_study(puller: Puller, source: str, accession_number: str = "", study_in
 def poll_source(puller: Puller, source: str) -> dict[str, Any]:
     """Poll a source once now (as the scheduled poll does)."""
     report = puller.poll(source)
-    return {"source": report.source, "found": report.found, "skipped": report.skipped,
-            "retrieved": [_row(r) for r in report.retrieved]}
+    return {
+        "source": report.source,
+        "found": report.found,
+        "skipped": report.skipped,
+        "retrieved": [_row(r) for r in report.retrieved],
+    }
 
 
-def list_pulls(engine: Engine, source: str | None = None, state: str | None = None,
-               limit: int = 100) -> list[dict[str, Any]]:
+def list_pulls(
+    engine: Engine, source: str | None = None, state: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Studies found on pull sources, newest first."""
     with session_scope(engine) as s:
         q = select(PulledStudy).order_by(col(PulledStudy.id).desc()).limit(limit)
@@ -378,9 +412,15 @@ def list_sources(settings: Settings, engine: Engine) -> list[dict[str, Any]]:
     for src in settings.sources:
         cursor = cursors.get(src.name)
         where = src.url if isinstance(src, DicomwebSource) else f"{src.ae_title}@{src.host}:{src.port}"
-        out.append({
-            "name": src.name, "kind": src.kind, "address": where, "listener_ae_title": src.listener_ae_title,
-            "retrieve": getattr(src, "retrieve", "wado-rs"), "poll": src.poll.model_dump(mode="json"),
-            "cursor": _row(cursor) if cursor else None,
-        })
+        out.append(
+            {
+                "name": src.name,
+                "kind": src.kind,
+                "address": where,
+                "listener_ae_title": src.listener_ae_title,
+                "retrieve": getattr(src, "retrieve", "wado-rs"),
+                "poll": src.poll.model_dump(mode="json"),
+                "cursor": _row(cursor) if cursor else None,
+            }
+        )
     return out

@@ -10,13 +10,13 @@ import psycopg
 import pytest
 from sqlmodel import Session, select
 
+from radloop.connector.assembler import Assembler
 from radloop.connector.store import InstanceStore, describe
 from radloop.core import db, jobs
 from radloop.core.models import Instance, Job, Series
 from radloop.core.settings import Settings, load_settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.operators import builtin_registry
-from radloop.connector.assembler import Assembler
 
 pytestmark = [pytest.mark.peers]
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -31,8 +31,11 @@ def pg_settings(tmp_path: Path) -> Iterator[Settings]:
     except psycopg.OperationalError as e:
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required (user postgres, trust auth): {e}")
     try:
-        yield load_settings(data_dir=str(tmp_path), database={"url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"},
-                            dicom={"listeners": [{"ae_title": "RADLOOP", "pipelines": ["brain-extraction"]}]})
+        yield load_settings(
+            data_dir=str(tmp_path),
+            database={"url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"},
+            dicom={"listeners": [{"ae_title": "RADLOOP", "pipelines": ["brain-extraction"]}]},
+        )
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -51,7 +54,9 @@ def test_store_route_and_claim_on_postgresql(pg_settings: Settings, t1_series_di
         info = describe(ds, str(ds.file_meta.TransferSyntaxUID), "RADLOOP", "SCU")
         store.store(f.read_bytes(), info, ds)
     ds = pydicom.dcmread(files[0])
-    store.store(files[0].read_bytes(), describe(ds, str(ds.file_meta.TransferSyntaxUID), "RADLOOP", "SCU"), ds)
+    store.store(
+        files[0].read_bytes(), describe(ds, str(ds.file_meta.TransferSyntaxUID), "RADLOOP", "SCU"), ds
+    )
     with Session(engine) as s:
         assert len(s.exec(select(Instance)).all()) == 170
         series = s.exec(select(Series)).one()

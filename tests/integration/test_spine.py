@@ -33,12 +33,21 @@ J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 
 def _config(orthanc: peers.OrthancServer, **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "dicom": {"listeners": [
-            {"ae_title": BRAIN_AE, "pipelines": ["brain-extraction"], "quiet_period_s": 60},
-            {"ae_title": "RADLOOP", "quiet_period_s": 60},
-        ]},
-        "destinations": [{"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": orthanc.dicom_port,
-                          "ae_title": orthanc.aet}],
+        "dicom": {
+            "listeners": [
+                {"ae_title": BRAIN_AE, "pipelines": ["brain-extraction"], "quiet_period_s": 60},
+                {"ae_title": "RADLOOP", "quiet_period_s": 60},
+            ]
+        },
+        "destinations": [
+            {
+                "kind": "dicom",
+                "name": "pacs",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "ae_title": orthanc.aet,
+            }
+        ],
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
     }
     return {**cfg, **extra}
@@ -60,14 +69,19 @@ def _seg_brain_volume_ml(seg: hd.seg.Segmentation) -> float:
 
 
 @pytest.mark.slow
-def test_t1_series_to_brain_seg_in_orthanc(orthanc_clean: peers.OrthancServer, t1_series_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_t1_series_to_brain_seg_in_orthanc(
+    orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
+) -> None:
     with RadloopServer(tmp_path, _config(orthanc_clean)) as server:
         t0 = time.monotonic()
         sent = peers.storescu(t1_series_dir, "127.0.0.1", server.port, BRAIN_AE)
         assert sent.returncode == 0, sent.stderr
-        segs = peers.wait_for(lambda: _seg_instances(orthanc_clean), 240, interval=0.5,
-                              what=f"SEG in Orthanc (radloop log: {server.log_path})")
+        segs = peers.wait_for(
+            lambda: _seg_instances(orthanc_clean),
+            240,
+            interval=0.5,
+            what=f"SEG in Orthanc (radloop log: {server.log_path})",
+        )
         end_to_end = time.monotonic() - t0
         print(f"\nend-to-end (first byte sent → SEG stored in Orthanc): {end_to_end:.1f} s")
         (job,) = _jobs(server)
@@ -90,8 +104,9 @@ def test_t1_series_to_brain_seg_in_orthanc(orthanc_clean: peers.OrthancServer, t
     assert 1000 <= volume_ml <= 1800
 
 
-def test_j2k_ct_stored_as_sent_and_decodes(orthanc: peers.OrthancServer, ct_j2k_series_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_j2k_ct_stored_as_sent_and_decodes(
+    orthanc: peers.OrthancServer, ct_j2k_series_dir: Path, tmp_path: Path
+) -> None:
     with RadloopServer(tmp_path, _config(orthanc)) as server:
         sent = peers.storescu(ct_j2k_series_dir, "127.0.0.1", server.port, "RADLOOP")
         assert sent.returncode == 0, sent.stderr
@@ -111,37 +126,47 @@ def test_j2k_ct_stored_as_sent_and_decodes(orthanc: peers.OrthancServer, ct_j2k_
     assert spacing[0] == pytest.approx(2.0, abs=1e-3)
     assert spacing[1:] == pytest.approx(tuple(float(x) for x in first.PixelSpacing), abs=1e-6)
     # Pixel data identical to what was sent (stored as sent, decoded here).
-    sent_by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-                   for p in ct_j2k_series_dir.iterdir()}
+    sent_by_uid = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+        for p in ct_j2k_series_dir.iterdir()
+    }
     for p in paths[:3]:
         mine = pydicom.dcmread(p)
         theirs = pydicom.dcmread(sent_by_uid[str(mine.SOPInstanceUID)])
         assert mine.PixelData == theirs.PixelData
 
 
-def test_bad_input_is_refused_and_explained(orthanc: peers.OrthancServer, ct_bad_uid_dir: Path,
-                                            ct_j2k_series_dir: Path, tmp_path: Path) -> None:
+def test_bad_input_is_refused_and_explained(
+    orthanc: peers.OrthancServer, ct_bad_uid_dir: Path, ct_j2k_series_dir: Path, tmp_path: Path
+) -> None:
     with RadloopServer(tmp_path, _config(orthanc)) as server:
         # 1. Data sets with empty UIDs: refused with a failure status and a logged reason.
         bad = sorted(ct_bad_uid_dir.iterdir())[0]
         status = peers.send_raw_dataset(bad, "127.0.0.1", server.port, "RADLOOP")
         assert status >= 0xA000, hex(status)
         peers.wait_for(lambda: "not a valid UID" in server.log_text(), 10, what="refusal log line")
-        assert "SOPClassUID is empty" in server.log_text() or "SOPInstanceUID is empty" in server.log_text() \
+        assert (
+            "SOPClassUID is empty" in server.log_text()
+            or "SOPInstanceUID is empty" in server.log_text()
             or "StudyInstanceUID is empty" in server.log_text()
+        )
         # 2. Random bytes and a half-sent association on the DICOM port.
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
             sock.sendall(np.random.default_rng(0).bytes(4096))
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            sock.sendall(bytes.fromhex("01000000") + (1000).to_bytes(2, "big"))  # A-ASSOCIATE-RQ header, then silence
+            sock.sendall(
+                bytes.fromhex("01000000") + (1000).to_bytes(2, "big")
+            )  # A-ASSOCIATE-RQ header, then silence
         # 3. A CT sent to the brain AE: a visible, explained non-match.
         sent = peers.storescu(ct_j2k_series_dir, "127.0.0.1", server.port, BRAIN_AE)
         assert sent.returncode == 0, sent.stderr
         assert peers.echoscu("127.0.0.1", server.port, "RADLOOP").returncode == 0
         with Session(server.engine) as s:
             series = peers.wait_for(
-                lambda: s.exec(select(Series).where(Series.routing_status == "unmatched")).first(), 15,
-                what="CT series marked unmatched")
+                lambda: s.exec(select(Series).where(Series.routing_status == "unmatched")).first(),
+                15,
+                what="CT series marked unmatched",
+            )
             assert series.modality == "CT"
             assert "Modality CT not in ['MR']" in series.routing_note
             assert s.exec(select(Job)).all() == []
@@ -185,15 +210,37 @@ def _acknowledged_files(storescu_log: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_kill9_during_transfer_loses_nothing_and_duplicates_nothing(
-        orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path) -> None:
+    orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
+) -> None:
     server = RadloopServer(tmp_path, _config(orthanc_clean))
     server.start()
-    cmd = [peers.require_binary("storescu"), "-v", "-R", "-aet", "STORESCU", "-aec", BRAIN_AE,
-           "-to", "10", "-ta", "10", "+sd", "127.0.0.1", str(server.port), str(t1_series_dir)]
-    sender = subprocess.Popen(cmd, env=peers.peer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        peers.require_binary("storescu"),
+        "-v",
+        "-R",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        BRAIN_AE,
+        "-to",
+        "10",
+        "-ta",
+        "10",
+        "+sd",
+        "127.0.0.1",
+        str(server.port),
+        str(t1_series_dir),
+    ]
+    sender = subprocess.Popen(
+        cmd, env=peers.peer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     instances_dir = server.settings.data_dir / "instances"
-    peers.wait_for(lambda: sum(1 for _ in instances_dir.rglob("*.dcm")) >= 60, 60, interval=0.01,
-                   what="60 instances stored")
+    peers.wait_for(
+        lambda: sum(1 for _ in instances_dir.rglob("*.dcm")) >= 60,
+        60,
+        interval=0.01,
+        what="60 instances stored",
+    )
     server.kill9()
     out, _ = sender.communicate(timeout=60)
     acked = _acknowledged_files(out)

@@ -29,8 +29,14 @@ def _job(engine: Engine, key: str, priority: Priority = Priority.normal, max_att
         series = Series(study_id=study.id, series_instance_uid=f"1.3.{abs(hash(key)) % 10**8}")  # type: ignore[arg-type]
         s.add(series)
         s.flush()
-        job = Job(pipeline="p", series_id=series.id, idempotency_key=key, priority=priority,  # type: ignore[arg-type]
-                  priority_rank=priority.rank, max_attempts=max_attempts)
+        job = Job(
+            pipeline="p",
+            series_id=series.id,
+            idempotency_key=key,
+            priority=priority,  # type: ignore[arg-type]
+            priority_rank=priority.rank,
+            max_attempts=max_attempts,
+        )
         s.add(job)
         s.flush()
         assert job.id is not None
@@ -69,14 +75,20 @@ def test_transient_failure_retries_with_backoff_then_fails(engine: Engine) -> No
         row.next_attempt_at = utcnow()
         s.add(row)
     jobs.claim_next(engine, "w", 60)
-    assert jobs.fail_attempt(engine, job_id, "w", "still down", transient=True, base_s=10, cap_s=60) == JobState.failed
+    assert (
+        jobs.fail_attempt(engine, job_id, "w", "still down", transient=True, base_s=10, cap_s=60)
+        == JobState.failed
+    )
     assert _get(engine, job_id).error == "still down"
 
 
 def test_permanent_failure_fails_at_once(engine: Engine) -> None:
     job_id = _job(engine, "k")
     jobs.claim_next(engine, "w", 60)
-    assert jobs.fail_attempt(engine, job_id, "w", "bad input", transient=False, base_s=1, cap_s=1) == JobState.failed
+    assert (
+        jobs.fail_attempt(engine, job_id, "w", "bad input", transient=False, base_s=1, cap_s=1)
+        == JobState.failed
+    )
 
 
 def test_expired_lease_is_requeued_and_old_owner_loses_it(engine: Engine) -> None:

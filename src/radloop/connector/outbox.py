@@ -50,7 +50,9 @@ class Outbox:
         try:
             if result is None:
                 raise DeliveryError(f"result {delivery.result_id} no longer exists")
-            sender_for(self.settings.destination(delivery.destination)).send(self.settings.data_dir / result.path)
+            sender_for(self.settings.destination(delivery.destination)).send(
+                self.settings.data_dir / result.path
+            )
         except (DeliveryError, ConfigError) as e:
             error = str(e)
         with session_scope(self.engine) as s:
@@ -71,10 +73,21 @@ class Outbox:
         row.last_error = error
         if row.attempts >= cfg.max_attempts:
             row.state = DeliveryState.failed
-            log.error("delivery %s to %s failed for good after %d attempts: %s",
-                      row.id, row.destination, row.attempts, error)
+            log.error(
+                "delivery %s to %s failed for good after %d attempts: %s",
+                row.id,
+                row.destination,
+                row.attempts,
+                error,
+            )
         else:
             delay = backoff_seconds(row.attempts, cfg.retry_base_s, cfg.retry_cap_s)
             row.next_attempt_at = utcnow() + timedelta(seconds=delay)
-            log.warning("delivery %s to %s failed (attempt %d), retry in %.0f s: %s",
-                        row.id, row.destination, row.attempts, delay, error)
+            log.warning(
+                "delivery %s to %s failed (attempt %d), retry in %.0f s: %s",
+                row.id,
+                row.destination,
+                row.attempts,
+                delay,
+                error,
+            )

@@ -66,10 +66,15 @@ class ListenerSettings(_Strict):
         description="Pipelines whose match rules are tried for series received here; empty = all.",
     )
     allowed_callers: list[AllowedCaller] = Field(
-        default_factory=list, description="Empty = any caller; else (AE title, host) pairs that may associate."
+        default_factory=list,
+        description="Empty = any caller; else (AE title, host) pairs that may associate.",
     )
-    quiet_period_s: float = Field(10.0, gt=0, description="A series is complete after this long with no new instance.")
-    complete_on_release: bool = Field(True, description="A released association completes the series it carried.")
+    quiet_period_s: float = Field(
+        10.0, gt=0, description="A series is complete after this long with no new instance."
+    )
+    complete_on_release: bool = Field(
+        True, description="A released association completes the series it carried."
+    )
 
     _check = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -219,7 +224,9 @@ class WorkerSettings(_Strict):
 
     executor: Literal["local"] = "local"
     processes: int = Field(1, ge=1, description="Pipeline worker processes of the local executor.")
-    lease_s: float = Field(120.0, gt=1, description="A running job whose lease is not renewed for this long is re-queued.")
+    lease_s: float = Field(
+        120.0, gt=1, description="A running job whose lease is not renewed for this long is re-queued."
+    )
     max_attempts: int = Field(3, ge=1)
     retry_base_s: float = Field(10.0, gt=0)
     retry_cap_s: float = Field(600.0, gt=0)
@@ -400,7 +407,9 @@ class Settings(BaseSettings):
         for d in self.destinations:
             if d.name == name:
                 return d
-        raise ConfigError(f"no destination named {name!r} in settings (have: {[d.name for d in self.destinations]})")
+        raise ConfigError(
+            f"no destination named {name!r} in settings (have: {[d.name for d in self.destinations]})"
+        )
 
     def listener(self, ae_title: str) -> ListenerSettings | None:
         """The listener for a called AE title, or None."""
@@ -442,7 +451,7 @@ def _env_values() -> dict[str, Any]:
     for key, raw in os.environ.items():
         if not key.startswith("RADLOOP_") or key == "RADLOOP_CONFIG":
             continue
-        parts = key[len("RADLOOP_"):].lower().split("__")
+        parts = key[len("RADLOOP_") :].lower().split("__")
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})

@@ -65,8 +65,12 @@ class JobRunner:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         ctx = OperatorContext(
-            job_id=job_id, idempotency_key=job.idempotency_key, workdir=workdir,
-            pipeline_name=pipeline.name, pipeline_version=pipeline.spec.version, models=self.models,
+            job_id=job_id,
+            idempotency_key=job.idempotency_key,
+            workdir=workdir,
+            pipeline_name=pipeline.name,
+            pipeline_version=pipeline.spec.version,
+            models=self.models,
         )
         outputs = self._run_steps(job, pipeline, series_input, ctx)
         return self._record_results(job, pipeline, outputs)
@@ -76,7 +80,9 @@ class JobRunner:
         if series is None:
             raise PermanentJobError(f"series {job.series_id} of job {job.id} no longer exists")
         instances = s.exec(
-            select(Instance).where(Instance.series_id == series.id).order_by(col(Instance.instance_number), col(Instance.id))
+            select(Instance)
+            .where(Instance.series_id == series.id)
+            .order_by(col(Instance.instance_number), col(Instance.id))
         ).all()
         if not instances:
             raise PermanentJobError(f"series {series.series_instance_uid} has no stored instances")
@@ -165,10 +171,16 @@ class JobRunner:
         target.with_suffix(".tmp").replace(target)
         result = s.exec(select(Result).where(Result.sop_instance_uid == sop_uid)).first()
         if result is None:
+            assert job.id is not None
             result = Result(
-                job_id=job.id, kind=kind, sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=sop_uid,
-                series_instance_uid=str(ds.SeriesInstanceUID), study_instance_uid=str(ds.StudyInstanceUID),
-                path=str(rel), created_at=utcnow(),
+                job_id=job.id,
+                kind=kind,
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=sop_uid,
+                series_instance_uid=str(ds.SeriesInstanceUID),
+                study_instance_uid=str(ds.StudyInstanceUID),
+                path=str(rel),
+                created_at=utcnow(),
             )
             s.add(result)
             s.flush()

@@ -98,7 +98,8 @@ class PipelineSpec(BaseModel):
         "a destination not named here gets every kind.",
     )
     resources: ResourceNeeds = Field(
-        default_factory=lambda: ResourceNeeds(), description="What the pipeline needs from the machine it runs on."
+        default_factory=lambda: ResourceNeeds(),
+        description="What the pipeline needs from the machine it runs on.",
     )
 
     @field_validator("name")
