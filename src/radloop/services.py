@@ -4,10 +4,10 @@ through), return plain dicts, and raise radloop errors."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, func, select
+from sqlmodel import Session, SQLModel, col, func, select
 
 from radloop.connector.pull import Puller
 from radloop.core import jobs as job_states
@@ -32,6 +32,16 @@ from radloop.core.models import (
 from radloop.core.settings import DicomwebSource, Settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.spec import Pipeline
+
+T = TypeVar("T", bound=SQLModel)
+
+
+def _get(s: Session, model: type[T], row_id: int) -> T:
+    """The row of ``model`` with id ``row_id``; :class:`NotFoundError` naming it if there is none."""
+    row = s.get(model, row_id)
+    if row is None:
+        raise NotFoundError(f"no {model.__name__.lower()} {row_id}")
+    return row
 
 
 def _row(obj: Any) -> dict[str, Any]:
@@ -73,9 +83,7 @@ def list_jobs(
 def get_job(engine: Engine, job_id: int) -> dict[str, Any]:
     """One job with its operator steps (timings, logs) and results."""
     with session_scope(engine) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
+        job = _get(s, Job, job_id)
         row = _row(job)
         steps = s.exec(select(JobStep).where(JobStep.job_id == job_id).order_by(col(JobStep.id))).all()
         row["steps"] = [_row(x) for x in steps]
@@ -87,9 +95,7 @@ def get_job(engine: Engine, job_id: int) -> dict[str, Any]:
 def retry_job(engine: Engine, job_id: int, budget: int) -> dict[str, Any]:
     """Re-queue a finished (failed, cancelled or succeeded) job now."""
     with session_scope(engine) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
+        job = _get(s, Job, job_id)
         job_states.retry(s, job, budget)
         return _row(job)
 
@@ -97,9 +103,7 @@ def retry_job(engine: Engine, job_id: int, budget: int) -> dict[str, Any]:
 def cancel_job(engine: Engine, job_id: int) -> dict[str, Any]:
     """Cancel a queued or running job."""
     with session_scope(engine) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFoundError(f"no job {job_id}")
+        job = _get(s, Job, job_id)
         job_states.cancel(s, job)
         return _row(job)
 
@@ -134,9 +138,7 @@ def get_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
 def retry_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
     """Send a failed or dismissed delivery again now."""
     with session_scope(engine) as s:
-        d = s.get(Delivery, delivery_id)
-        if d is None:
-            raise NotFoundError(f"no delivery {delivery_id}")
+        d = _get(s, Delivery, delivery_id)
         if d.state == DeliveryState.sent:
             raise RadloopError(f"delivery {delivery_id} was already sent")
         d.state, d.next_attempt_at = DeliveryState.pending, utcnow()
@@ -147,9 +149,7 @@ def retry_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
 def dismiss_delivery(engine: Engine, delivery_id: int) -> dict[str, Any]:
     """Stop retrying a delivery (it stays listed as dismissed)."""
     with session_scope(engine) as s:
-        d = s.get(Delivery, delivery_id)
-        if d is None:
-            raise NotFoundError(f"no delivery {delivery_id}")
+        d = _get(s, Delivery, delivery_id)
         if d.state == DeliveryState.sent:
             raise RadloopError(f"delivery {delivery_id} was already sent")
         d.state = DeliveryState.dismissed

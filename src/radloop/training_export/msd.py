@@ -17,10 +17,10 @@ so that no case is in both. ``numTraining`` counts the ``training`` list.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
-from radloop.training_export.formats import CaseFiles, DatasetIndex, DatasetInfo, ExportFormat
+from radloop.training_export.formats import CaseFiles, DatasetIndex, ExportFormat
+from radloop.training_export.monai import MonaiDatalist
 
 
 def _entries(cases: tuple[CaseFiles, ...]) -> list[dict[str, str]]:
@@ -28,22 +28,10 @@ def _entries(cases: tuple[CaseFiles, ...]) -> list[dict[str, str]]:
     return [{"image": f"./{c.image}", "label": f"./{c.label}"} for c in cases]
 
 
-class MsdDataset:
-    """The ``msd`` format."""
+class MsdDataset(MonaiDatalist):
+    """The ``msd`` format: the same folders as ``monai``, a different index file."""
 
     name: ClassVar[ExportFormat] = ExportFormat.msd
-
-    def dataset_root(self, out_dir: Path, info: DatasetInfo) -> Path:
-        """The dataset fills ``out_dir``."""
-        return out_dir
-
-    def image_path(self, case_id: str) -> str:
-        """``imagesTr/<case>.nii.gz``."""
-        return f"imagesTr/{case_id}.nii.gz"
-
-    def label_path(self, case_id: str) -> str:
-        """``labelsTr/<case>.nii.gz``."""
-        return f"labelsTr/{case_id}.nii.gz"
 
     def index_files(self, index: DatasetIndex) -> dict[str, Any]:
         """``dataset.json``."""
