@@ -9,6 +9,7 @@ Triton server without touching the operator. Names follow Triton's model metadat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +45,12 @@ class ModelMetadata:
             raise ValueError("ModelMetadata.name must not be empty")
         _check_unique_names("inputs", self.inputs)
         _check_unique_names("outputs", self.outputs)
+
+    def input_mismatch(self, given: Iterable[str]) -> str | None:
+        """None if ``given`` (input names, e.g. a dict's keys) are exactly the model's, else what is wrong."""
+        expected = sorted(s.name for s in self.inputs)
+        names = sorted(given)
+        return None if names == expected else f"takes inputs {expected}, got {names}"
 
 
 @runtime_checkable

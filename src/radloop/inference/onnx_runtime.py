@@ -54,9 +54,9 @@ class OnnxRuntimeBackend:
 
     def infer(self, inputs: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         """Run the graph once on ``inputs`` (keyed by input name); outputs keyed by output name."""
-        expected = sorted(s.name for s in self._metadata.inputs)
-        if sorted(inputs) != expected:
-            raise InferenceError(f"ONNX model {self.path} takes inputs {expected}, got {sorted(inputs)}")
+        mismatch = self._metadata.input_mismatch(inputs)
+        if mismatch:
+            raise InferenceError(f"ONNX model {self.path} {mismatch}")
         names = [s.name for s in self._metadata.outputs]
         feed = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         try:
