@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 import peers
+from helpers_data import ct_series_paths, series_ref_of
+from radloop.pipelines.ports import Volume
+from radloop.pipelines.volume import load_volume
 
 # Binaries and files that `peers`-marked tests need.
 PEER_BINARIES = ("Orthanc", "storescu", "storescp", "echoscu", "findscu", "movescu", "dcmdump", "dciodvfy",
@@ -126,3 +129,21 @@ def synthetic_ct_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("synthetic_ct")
     peers.make_synthetic_ct_series(target, n=16, rows=128, cols=128, seed=0)
     return target
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+@pytest.fixture(scope="module")
+def t1_volume(t1_series_dir: Path) -> Volume:
+    """The 170-slice T1 series as a Volume (loaded once per test module)."""
+    paths = sorted(t1_series_dir.glob("*.dcm"))
+    assert len(paths) == 170, f"expected the 170-file T1 series in {t1_series_dir}"
+    return load_volume(paths, series_ref_of(paths[0]))
+
+
+@pytest.fixture(scope="module")
+def ct_volume() -> Volume:
+    """The 20-slice JPEG 2000 CT series as a Volume (loaded once per test module)."""
+    paths = ct_series_paths()
+    return load_volume(paths, series_ref_of(paths[0]))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
@@ -54,3 +56,12 @@ def series_ref_of(path: Path) -> SeriesRef:
     """The (StudyInstanceUID, SeriesInstanceUID) of the instance at `path`."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return SeriesRef(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+
+
+def ellipsoid(
+    shape: tuple[int, ...], centre: tuple[float, ...], radii: tuple[float, ...]
+) -> npt.NDArray[np.bool_]:
+    """A solid ellipsoid mask on an index grid: a label of known size for writer tests."""
+    grid = np.indices(shape, dtype=np.float64)
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0
+    return np.asarray(inside, dtype=bool)

@@ -26,7 +26,6 @@ from sqlmodel import Session, col, select
 
 import peers
 import tiny_models as tm
-from helpers_data import ct_series_paths, series_ref_of
 from radloop.core.errors import InferenceError
 from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings
 from radloop.core.models import Job, JobState, JobStep
@@ -40,7 +39,6 @@ from radloop.pipelines.operators.brain_extraction import BrainExtraction, BrainE
 from radloop.pipelines.operators.inference import InferSegment, SegmentOptions
 from radloop.pipelines.ports import LabelMap, Volume
 from radloop.pipelines.registry import OperatorContext
-from radloop.pipelines.volume import load_volume
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.slow]
@@ -82,20 +80,6 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSetup]:
         yield TritonSetup(server, store)
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def t1_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    paths = peers.gunzip_series(
-        peers.shared_data_dir() / "mr-brain-t1-philips" / "series", tmp_path_factory.mktemp("t1")
-    )
-    return load_volume(paths, series_ref_of(paths[0]))
-
-
-@pytest.fixture(scope="module")
-def ct_volume() -> Volume:
-    paths = ct_series_paths()
-    return load_volume(paths, series_ref_of(paths[0]))
 
 
 def _ctx(tmp_path: Path, resolver: ModelResolver) -> OperatorContext:

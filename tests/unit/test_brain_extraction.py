@@ -6,14 +6,12 @@ slow tests run the whole operator on a real 3T MPRAGE series (``../shared/data``
 
 from __future__ import annotations
 
-import gzip
 import logging
 import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +36,6 @@ from radloop.pipelines.operators.brain_extraction import (
 )
 from radloop.pipelines.ports import LabelMap, SourceFrame, Volume
 from radloop.pipelines.registry import OperatorContext
-from radloop.pipelines.volume import load_volume
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 T1_SERIES = SHARED_DATA / "mr-brain-t1-philips" / "series"
@@ -221,20 +218,6 @@ def test_no_brain_is_an_input_error(tmp_path: Path) -> None:
 
 
 # --- real data ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def t1_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    """The Philips 3T MPRAGE series (170 sagittal slices), decompressed and loaded."""
-    folder = tmp_path_factory.mktemp("t1")
-    paths = []
-    for source in sorted(T1_SERIES.glob("*.dcm.gz")):
-        target = folder / source.name.removesuffix(".gz")
-        target.write_bytes(gzip.decompress(source.read_bytes()))
-        paths.append(target)
-    assert len(paths) == 170, f"expected the 170-file T1 series in {T1_SERIES}"
-    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    return load_volume(paths, SeriesRef(header.StudyInstanceUID, header.SeriesInstanceUID))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 
-from helpers_data import ct_series_paths, pydicom_test_file, series_ref_of, t1_series_paths
+from helpers_data import ellipsoid, pydicom_test_file, series_ref_of
 from peers import dciodvfy
 from radloop.core.uids import derived_uid
 from radloop.pipelines.operators.imaging import SegWriter, SegWriterOptions
@@ -27,25 +27,6 @@ LIVER = Segment(1, "Liver", ANATOMICAL_STRUCTURE, Code("10200004", "SCT", "Liver
 SPLEEN = Segment(5, "Spleen", ANATOMICAL_STRUCTURE, Code("78961009", "SCT", "Spleen"), tracking_id="spleen")
 BRAIN = Segment(1, "Brain", ANATOMICAL_STRUCTURE, Code("12738006", "SCT", "Brain"))
 ALGORITHM = AlgorithmIdentification(name="radloop-test-model", version="2.1.0")
-
-
-@pytest.fixture(scope="module")
-def t1_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    paths = t1_series_paths(tmp_path_factory.mktemp("t1"))
-    return load_volume(paths, series_ref_of(paths[0]))
-
-
-@pytest.fixture(scope="module")
-def ct_volume() -> Volume:
-    paths = ct_series_paths()
-    return load_volume(paths, series_ref_of(paths[0]))
-
-
-def _ellipsoid(
-    shape: tuple[int, ...], centre: tuple[float, float, float], radii: tuple[float, float, float]
-) -> npt.NDArray[np.bool_]:
-    grid = np.indices(shape, dtype=np.float64)
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0  # type: ignore[no-any-return]
 
 
 def _source_positions(volume: Volume) -> dict[tuple[str, int | None], npt.NDArray[np.float64]]:
@@ -125,7 +106,7 @@ def _check_seg(path: Path, labelmap: LabelMap, *, fractional: bool = False) -> h
 
 def test_seg_writer_operator_on_t1_brain(t1_volume: Volume, tmp_path: Path) -> None:
     shape = t1_volume.array.shape
-    mask = _ellipsoid(shape, (85, 120, 128), (60, 80, 70))
+    mask = ellipsoid(shape, (85, 120, 128), (60, 80, 70))
     labelmap = LabelMap(mask.astype(np.uint8), t1_volume, (BRAIN,), ALGORITHM)
     options = SegWriterOptions.model_validate({"series_description": "Brain mask", "series_number": 9902})
     ctx = OperatorContext(job_id=7, idempotency_key="job-7", workdir=tmp_path)
@@ -148,8 +129,8 @@ def test_seg_writer_operator_on_t1_brain(t1_volume: Volume, tmp_path: Path) -> N
 def test_ct_two_segments_keep_their_codes(ct_volume: Volume, tmp_path: Path, fractional: bool) -> None:
     shape = ct_volume.array.shape
     labels = np.zeros(shape, dtype=np.int16)
-    labels[_ellipsoid(shape, (10, 260, 150), (8, 90, 80))] = LIVER.number
-    labels[_ellipsoid(shape, (12, 250, 400), (5, 50, 40))] = SPLEEN.number
+    labels[ellipsoid(shape, (10, 260, 150), (8, 90, 80))] = LIVER.number
+    labels[ellipsoid(shape, (12, 250, 400), (5, 50, 40))] = SPLEEN.number
     labels[3, :4, :4] = 7  # a label value no Segment describes: written as background
     labelmap = LabelMap(labels, ct_volume, (SPLEEN, LIVER), ALGORITHM)
     series_uid, instance_uid = generate_uid(), generate_uid()
@@ -188,7 +169,7 @@ def test_multi_frame_source_frames_are_referenced(t1_volume: Volume, tmp_path: P
     enhanced.save_as(tmp_path / "enhanced.dcm")
     volume = load_volume([tmp_path / "enhanced.dcm"], t1_volume.series)
     assert [f.frame_number for f in volume.source_frames] != list(range(1, 21))
-    mask = _ellipsoid(volume.array.shape, (10, 120, 128), (12, 60, 50))
+    mask = ellipsoid(volume.array.shape, (10, 120, 128), (12, 60, 50))
     labelmap = LabelMap(mask.astype(np.uint8), volume, (BRAIN,), ALGORITHM)
 
     path = write_seg(

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import numpy.typing as npt
 import pydicom
 import pytest
 from pydicom.uid import RLELossless, generate_uid
 
-from helpers_data import ct_series_paths, series_ref_of, t1_series_paths
+from helpers_data import ellipsoid
 from helpers_geometry import dice, fill_polygon, rasterise_rtstruct
 from peers import dciodvfy, dciodvfy_report
 from radloop.core.uids import derived_uid
@@ -47,31 +46,12 @@ EMPTY = Segment(7, "Nothing", ANATOMY, Code("10200004", "SCT", "Liver"))
 ALGORITHM = AlgorithmIdentification(name="radloop-test-model", version="2.1.0")
 
 
-@pytest.fixture(scope="module")
-def t1_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    paths = t1_series_paths(tmp_path_factory.mktemp("t1"))
-    return load_volume(paths, series_ref_of(paths[0]))
-
-
-@pytest.fixture(scope="module")
-def ct_volume() -> Volume:
-    paths = ct_series_paths()
-    return load_volume(paths, series_ref_of(paths[0]))
-
-
-def _ellipsoid(
-    shape: tuple[int, ...], centre: tuple[float, ...], radii: tuple[float, ...]
-) -> npt.NDArray[np.bool_]:
-    grid = np.indices(shape, dtype=np.float64)
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0  # type: ignore[no-any-return]
-
-
 def _brain_labels(volume: Volume) -> LabelMap:
     """A brain-like ellipsoid (label 1) with a ventricle inside it (label 3, a hole in label 1)."""
     shape = volume.array.shape
     centre = tuple(s / 2 for s in shape)
-    labels = _ellipsoid(shape, centre, tuple(s * 0.35 for s in shape)).astype(np.uint8)
-    labels[_ellipsoid(shape, centre, tuple(s * 0.08 for s in shape))] = VENTRICLE.number
+    labels = ellipsoid(shape, centre, tuple(s * 0.35 for s in shape)).astype(np.uint8)
+    labels[ellipsoid(shape, centre, tuple(s * 0.08 for s in shape))] = VENTRICLE.number
     return LabelMap(labels, volume, (BRAIN, VENTRICLE, EMPTY), ALGORITHM)
 
 
