@@ -103,7 +103,7 @@ def send(
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "RADLOOP_SEND",
 ) -> None:
     """Send DICOM files to a peer by C-STORE, with a progress bar."""
-    from radloop.connector.scu import iter_dicom_files, send_files
+    from radloop.connector.dimse.scu import iter_dicom_files, send_files
 
     files = iter_dicom_files(paths)
     if not files:

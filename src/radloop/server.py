@@ -21,9 +21,9 @@ from sqlalchemy.engine import Engine
 from radloop.api.context import AppContext
 from radloop.api.serving import ApiServer
 from radloop.connector.assembler import Assembler
-from radloop.connector.outbox import Outbox
-from radloop.connector.pull import Puller
-from radloop.connector.scp import StorageSCP
+from radloop.connector.outbound.outbox import Outbox
+from radloop.connector.pull.puller import Puller
+from radloop.connector.dimse.scp import StorageSCP
 from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.errors import ConfigError, PullError

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
-from radloop.connector.pull import Puller
+from radloop.connector.pull.puller import Puller
 from radloop.core import jobs as job_states
 from radloop.core import tokens
 from radloop.core.db import session_scope

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 import peers
 from radloop import services
 from radloop.api import create_app
-from radloop.connector.multipart import new_boundary, write_parts
+from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.core.settings import load_settings
 
 BRAIN_AE = "RADLOOP_BRAIN"

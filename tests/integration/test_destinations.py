@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 import peers
-from radloop.connector.destinations import DicomSender, DicomwebSender, sender_for
+from radloop.connector.outbound.destinations import DicomSender, DicomwebSender, sender_for
 from radloop.core.errors import ConfigError, DeliveryError
 from radloop.core.settings import DicomDestination, DicomwebDestination, Settings
 

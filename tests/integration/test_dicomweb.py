@@ -18,7 +18,7 @@ from pydicom.encaps import generate_frames
 from sqlmodel import Session, select
 
 import peers
-from radloop.connector.multipart import new_boundary, write_parts
+from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.core.models import Job, JobState, Result
 from radloop_proc import RadloopServer
 

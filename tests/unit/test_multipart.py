@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radloop.connector.multipart import (
+from radloop.connector.dicomweb.multipart import (
     MultipartError,
     MultipartReader,
     new_boundary,

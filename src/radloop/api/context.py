@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from radloop.connector.assembler import Assembler
-from radloop.connector.pull import Puller
-from radloop.connector.qido import ReadIndex
+from radloop.connector.pull.puller import Puller
+from radloop.connector.dicomweb.qido import ReadIndex
 from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.metrics import registry_for

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
-from radloop.connector import qido, stow, wado
+from radloop.connector.dicomweb import qido, stow, wado
 from radloop.connector.ingest import IngestSession
-from radloop.connector.multipart import new_boundary, write_parts
+from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.core.errors import NotFoundError
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])

@@ -18,7 +18,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from radloop.connector.scu import send_files
+from radloop.connector.dimse.scu import send_files
 from radloop.core.errors import DeliveryError
 from radloop.core.settings import DicomDestination, DicomwebDestination, FolderDestination, XnatDestination
 from radloop.xnat_plugin.destination import XnatSender

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from radloop.connector.destinations import sender_for
+from radloop.connector.outbound.destinations import sender_for
 from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError, DeliveryError
 from radloop.core.jobs import backoff_seconds

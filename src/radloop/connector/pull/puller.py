@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from radloop.connector.ingest import IngestSession, SeriesCallback
-from radloop.connector.pull_sources import Retriever, SessionFactory, StudyMatch, StudyQuery, retriever_for
+from radloop.connector.pull.sources import Retriever, SessionFactory, StudyMatch, StudyQuery, retriever_for
 from radloop.connector.store import InstanceStore
 from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError, PullError, RequestError

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydicom.dataset import Dataset
 
 from radloop.connector.ingest import IngestSession, as_part10, read_header
-from radloop.connector.multipart import MultipartReader, Part, parse_media_type
+from radloop.connector.dicomweb.multipart import MultipartReader, Part, parse_media_type
 from radloop.core.errors import (
     DiskFullError,
     InvalidInstanceError,

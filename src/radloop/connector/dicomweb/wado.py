@@ -27,8 +27,8 @@ from pydicom.encaps import generate_frames
 from pydicom.tag import Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from radloop.connector.multipart import MediaType, parse_accept
-from radloop.connector.qido import IndexedInstance
+from radloop.connector.dicomweb.multipart import MediaType, parse_accept
+from radloop.connector.dicomweb.qido import IndexedInstance
 from radloop.core.errors import NotAcceptableError, NotFoundError, RequestError
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""DICOM networking (DIMSE): the C-STORE/C-ECHO SCP and the C-STORE SCU."""

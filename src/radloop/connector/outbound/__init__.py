@@ -1,0 +1,1 @@
+"""Results on their way out: destination senders and the durable outbox."""
