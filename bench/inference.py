@@ -14,7 +14,7 @@ loaded, connections open), then ``--repeat`` timed runs; the table shows the med
 fastest, and the ratio Triton ÷ in process. Same machine, same cores: the server competes with
 nothing else while a mode runs.
 
-Run: /work/venv/bin/python bench/inference.py [--repeat 2]
+Run (with the project venv from scripts/test): .venv/bin/python bench/inference.py [--repeat 2]
 This is a benchmark, not a test.
 """
 
