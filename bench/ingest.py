@@ -11,7 +11,8 @@ and prints instances/s and MB/s per peer and the ratios radloop ÷ storescp and 
 Every run starts its receiver afresh on an empty folder, so no run sees duplicates; only the
 `storescu` run itself is timed. All receivers write to the same file system (a temp folder).
 
-Run (with the project venv from scripts/test): .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 16384]
+Run (with the project venv from scripts/test):
+    .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 16384]
 This is a benchmark, not a test.
 """
 
