@@ -21,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 import radloop
 from radloop.core.uids import derived_uid
@@ -148,7 +150,11 @@ def _source_images(labelmap: LabelMap) -> tuple[list[Dataset], list[int]]:
     ``i`` with source frame ``i + 1``).
     """
     volume = labelmap.reference
-    headers = {str(ds.SOPInstanceUID): ds for ds in (_read_source_header(p) for p in volume.source_paths)}
+    paths = volume.source_paths
+    headers = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (_read_source_header(p, full=i == 0 or len(paths) == 1) for i, p in enumerate(paths))
+    }
     frames = volume.source_frames
     missing = {f.sop_instance_uid for f in frames} - headers.keys()
     if missing:
@@ -158,17 +164,31 @@ def _source_images(labelmap: LabelMap) -> tuple[list[Dataset], list[int]]:
     return _multi_frame_source(frames, headers)
 
 
-def _read_source_header(path: Path) -> Dataset:
-    """A source image's header, without empty top-level sequences.
+def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:
+    """Stop reading after group 0028: highdicom reads only SOP, series, frame-of-reference, plane
+    and pixel-module attributes from every source image but the first (which is read whole: it
+    gives the Patient and Study modules). Skipping the private groups that follow (seconds of
+    nested sequences on a 170-slice Philips series) is what makes the SEG writer fast."""
+    return tag.group > 0x0028
+
+
+def _read_source_header(path: Path, *, full: bool) -> Dataset:
+    """A source image's header (whole if ``full``, else the attributes highdicom reads per image),
+    without empty top-level sequences.
 
     highdicom copies the Patient and Study modules from the source; scanners often send Type 3
     sequences with zero items (e.g. ProcedureCodeSequence), which are invalid in the SEG
     (dciodvfy: "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
+    Only sequence elements are decoded to find them (``Dataset.elements`` leaves the rest raw).
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    for element in list(ds):
-        if element.VR == "SQ" and len(element.value) == 0:
-            del ds[element.tag]
+    if full:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    else:  # every attribute highdicom reads per image lies in groups 0008-0028: stop after them
+        with path.open("rb") as fp:
+            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+    empty = [e.tag for e in ds.elements() if e.VR == "SQ" and len(ds[e.tag].value) == 0]
+    for tag in empty:
+        del ds[tag]
     return ds
 
 
