@@ -20,7 +20,8 @@ serve them instead of the in-process TorchScript one:
    volume's own grid.
 
 Geometry: a :class:`~radloop.pipelines.ports.Volume` affine maps (frame, row, column) to LPS;
-the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the same array.
+the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the same array
+(:mod:`radloop.core.geometry`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from radloop.core.errors import InputDataError
+from radloop.core.geometry import lps_to_ras
 from radloop.inference.backend import InferenceBackend, TensorSpec
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK, DEEPBET_VERSION, deepbet_model_path
 from radloop.inference.torchscript import TorchScriptBackend
@@ -59,7 +61,6 @@ BRAIN_SEGMENT = Segment(
     category=Code("91723000", "SCT", "Anatomical Structure"),
     type=Code("12738006", "SCT", "Brain"),
 )
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
 
 FloatArray = npt.NDArray[np.float32]
@@ -138,8 +139,9 @@ class BrainExtraction(Operator):
         resolved by name through ``ctx.models`` (settings pick in process or Triton), else the
         TorchScript files of the deepbet wheel in process."""
         if self._bbox_backend is None:
-            self._bbox_backend = _backend(ctx, options.bbox_model_path, options.bbox_model, "bbox_model.pt",
-                                          BBOX_SHAPE)
+            self._bbox_backend = _backend(
+                ctx, options.bbox_model_path, options.bbox_model, "bbox_model.pt", BBOX_SHAPE
+            )
         if self._mask_backend is None:
             self._mask_backend = _backend(ctx, options.model_path, options.mask_model, "model.pt", MASK_SHAPE)
         return self._bbox_backend, self._mask_backend
@@ -224,7 +226,7 @@ def brain_probability(backend: InferenceBackend, image: FloatArray) -> FloatArra
 
 def ras_affine(volume: Volume) -> npt.NDArray[np.float64]:
     """The NIfTI (RAS) affine of ``volume.array``: the LPS affine with x and y negated."""
-    return LPS_TO_RAS @ volume.affine
+    return lps_to_ras(volume.affine)
 
 
 def to_canonical(volume: Volume) -> tuple[FloatArray, npt.NDArray[np.float64]]:
