@@ -26,10 +26,7 @@ the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the sa
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +44,7 @@ from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK, DEEPBET_VERSI
 from radloop.inference.torchscript import TorchScriptBackend
 from radloop.pipelines.ports import AlgorithmIdentification, Code, LabelMap, Segment, Volume
 from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.timing import StageTimer
 
 BBOX_SHAPE = (128, 128, 128)
 """Grid of the bounding-box network (deepbet ``small_shape``)."""
@@ -83,17 +81,16 @@ class BrainExtractionOptions(BaseModel):
     bbox_model: str = Field(default=DEEPBET_BBOX, description="box network's name in the model store")
 
 
-class BrainExtraction(Operator):
+class BrainExtraction(Operator[BrainExtractionOptions]):
     """T1 MR volume → brain label map (segment 1, "Brain"), with deepbet's networks."""
 
     name: ClassVar[str] = "deepbet.brain_extraction"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
-    Options: ClassVar[type[BaseModel]] = BrainExtractionOptions
 
     def __init__(
         self,
-        options: BaseModel,
+        options: BrainExtractionOptions,
         *,
         bbox_backend: InferenceBackend | None = None,
         mask_backend: InferenceBackend | None = None,
@@ -105,9 +102,9 @@ class BrainExtraction(Operator):
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Segment the brain in ``inputs["volume"]``; returns ``{"labelmap": LabelMap}``."""
-        options = self._typed_options()
+        options = self.options
         volume: Volume = inputs["volume"]
-        timer = StageTimer()
+        timer = ctx.stages
         with timer.stage("load"):
             bbox_backend, mask_backend = self._backends(options, ctx)
         mask = extract_brain(volume, bbox_backend, mask_backend, options, timer)
@@ -125,12 +122,6 @@ class BrainExtraction(Operator):
             algorithm=AlgorithmIdentification(name="deepbet", version=DEEPBET_VERSION),
         )
         return {"labelmap": labelmap}
-
-    def _typed_options(self) -> BrainExtractionOptions:
-        """``self.options``, which the registry validated with :class:`BrainExtractionOptions`."""
-        if not isinstance(self.options, BrainExtractionOptions):
-            raise TypeError(f"{self.name} needs BrainExtractionOptions, got {type(self.options).__name__}")
-        return self.options
 
     def _backends(
         self, options: BrainExtractionOptions, ctx: OperatorContext
@@ -155,26 +146,6 @@ def _backend(
     if ctx.models is not None:
         return ctx.models.resolve(name).backend
     return torchscript_backend(deepbet_model_path(wheel_file), name, shape)
-
-
-@dataclass
-class StageTimer:
-    """Seconds spent per named stage (``load``, ``pre``, ``infer``, ``post``), summed over entries."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Add the time spent in the ``with`` block to stage ``name``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def summary(self) -> str:
-        """E.g. ``load 0.20 s, pre 0.41 s, infer 2.90 s, post 0.62 s``."""
-        return ", ".join(f"{name} {s:.2f} s" for name, s in self.seconds.items())
 
 
 def torchscript_backend(path: Path, name: str, shape: tuple[int, int, int]) -> TorchScriptBackend:
