@@ -20,7 +20,7 @@ import pytest
 from sqlmodel import Session, select
 
 import peers
-from radloop.core.models import Delivery, DeliveryState, Instance, Job, JobState, Series
+from radloop.core.models import Delivery, DeliveryState, Instance, Job, JobState, JobStep, Series
 from radloop.core.refs import SeriesRef
 from radloop.pipelines.volume import load_volume
 from radloop_proc import RadloopServer
@@ -86,6 +86,15 @@ def test_t1_series_to_brain_seg_in_orthanc(
         print(f"\nend-to-end (first byte sent → SEG stored in Orthanc): {end_to_end:.1f} s")
         (job,) = _jobs(server)
         assert job.state == JobState.succeeded
+        with Session(server.engine) as s:
+            steps = {st.operator: st for st in s.exec(select(JobStep).where(JobStep.job_id == job.id))}
+
+    # stage timings are data on the step rows, in the order the operator ran them
+    deepbet = steps["deepbet.brain_extraction"]
+    assert list(deepbet.stages) == ["load", "pre", "infer", "post"]
+    assert all(seconds >= 0.0 for seconds in deepbet.stages.values())
+    assert deepbet.duration_s is not None and sum(deepbet.stages.values()) <= deepbet.duration_s + 0.01
+    assert steps["dicom.series_to_volume"].stages == {}
 
     assert len(segs) == 1
     path = tmp_path / "seg.dcm"

@@ -22,7 +22,7 @@ from radloop.pipelines.registry import OperatorContext
 from radloop.pipelines.volume import load_volume
 from radloop.pipelines.writers.seg import write_seg
 
-ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")  # CID 7150
 LIVER = Segment(1, "Liver", ANATOMICAL_STRUCTURE, Code("10200004", "SCT", "Liver"))
 SPLEEN = Segment(5, "Spleen", ANATOMICAL_STRUCTURE, Code("78961009", "SCT", "Spleen"), tracking_id="spleen")
 BRAIN = Segment(1, "Brain", ANATOMICAL_STRUCTURE, Code("12738006", "SCT", "Brain"))

@@ -18,6 +18,7 @@ import pytest
 
 from radloop.cli_export import parse_decisions, parse_since
 from radloop.core.errors import ConfigError, ExportError
+from radloop.core.geometry import LPS_TO_RAS
 from radloop.core.models import ReviewDecision
 from radloop.core.refs import SeriesRef
 from radloop.core.settings import load_settings
@@ -28,7 +29,6 @@ from radloop.training_export.deid import Pseudonymizer, nifti_header_text
 from radloop.training_export.formats import CaseFiles, DatasetIndex, DatasetInfo, default_dataset_name
 from radloop.training_export.labels import DatasetLabel, SegMask, agreement, check_labels, to_dataset_values
 from radloop.training_export.nifti import (
-    LPS_TO_RAS,
     canonical_reorientation,
     image_nifti,
     label_nifti,

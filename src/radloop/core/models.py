@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -144,6 +144,9 @@ class JobStep(SQLModel, table=True):
     duration_s: float | None = None
     log: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    stages: dict[str, float] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
 
 
 class Result(SQLModel, table=True):

@@ -7,7 +7,7 @@ geometry on the network's output (channels first), so the caller gets scores on 
 own (frame, row, column) grid and takes argmax or a threshold there.
 
 Geometry: a volume's affine maps (frame, row, column) to LPS (DICOM). nibabel and MONAI speak
-RAS, so the RAS affine ``diag(-1, -1, 1, 1) @ affine`` is used for orientation codes.
+RAS, so the RAS affine (:func:`radloop.core.geometry.lps_to_ras`) is used for orientation codes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from radloop.core.errors import InputDataError
+from radloop.core.geometry import lps_to_ras
 from radloop.inference.model_spec import IntensitySpec, ModelSpec
 
 FloatArray = npt.NDArray[np.float32]
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def prepare(array: npt.NDArray[Any], affine: npt.NDArray[np.float64], spec: Mode
     spacing = voxel_sizes(affine)
     back = None
     if spec.orientation is not None:
-        ras = LPS_TO_RAS @ affine
+        ras = lps_to_ras(affine)
         have = nib.io_orientation(ras)  # type: ignore[no-untyped-call]
         want = nib.orientations.axcodes2ornt(tuple(spec.orientation))  # type: ignore[no-untyped-call]
         forward = nib.orientations.ornt_transform(have, want)  # type: ignore[no-untyped-call]

@@ -1,5 +1,6 @@
-"""Runs one job: its pipeline's operators in order, each timed and logged into ``job_step`` rows,
-then records the DICOM objects written as results and queues their deliveries (the outbox).
+"""Runs one job: its pipeline's operators in order (the step loop of :mod:`.steps`), each timed,
+with its stage timings and log lines, into ``job_step`` rows; then records the DICOM objects
+written as results and queues their deliveries (the outbox).
 
 Results are idempotent: writers take their UIDs from the job's idempotency key, so a retried
 or resumed job rewrites the same SOP Instance UIDs and finds its result and delivery rows
@@ -14,6 +15,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.ports import DicomObjects, SeriesInput
 from radloop.pipelines.registry import OperatorContext
-from radloop.pipelines.spec import PIPELINE_INPUT, BoundStep, Pipeline
+from radloop.pipelines.spec import BoundStep, Pipeline
+from radloop.pipelines.steps import run_steps, written_objects
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,8 @@ class JobRunner:
             pipeline_version=pipeline.spec.version,
             models=self.models,
         )
-        outputs = self._run_steps(job, pipeline, series_input, ctx)
-        return self._record_results(job, pipeline, outputs)
+        values = run_steps(pipeline, series_input, ctx, partial(self._recorded_step, job))
+        return self._record_results(job, pipeline, written_objects(values))
 
     def _series_input(self, s: Any, job: Job) -> SeriesInput:
         series = s.get(Series, job.series_id)
@@ -93,21 +96,12 @@ class JobRunner:
             series_description=series.series_description,
         )
 
-    def _run_steps(
-        self, job: Job, pipeline: Pipeline, series_input: SeriesInput, ctx: OperatorContext
-    ) -> dict[str, dict[str, Any]]:
-        values: dict[str, dict[str, Any]] = {PIPELINE_INPUT: {"series": series_input}}
-        for bound in pipeline.steps:
-            self._check_not_cancelled(job.id)  # type: ignore[arg-type]
-            step = bound.step
-            ctx.logger = logging.getLogger(f"radloop.job.{step.use}")
-            with self._recorded_step(job, step.id, step.use, ctx.logger):
-                values[step.id] = run_step(bound, values, ctx)
-        return values
-
     @contextmanager
-    def _recorded_step(self, job: Job, op_id: str, op_name: str, logger: logging.Logger) -> Iterator[None]:
-        """Time one operator, capture its log lines, and store both in a ``job_step`` row."""
+    def _recorded_step(self, job: Job, bound: BoundStep, ctx: OperatorContext) -> Iterator[None]:
+        """Step hook: unless the job was cancelled, time one operator, capture its log lines and
+        stage timings, and store them in a ``job_step`` row."""
+        self._check_not_cancelled(job.id)  # type: ignore[arg-type]
+        op_id, op_name, logger = bound.step.id, bound.step.use, ctx.logger
         buffer = io.StringIO()
         handler = logging.StreamHandler(buffer)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -126,6 +120,7 @@ class JobRunner:
             logger.removeHandler(handler)
             row.duration_s = round(time.perf_counter() - start, 4)
             row.state, row.error, row.log = state, error, buffer.getvalue()[-20000:]
+            row.stages = ctx.stages.rounded()
             with session_scope(self.engine) as s:
                 s.merge(row)
             log.info("job %s: %s (%s) %s in %.2f s", job.id, op_id, op_name, state, row.duration_s)
@@ -136,8 +131,7 @@ class JobRunner:
             if job is None or job.state == JobState.cancelled:
                 raise JobCancelled(f"job {job_id} was cancelled")
 
-    def _record_results(self, job: Job, pipeline: Pipeline, values: dict[str, dict[str, Any]]) -> list[int]:
-        objects = [v for outputs in values.values() for v in outputs.values() if isinstance(v, DicomObjects)]
+    def _record_results(self, job: Job, pipeline: Pipeline, objects: list[DicomObjects]) -> list[int]:
         result_ids: list[int] = []
         destinations = self.settings.pipelines.destinations_for(pipeline.name, pipeline.spec.destinations)
         with session_scope(self.engine) as s:
@@ -193,38 +187,3 @@ def _ensure_delivery(s: Any, result_id: int, destination: str) -> None:
     ).first()
     if exists is None:
         s.add(Delivery(result_id=result_id, destination=destination))
-
-
-def _resolve(values: dict[str, dict[str, Any]], source: str) -> Any:
-    op_id, _, port = source.partition(".")
-    return values[op_id][port]
-
-
-def run_step(bound: BoundStep, values: dict[str, dict[str, Any]], ctx: OperatorContext) -> dict[str, Any]:
-    """Run one operator on the outputs computed so far (``values``: operator id → port → value)."""
-    step = bound.step
-    inputs = {port: _resolve(values, src) for port, src in step.inputs.items()}
-    outputs = bound.instantiate().run(ctx, inputs)
-    missing = set(bound.operator.outputs) - set(outputs)
-    if missing:
-        raise PermanentJobError(f"operator {step.id} ({step.use}) did not produce {sorted(missing)}")
-    return outputs
-
-
-def run_pipeline_offline(
-    pipeline: Pipeline, series_input: SeriesInput, ctx: OperatorContext
-) -> list[DicomObjects]:
-    """Run ``pipeline`` on one series without a database (no job rows, no outbox): the DICOM objects
-    its writers produced, in ``ctx.workdir``. Used where radloop runs outside a server, e.g. as an
-    XNAT Container Service command (:mod:`radloop.xnat_plugin.run_pipeline`). Each operator is
-    timed in the log, as jobs time theirs in ``job_step`` rows.
-    """
-    values: dict[str, dict[str, Any]] = {PIPELINE_INPUT: {"series": series_input}}
-    for bound in pipeline.steps:
-        step = bound.step
-        ctx.logger = logging.getLogger(f"radloop.job.{step.use}")
-        start = time.perf_counter()
-        values[step.id] = run_step(bound, values, ctx)
-        seconds = time.perf_counter() - start
-        log.info("%s: %s (%s) succeeded in %.2f s", pipeline.name, step.id, step.use, seconds)
-    return [v for outputs in values.values() for v in outputs.values() if isinstance(v, DicomObjects)]

@@ -127,10 +127,11 @@ class BoundStep:
     """A validated step: its operator class, parsed options and input wiring."""
 
     step: OperatorStep
-    operator: type[Operator]
+    operator: type[Operator[Any]]
     options: BaseModel
 
-    def instantiate(self) -> Operator:
+    def instantiate(self) -> Operator[Any]:
+        """A fresh operator with this step's options."""
         return self.operator(self.options)
 
 

@@ -4,7 +4,7 @@ Convention (the NIfTI standard's, which dcm2niix, nibabel, ITK, MONAI and nnU-Ne
 
 * World coordinates are RAS+ millimetres: DICOM's LPS patient coordinates with x and y negated.
   The volume affine of :class:`~radloop.pipelines.ports.Volume` (over (frame, row, column)
-  indices) thus becomes ``diag(-1, -1, 1, 1) @ affine``.
+  indices) thus becomes ``diag(-1, -1, 1, 1) @ affine`` (:mod:`radloop.core.geometry`).
 * The voxel axes are permuted and flipped (never resampled) to the closest RAS orientation,
   as ``nibabel.as_closest_canonical`` does and as dcm2niix does for 3-D acquisitions: every
   case of a dataset then has the same axis order whatever the acquisition plane, which
@@ -31,10 +31,10 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from radloop.core.geometry import lps_to_ras
 from radloop.pipelines.ports import Volume
 from radloop.training_export.deid import clean_nifti_header
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GZIP_LEVEL = 1
 """nibabel's own default: images compress little further at higher levels, and much more slowly."""
 _INT16 = np.iinfo(np.int16)
@@ -61,7 +61,7 @@ class Reorientation:
 
 def canonical_reorientation(volume: Volume) -> Reorientation:
     """The reorientation of ``volume`` to the closest RAS axes (``nib.as_closest_canonical``'s)."""
-    ras = LPS_TO_RAS @ volume.affine
+    ras = lps_to_ras(volume.affine)
     ornt = nib.orientations.io_orientation(ras)  # type: ignore[no-untyped-call]
     inverse = nib.orientations.inv_ornt_aff(ornt, volume.array.shape)  # type: ignore[no-untyped-call]
     affine = np.asarray(ras @ inverse, dtype=np.float64)

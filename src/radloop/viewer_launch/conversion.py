@@ -32,6 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from radloop.core.errors import InputDataError, RequestError
+from radloop.core.geometry import lps_to_ras
 from radloop.pipelines.ports import AlgorithmIdentification, Code, Segment, Volume
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 AFFINE_TOLERANCE_MM = 1e-3
 """An uploaded drawing's affine may differ from the served one by float32 rounding only."""
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_HEADER_BYTES = 352  # 348-byte header + 4-byte extension flag
 
 
@@ -57,7 +57,7 @@ class SegContent:
 def nifti_affine(volume: Volume) -> npt.NDArray[np.float64]:
     """The RAS affine of the NIfTI form of ``volume`` (voxel (column, row, frame) → mm)."""
     index_to_lps = volume.affine[:, [2, 1, 0, 3]]
-    return np.asarray(_LPS_TO_RAS @ index_to_lps, dtype=np.float64)
+    return lps_to_ras(index_to_lps)
 
 
 def volume_to_nifti(volume: Volume) -> bytes:

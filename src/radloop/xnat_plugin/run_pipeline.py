@@ -38,8 +38,8 @@ from radloop.core.refs import SeriesRef, is_valid_uid
 from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.ports import DicomObjects, SeriesInput
 from radloop.pipelines.registry import OperatorContext
-from radloop.pipelines.runner import run_pipeline_offline
 from radloop.pipelines.spec import Pipeline
+from radloop.pipelines.steps import run_pipeline_offline
 from radloop.xnat_plugin.labels import result_kind
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,11 @@ class MountedSeries:
     def as_series_row(self) -> Series:
         """A transient ``Series`` row, so that routing's match rules judge it as they judge stored series."""
         return Series(
-            study_id=0, series_instance_uid=self.series.ref.SeriesInstanceUID, modality=self.series.modality,
-            series_description=self.series.series_description, sop_class_uid=self.sop_class_uid,
+            study_id=0,
+            series_instance_uid=self.series.ref.SeriesInstanceUID,
+            modality=self.series.modality,
+            series_description=self.series.series_description,
+            sop_class_uid=self.sop_class_uid,
             instance_count=len(self.series.paths),
         )
 
@@ -168,8 +171,14 @@ def run_on_series(
     """Run ``pipeline`` on one series; its result files lie under ``workdir``. ``models`` resolves
     model names as a server's jobs do (settings, model store); None = the operators' own defaults."""
     key = f"{pipeline.name}:{mounted.series.ref.SeriesInstanceUID}:0"
-    ctx = OperatorContext(job_id=0, idempotency_key=key, workdir=workdir, pipeline_name=pipeline.name,
-                          pipeline_version=pipeline.spec.version, models=models)
+    ctx = OperatorContext(
+        job_id=0,
+        idempotency_key=key,
+        workdir=workdir,
+        pipeline_name=pipeline.name,
+        pipeline_version=pipeline.spec.version,
+        models=models,
+    )
     log.info("running %s %s on %s", pipeline.name, pipeline.spec.version, mounted.describe())
     return run_pipeline_offline(pipeline, mounted.series, ctx)
 
@@ -190,8 +199,12 @@ def write_outputs(objects: Iterable[DicomObjects], output_dir: Path) -> list[Pat
 
 
 def run_on_folder(
-    pipeline: Pipeline, input_dir: Path, output_dir: Path, scan_ids: Iterable[str] = (),
-    workdir: Path | None = None, models: ModelResolver | None = None,
+    pipeline: Pipeline,
+    input_dir: Path,
+    output_dir: Path,
+    scan_ids: Iterable[str] = (),
+    workdir: Path | None = None,
+    models: ModelResolver | None = None,
 ) -> FolderRun:
     """Run ``pipeline`` on every accepted series under ``input_dir``; results into ``output_dir``.
 

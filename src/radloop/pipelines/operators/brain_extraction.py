@@ -20,15 +20,13 @@ serve them instead of the in-process TorchScript one:
    volume's own grid.
 
 Geometry: a :class:`~radloop.pipelines.ports.Volume` affine maps (frame, row, column) to LPS;
-the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the same array.
+the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the same array
+(:mod:`radloop.core.geometry`).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,11 +38,13 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from radloop.core.errors import InputDataError
+from radloop.core.geometry import lps_to_ras
 from radloop.inference.backend import InferenceBackend, TensorSpec
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK, DEEPBET_VERSION, deepbet_model_path
 from radloop.inference.torchscript import TorchScriptBackend
 from radloop.pipelines.ports import AlgorithmIdentification, Code, LabelMap, Segment, Volume
 from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.timing import StageTimer
 
 BBOX_SHAPE = (128, 128, 128)
 """Grid of the bounding-box network (deepbet ``small_shape``)."""
@@ -59,7 +59,6 @@ BRAIN_SEGMENT = Segment(
     category=Code("91723000", "SCT", "Anatomical Structure"),
     type=Code("12738006", "SCT", "Brain"),
 )
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _RAS_ORNT = np.array([[0, 1], [1, 1], [2, 1]])
 
 FloatArray = npt.NDArray[np.float32]
@@ -82,17 +81,16 @@ class BrainExtractionOptions(BaseModel):
     bbox_model: str = Field(default=DEEPBET_BBOX, description="box network's name in the model store")
 
 
-class BrainExtraction(Operator):
+class BrainExtraction(Operator[BrainExtractionOptions]):
     """T1 MR volume → brain label map (segment 1, "Brain"), with deepbet's networks."""
 
     name: ClassVar[str] = "deepbet.brain_extraction"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
-    Options: ClassVar[type[BaseModel]] = BrainExtractionOptions
 
     def __init__(
         self,
-        options: BaseModel,
+        options: BrainExtractionOptions,
         *,
         bbox_backend: InferenceBackend | None = None,
         mask_backend: InferenceBackend | None = None,
@@ -104,9 +102,9 @@ class BrainExtraction(Operator):
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Segment the brain in ``inputs["volume"]``; returns ``{"labelmap": LabelMap}``."""
-        options = self._typed_options()
+        options = self.options
         volume: Volume = inputs["volume"]
-        timer = StageTimer()
+        timer = ctx.stages
         with timer.stage("load"):
             bbox_backend, mask_backend = self._backends(options, ctx)
         mask = extract_brain(volume, bbox_backend, mask_backend, options, timer)
@@ -125,12 +123,6 @@ class BrainExtraction(Operator):
         )
         return {"labelmap": labelmap}
 
-    def _typed_options(self) -> BrainExtractionOptions:
-        """``self.options``, which the registry validated with :class:`BrainExtractionOptions`."""
-        if not isinstance(self.options, BrainExtractionOptions):
-            raise TypeError(f"{self.name} needs BrainExtractionOptions, got {type(self.options).__name__}")
-        return self.options
-
     def _backends(
         self, options: BrainExtractionOptions, ctx: OperatorContext
     ) -> tuple[InferenceBackend, InferenceBackend]:
@@ -138,8 +130,9 @@ class BrainExtraction(Operator):
         resolved by name through ``ctx.models`` (settings pick in process or Triton), else the
         TorchScript files of the deepbet wheel in process."""
         if self._bbox_backend is None:
-            self._bbox_backend = _backend(ctx, options.bbox_model_path, options.bbox_model, "bbox_model.pt",
-                                          BBOX_SHAPE)
+            self._bbox_backend = _backend(
+                ctx, options.bbox_model_path, options.bbox_model, "bbox_model.pt", BBOX_SHAPE
+            )
         if self._mask_backend is None:
             self._mask_backend = _backend(ctx, options.model_path, options.mask_model, "model.pt", MASK_SHAPE)
         return self._bbox_backend, self._mask_backend
@@ -153,26 +146,6 @@ def _backend(
     if ctx.models is not None:
         return ctx.models.resolve(name).backend
     return torchscript_backend(deepbet_model_path(wheel_file), name, shape)
-
-
-@dataclass
-class StageTimer:
-    """Seconds spent per named stage (``load``, ``pre``, ``infer``, ``post``), summed over entries."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Add the time spent in the ``with`` block to stage ``name``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-    def summary(self) -> str:
-        """E.g. ``load 0.20 s, pre 0.41 s, infer 2.90 s, post 0.62 s``."""
-        return ", ".join(f"{name} {s:.2f} s" for name, s in self.seconds.items())
 
 
 def torchscript_backend(path: Path, name: str, shape: tuple[int, int, int]) -> TorchScriptBackend:
@@ -224,7 +197,7 @@ def brain_probability(backend: InferenceBackend, image: FloatArray) -> FloatArra
 
 def ras_affine(volume: Volume) -> npt.NDArray[np.float64]:
     """The NIfTI (RAS) affine of ``volume.array``: the LPS affine with x and y negated."""
-    return LPS_TO_RAS @ volume.affine
+    return lps_to_ras(volume.affine)
 
 
 def to_canonical(volume: Volume) -> tuple[FloatArray, npt.NDArray[np.float64]]:

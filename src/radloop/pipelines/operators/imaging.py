@@ -8,12 +8,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from radloop.pipelines.ports import DicomObjects, LabelMap, SeriesInput, Volume
-from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.registry import NoOptions, Operator, OperatorContext
 from radloop.pipelines.volume import load_volume
 from radloop.pipelines.writers.seg import write_seg
 
 
-class SeriesToVolume(Operator):
+class SeriesToVolume(Operator[NoOptions]):
     """Decode the input series into an orientation-correct float32 volume (see :func:`load_volume`)."""
 
     name: ClassVar[str] = "dicom.series_to_volume"
@@ -43,17 +43,16 @@ class SegWriterOptions(BaseModel):
     fractional: bool = False
 
 
-class SegWriter(Operator):
+class SegWriter(Operator[SegWriterOptions]):
     """Write the label map as a DICOM Segmentation in a new series of the source study."""
 
     name: ClassVar[str] = "writer.seg"
     inputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
     outputs: ClassVar[Mapping[str, type]] = {"seg": DicomObjects}
-    Options: ClassVar[type[BaseModel]] = SegWriterOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<workdir>/seg/<SOPInstanceUID>.dcm`` with UIDs that are stable across retries."""
-        options = self._typed_options()
+        options = self.options
         labelmap: LabelMap = inputs["labelmap"]
         path = write_seg(
             labelmap,
@@ -65,9 +64,3 @@ class SegWriter(Operator):
             fractional=options.fractional,
         )
         return {"seg": DicomObjects(paths=(path,), kind="SEG")}
-
-    def _typed_options(self) -> SegWriterOptions:
-        """``self.options``, which the registry validated with :class:`SegWriterOptions`."""
-        if not isinstance(self.options, SegWriterOptions):
-            raise TypeError(f"{self.name} needs SegWriterOptions, got {type(self.options).__name__}")
-        return self.options

@@ -28,7 +28,6 @@ from radloop.inference.model_spec import CodeSpec, ModelSpec
 from radloop.inference.preprocess import normalize, prepare, resize_linear, restore
 from radloop.inference.resolve import ModelResolver, ResolvedModel
 from radloop.inference.sliding_window import run_model, window_size
-from radloop.pipelines.operators.brain_extraction import StageTimer
 from radloop.pipelines.ports import (
     AlgorithmIdentification,
     Code,
@@ -39,6 +38,7 @@ from radloop.pipelines.ports import (
     Volume,
 )
 from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.timing import StageTimer
 
 WindowMode = Literal["auto", "always", "never"]
 
@@ -80,21 +80,19 @@ class ClassifyOptions(BaseModel):
     )
 
 
-class InferSegment(Operator):
+class InferSegment(Operator[SegmentOptions]):
     """Segment a volume with one model of the store (any backend)."""
 
     name: ClassVar[str] = "infer.segment"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
-    Options: ClassVar[type[BaseModel]] = SegmentOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``{"labelmap": LabelMap}`` on the input volume's grid."""
-        options = _typed(self.options, SegmentOptions)
+        options = self.options
         volume: Volume = inputs["volume"]
-        timer = StageTimer()
-        with timer.stage("load"):
-            model = resolver(ctx).resolve(options.model)
+        timer = ctx.stages
+        model = load_model(ctx, options.model, timer)
         labels = segment(model, volume, options.sliding_window, timer, options.sw_batch_size, options.overlap)
         spec = model.require_spec()
         ctx.logger.info(
@@ -107,7 +105,7 @@ class InferSegment(Operator):
         return {"labelmap": LabelMap(labels, volume, segments_of(spec), algorithm_of(spec))}
 
 
-class InferSegmentParallel(Operator):
+class InferSegmentParallel(Operator[ParallelSegmentOptions]):
     """Segment a volume with several models at once and stitch their labels into one label map.
 
     Segments are renumbered 1…n across the models in the order given. Where two models label
@@ -117,14 +115,13 @@ class InferSegmentParallel(Operator):
     name: ClassVar[str] = "infer.segment_parallel"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
-    Options: ClassVar[type[BaseModel]] = ParallelSegmentOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``{"labelmap": LabelMap}`` holding every model's segments."""
-        options = _typed(self.options, ParallelSegmentOptions)
+        options = self.options
         volume: Volume = inputs["volume"]
-        models = [resolver(ctx).resolve(name) for name in options.models]
-        timers = [StageTimer() for _ in models]
+        timers = [StageTimer() for _ in options.models]
+        models = [load_model(ctx, name, t) for name, t in zip(options.models, timers, strict=True)]
         with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="infer") as pool:
             futures = [
                 pool.submit(segment, m, volume, options.sliding_window, t)
@@ -133,6 +130,7 @@ class InferSegmentParallel(Operator):
             results = [f.result() for f in futures]
         labels, segments, overlap = stitch([m.require_spec() for m in models], results)
         for name, timer in zip(options.models, timers, strict=True):
+            ctx.stages.include(timer, prefix=name)  # the models ran at once: their times overlap
             ctx.logger.info("%s %s: %s", self.name, name, timer.summary())
         if overlap:
             ctx.logger.warning(
@@ -144,21 +142,19 @@ class InferSegmentParallel(Operator):
         return {"labelmap": LabelMap(labels, volume, segments, algorithm)}
 
 
-class InferClassify(Operator):
+class InferClassify(Operator[ClassifyOptions]):
     """Classify a volume (or a one-frame projection image) with a model of the store."""
 
     name: ClassVar[str] = "infer.classify"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"findings": Findings}
-    Options: ClassVar[type[BaseModel]] = ClassifyOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``{"findings": Findings}``: one finding per label of the model spec."""
-        options = _typed(self.options, ClassifyOptions)
+        options = self.options
         volume: Volume = inputs["volume"]
-        timer = StageTimer()
-        with timer.stage("load"):
-            model = resolver(ctx).resolve(options.model)
+        timer = ctx.stages
+        model = load_model(ctx, options.model, timer)
         spec = model.require_spec()
         probabilities = classify(model, volume, timer)
         threshold = options.threshold if options.threshold is not None else spec.threshold
@@ -189,6 +185,12 @@ def resolver(ctx: OperatorContext) -> ModelResolver:
     if ctx.models is None:
         raise PermanentJobError("this operator needs the model store, but the job has no model resolver")
     return ctx.models
+
+
+def load_model(ctx: OperatorContext, name: str, timer: StageTimer) -> ResolvedModel:
+    """The model ``name`` resolved through the job's model store, timed as stage ``load``."""
+    with timer.stage("load"):
+        return resolver(ctx).resolve(name)
 
 
 def segment(
@@ -327,9 +329,3 @@ def _activate(scores: npt.NDArray[np.float32], activation: str) -> npt.NDArray[n
 
 def _code(code: CodeSpec) -> Code:
     return Code(code.value, code.scheme, code.meaning)
-
-
-def _typed(options: BaseModel, cls: type[Any]) -> Any:
-    if not isinstance(options, cls):
-        raise TypeError(f"expected {cls.__name__}, got {type(options).__name__}")
-    return options

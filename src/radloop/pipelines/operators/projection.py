@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 
 from radloop.core.errors import InputDataError
 from radloop.pipelines.ports import SeriesInput, SourceFrame, Volume
-from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.registry import NoOptions, Operator, OperatorContext
 
 
-class ProjectionImage(Operator):
+class ProjectionImage(Operator[NoOptions]):
     """The first image of a series of projection radiographs, as a one-frame volume."""
 
     name: ClassVar[str] = "dicom.projection_image"

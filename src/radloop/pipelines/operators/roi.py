@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from radloop.core.errors import InputDataError, PermanentJobError
 from radloop.pipelines.ports import LabelMap, Volume
-from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.registry import NoOptions, Operator, OperatorContext
 
 Box = tuple[slice, slice, slice]
 
@@ -33,19 +33,16 @@ class RoiCropOptions(BaseModel):
     margin_mm: float = Field(10.0, ge=0.0, description="Added on every side of the region's bounding box.")
 
 
-class RoiCrop(Operator):
+class RoiCrop(Operator[RoiCropOptions]):
     """Crop a volume to the bounding box of its voxels above ``threshold`` (plus ``margin_mm``)."""
 
     name: ClassVar[str] = "roi.crop"
     inputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
     outputs: ClassVar[Mapping[str, type]] = {"volume": Volume}
-    Options: ClassVar[type[BaseModel]] = RoiCropOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``{"volume": Volume}``: the cropped volume (the whole one if the region fills it)."""
         options = self.options
-        if not isinstance(options, RoiCropOptions):
-            raise TypeError(f"{self.name} needs RoiCropOptions")
         volume: Volume = inputs["volume"]
         box = region_box(volume, options.threshold, options.margin_mm)
         cropped = crop(volume, box)
@@ -60,7 +57,7 @@ class RoiCrop(Operator):
         return {"volume": cropped}
 
 
-class LabelMapPaste(Operator):
+class LabelMapPaste(Operator[NoOptions]):
     """Put a label map computed on a crop of ``volume`` back onto ``volume``'s own grid."""
 
     name: ClassVar[str] = "labelmap.paste"

@@ -9,7 +9,7 @@ them again replaces its copy instead of adding a second one).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 import pydicom
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,8 +19,6 @@ from radloop.pipelines.registry import Operator, OperatorContext
 from radloop.pipelines.writers.rtstruct import write_rtstruct
 from radloop.pipelines.writers.secondary_capture import CaptureSeries, write_secondary_captures
 from radloop.pipelines.writers.sr import ReportSeries, write_findings_report, write_volume_report
-
-_OptionsT = TypeVar("_OptionsT", bound=BaseModel)
 
 
 class _SeriesOptions(BaseModel):
@@ -57,24 +55,16 @@ class SecondaryCaptureWriterOptions(_SeriesOptions):
     )
 
 
-def _typed(operator: Operator, cls: type[_OptionsT]) -> _OptionsT:
-    """``operator.options``, which the registry validated with ``cls``."""
-    if not isinstance(operator.options, cls):
-        raise TypeError(f"{operator.name} needs {cls.__name__}, got {type(operator.options).__name__}")
-    return operator.options
-
-
-class RtstructWriter(Operator):
+class RtstructWriter(Operator[RtstructWriterOptions]):
     """Write the label map as an RT Structure Set: one ROI per segment, contours on every slice."""
 
     name: ClassVar[str] = "writer.rtstruct"
     inputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
     outputs: ClassVar[Mapping[str, type]] = {"rtstruct": DicomObjects}
-    Options: ClassVar[type[BaseModel]] = RtstructWriterOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<workdir>/rtstruct/<SOPInstanceUID>.dcm``."""
-        options = _typed(self, RtstructWriterOptions)
+        options = self.options
         path = write_rtstruct(
             inputs["labelmap"],
             ctx.workdir / "rtstruct",
@@ -87,17 +77,16 @@ class RtstructWriter(Operator):
         return {"rtstruct": DicomObjects(paths=(path,), kind="RTSTRUCT")}
 
 
-class SrWriter(Operator):
+class SrWriter(Operator[SrWriterOptions]):
     """Write a TID 1500 measurement report with each segment's volume, referencing the SEG."""
 
     name: ClassVar[str] = "writer.sr"
     inputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap, "seg": DicomObjects}
     outputs: ClassVar[Mapping[str, type]] = {"sr": DicomObjects}
-    Options: ClassVar[type[BaseModel]] = SrWriterOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<workdir>/sr/<SOPInstanceUID>.dcm``; ``seg`` must be the one SEG of this label map."""
-        options = _typed(self, SrWriterOptions)
+        options = self.options
         seg: DicomObjects = inputs["seg"]
         if seg.kind != "SEG" or len(seg.paths) != 1:
             raise ValueError(f"{self.name}: input 'seg' must be one SEG, got {len(seg.paths)} {seg.kind}")
@@ -107,17 +96,16 @@ class SrWriter(Operator):
         return {"sr": DicomObjects(paths=(path,), kind="SR")}
 
 
-class FindingsSrWriter(Operator):
+class FindingsSrWriter(Operator[SrWriterOptions]):
     """Write a TID 1500 measurement report with a classifier's findings and their probabilities."""
 
     name: ClassVar[str] = "writer.sr_findings"
     inputs: ClassVar[Mapping[str, type]] = {"findings": Findings}
     outputs: ClassVar[Mapping[str, type]] = {"sr": DicomObjects}
-    Options: ClassVar[type[BaseModel]] = SrWriterOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<workdir>/sr/<SOPInstanceUID>.dcm``."""
-        options = _typed(self, SrWriterOptions)
+        options = self.options
         findings: Findings = inputs["findings"]
         series = _report_series(ctx, options)
         out_dir = ctx.workdir / "sr"
@@ -134,17 +122,16 @@ def _report_series(ctx: OperatorContext, options: SrWriterOptions) -> ReportSeri
     )
 
 
-class SecondaryCaptureWriter(Operator):
+class SecondaryCaptureWriter(Operator[SecondaryCaptureWriterOptions]):
     """Write the source slices with the segment outlines, a legend and a NOT FOR DIAGNOSIS banner."""
 
     name: ClassVar[str] = "writer.secondary_capture"
     inputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap}
     outputs: ClassVar[Mapping[str, type]] = {"sc": DicomObjects}
-    Options: ClassVar[type[BaseModel]] = SecondaryCaptureWriterOptions
 
     def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Write ``<workdir>/sc/<SOPInstanceUID>.dcm``, one per (labelled) source slice."""
-        options = _typed(self, SecondaryCaptureWriterOptions)
+        options = self.options
         series = CaptureSeries(ctx.uid("sc", "series"), options.series_number, options.series_description)
         out_dir = ctx.workdir / "sc"
         paths = write_secondary_captures(inputs["labelmap"], out_dir, series, slices=options.slices)

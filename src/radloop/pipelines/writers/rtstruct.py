@@ -47,7 +47,8 @@ DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
 """ReferencedSOPClassUID of an RT Referenced Study Sequence item (the value PS3.3 C.8.8.5 names)."""
 
 ANATOMICAL_STRUCTURE_CODES = frozenset({"91723000", "123037004"})
-"""SNOMED CT 'Anatomical structure' codes: such segments are RTROIInterpretedType ORGAN."""
+"""Segments of category 'Anatomical Structure' are RTROIInterpretedType ORGAN: SNOMED CT 91723000,
+the code of CID 7150 that radloop writes, or 123037004 ('Body structure'), which others send."""
 
 Contour = npt.NDArray[np.float64]
 """Points of one closed contour, shape (n, 2), as (row, column) pixel indices."""
