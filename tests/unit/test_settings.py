@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import get_args
 
@@ -157,6 +159,14 @@ def test_worker_json_keeps_every_secret() -> None:
     source = worker.sources[0]
     assert isinstance(source, DicomwebSource)
     assert source.header_values() == {"Authorization": "Bearer source-header-value"}
+
+
+def test_a_spawned_worker_process_gets_the_real_secrets() -> None:
+    """What the local executor does: a spawned process rebuilds the settings from the JSON."""
+    s = load_settings(None, **_SECRETS)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        in_worker = pool.submit(Settings.from_worker_json, s.to_worker_json()).result(timeout=120)
+    assert in_worker == s and in_worker.secret_key.get_secret_value() == _SECRETS["secret_key"]
 
 
 def test_production_refuses_the_default_secret_from_the_worker_json_too() -> None:
