@@ -82,9 +82,8 @@ class ReviewSession:
 
 def launch_key(settings: Settings) -> bytes:
     """The key launch URLs are signed with: ``review.launch_key``, else ``secret_key``."""
-    return (settings.review.launch_key.get_secret_value() or settings.secret_key.get_secret_value()).encode(
-        "utf-8"
-    )
+    key = settings.review.launch_key.get_secret_value() or settings.secret_key.get_secret_value()
+    return key.encode("utf-8")
 
 
 def session_key(settings: Settings) -> bytes:
