@@ -50,10 +50,8 @@ def xnat_command(
     config: ConfigOpt = None,
     image: Annotated[str | None, typer.Option(help="Image with tag; default: xnat.command.image.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here, not to stdout.")] = None,
-    as_label: Annotated[
-        bool,
-        typer.Option("--label", help="Print the compact JSON list for the image label org.nrg.commands."),
-    ] = False,
+    as_label: Annotated[bool, typer.Option(
+        "--label", help="Print the compact JSON list for the image label org.nrg.commands.")] = False,
 ) -> None:
     """Print the XNAT Container Service command (JSON) that runs PIPELINE from XNAT."""
     from radloop.xnat_plugin.command import build_command, check_command
@@ -77,10 +75,8 @@ def xnat_command(
 def xnat_watch(
     project: Annotated[str, typer.Argument(help="XNAT project ID to watch.")],
     config: ConfigOpt = None,
-    pipeline: Annotated[
-        list[str] | None,
-        typer.Option("--pipeline", "-p", help="Pipeline to run (repeatable); default: xnat.watch.pipelines."),
-    ] = None,
+    pipeline: Annotated[list[str] | None, typer.Option(
+        "--pipeline", "-p", help="Pipeline to run (repeatable); default: xnat.watch.pipelines.")] = None,
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit (cron, tests).")] = False,
 ) -> None:
     """Run the configured pipelines on every new session of PROJECT and store the results on it."""
@@ -114,9 +110,8 @@ def run_pipeline(
     settings = load_settings(config)
     configure_logging(settings.log_level)
     pipeline = _catalog(settings).get(name)
-    run = run_on_folder(
-        pipeline, input_dir, output_dir, scans.split(","), models=ModelResolver.from_settings(settings)
-    )
+    run = run_on_folder(pipeline, input_dir, output_dir, scans.split(","),
+                        models=ModelResolver.from_settings(settings))
     summary: dict[str, Any] = {
         "pipeline": name,
         "ran_on": [m.describe() for m in run.ran],
