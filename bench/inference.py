@@ -34,7 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import peers  # noqa: E402 - lives in tests/, put on sys.path just above
 from helpers_data import ct_series_paths, series_ref_of  # noqa: E402
-from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings  # noqa: E402
+from radloop.core.settings import (
+    AutoBackendSettings,
+    InferenceSettings,
+    ModelBackendSettings,
+    TritonBackendSettings,
+)  # noqa: E402
 from radloop.inference.packaged import packaged_models  # noqa: E402
 from radloop.inference.resolve import ModelResolver  # noqa: E402
 from radloop.inference.store import ModelStore  # noqa: E402
@@ -127,7 +132,7 @@ def main() -> None:
 
 
 def _resolver(store: ModelStore, url: str | None) -> ModelResolver:
-    default = ModelBackendSettings(backend="triton", url=url) if url else ModelBackendSettings()
+    default: ModelBackendSettings = TritonBackendSettings(url=url) if url else AutoBackendSettings()
     return ModelResolver(InferenceSettings(default=default), store)
 
 

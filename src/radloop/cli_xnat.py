@@ -19,8 +19,7 @@ from rich.console import Console
 
 from radloop.core.errors import ConfigError
 from radloop.core.logging import configure_logging
-from radloop.core.settings import Settings, load_settings
-from radloop.core.xnat_settings import XnatCommandSettings
+from radloop.core.settings import Settings, XnatCommandSettings, load_settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.operators import builtin_registry
 

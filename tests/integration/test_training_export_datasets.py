@@ -545,7 +545,7 @@ def test_cli_and_api_export_the_same_dataset(site: Site, tmp_path: Path) -> None
 
     env = {
         "RADLOOP_DATA_DIR": str(site.settings.data_dir),
-        "RADLOOP_SECRET_KEY": site.settings.secret_key,
+        "RADLOOP_SECRET_KEY": site.settings.secret_key.get_secret_value(),
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
     }

@@ -27,8 +27,13 @@ from sqlmodel import Session, col, select
 import peers
 import tiny_models as tm
 from radloop.core.errors import InferenceError
-from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings
 from radloop.core.models import Job, JobState, JobStep
+from radloop.core.settings import (
+    AutoBackendSettings,
+    InferenceSettings,
+    ModelBackendSettings,
+    TritonBackendSettings,
+)
 from radloop.inference.packaged import packaged_models
 from radloop.inference.resolve import ModelResolver
 from radloop.inference.store import ModelStore
@@ -51,8 +56,8 @@ class TritonSetup:
 
     def resolver(self, url: str | None, **settings: Any) -> ModelResolver:
         """All models on the server at ``url`` (None: all in process)."""
-        default = (
-            ModelBackendSettings(backend="triton", url=url, **settings) if url else ModelBackendSettings()
+        default: ModelBackendSettings = (
+            TritonBackendSettings(url=url, **settings) if url else AutoBackendSettings()
         )
         return ModelResolver(InferenceSettings(default=default), self.store)
 
@@ -129,7 +134,7 @@ def test_monai_bundle_and_onnx_model_on_triton_match_in_process(
 
 def test_metadata_comes_from_the_server(triton: TritonSetup) -> None:
     for url in (triton.server.http_url, triton.server.grpc_url):
-        backend = TritonBackend("deepbet_mask", ModelBackendSettings(backend="triton", url=url))
+        backend = TritonBackend("deepbet_mask", TritonBackendSettings(url=url))
         assert backend.max_batch_size == 2
         assert [(t.name, t.dtype, t.shape) for t in backend.metadata.inputs] == [
             ("input__0", "float32", (-1, 1, 256, 256, 256))
@@ -143,7 +148,7 @@ def test_missing_model_names_url_and_model(triton: TritonSetup) -> None:
     for url in (triton.server.http_url, triton.server.grpc_url):
         start = time.monotonic()
         with pytest.raises(InferenceError, match=f"Triton {url} model 'no_such_model'") as raised:
-            TritonBackend("no_such_model", ModelBackendSettings(backend="triton", url=url))
+            TritonBackend("no_such_model", TritonBackendSettings(url=url))
         assert time.monotonic() - start < 5
         assert raised.value.transient and raised.value.__cause__ is not None
 
@@ -161,8 +166,8 @@ def test_down_and_unresponsive_servers_fail_within_their_timeouts() -> None:
             (f"grpc://127.0.0.1:{hung}", "DEADLINE_EXCEEDED"),
         ]
         for url, why in cases:
-            settings = ModelBackendSettings(
-                backend="triton", url=url, timeout_s=2, connect_timeout_s=1, retries=2, retry_backoff_s=0.2
+            settings = TritonBackendSettings(
+                url=url, timeout_s=2, connect_timeout_s=1, retries=2, retry_backoff_s=0.2
             )
             start = time.monotonic()
             with pytest.raises(InferenceError, match=why) as raised:
@@ -220,5 +225,5 @@ def test_wrapper_reads_what_build_repo_wrote(triton: TritonSetup) -> None:
     """The running server loaded every model of the repository radloop wrote."""
     names = sorted(p.name for p in triton.server.repo.iterdir())
     for name in names:
-        backend = TritonBackend(name, ModelBackendSettings(backend="triton", url=triton.server.grpc_url))
+        backend = TritonBackend(name, TritonBackendSettings(url=triton.server.grpc_url))
         assert backend.metadata.name == name

@@ -19,7 +19,7 @@ import torch
 import tiny_models as tm
 from helpers_data import ct_series_paths, pydicom_test_file, series_ref_of
 from radloop.core.errors import ModelNotFoundError
-from radloop.core.inference_settings import InferenceSettings
+from radloop.core.settings import InferenceSettings
 from radloop.inference.model_spec import ModelSpec
 from radloop.inference.onnx_runtime import OnnxRuntimeBackend
 from radloop.inference.preprocess import prepare, restore

@@ -19,8 +19,12 @@ from typer.testing import CliRunner
 import tiny_models as tm
 from radloop.cli import app
 from radloop.core.errors import ConfigError, ModelNotFoundError, PermanentJobError
-from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings
-from radloop.core.settings import load_settings
+from radloop.core.settings import (
+    InferenceSettings,
+    TorchScriptBackendSettings,
+    TritonBackendSettings,
+    load_settings,
+)
 from radloop.inference.model_spec import ModelSpec
 from radloop.inference.onnx_runtime import OnnxRuntimeBackend
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK, packaged_models
@@ -88,7 +92,7 @@ def test_versions_sort_naturally() -> None:
 
 def test_triton_backend_settings_need_a_url() -> None:
     with pytest.raises(ValidationError, match="scheme://host:port"):
-        ModelBackendSettings(backend="triton", url="127.0.0.1:8001")
+        TritonBackendSettings(url="127.0.0.1:8001")
     settings = load_settings(
         None, inference={"models": {"m": {"backend": "triton", "url": "grpc://127.0.0.1:1"}}}
     )
@@ -210,9 +214,7 @@ def test_resolver_refuses_a_backend_that_cannot_run_the_file(
     store: ModelStore, sources: dict[str, Path]
 ) -> None:
     store.add(sources["seg_onnx"], "m", "1", tm.segmenter_spec())
-    resolver = ModelResolver(
-        InferenceSettings(models={"m": ModelBackendSettings(backend="torchscript")}), store
-    )
+    resolver = ModelResolver(InferenceSettings(models={"m": TorchScriptBackendSettings()}), store)
     with pytest.raises(PermanentJobError, match="onnx file; backend 'torchscript' cannot run it"):
         resolver.resolve("m")
     with pytest.raises(ModelNotFoundError, match="radloop models add"):

@@ -14,8 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from radloop.core.settings import load_settings
-from radloop.core.xnat_settings import XnatCommandSettings
+from radloop.core.settings import XnatCommandSettings, load_settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.operators import builtin_registry
 from radloop.pipelines.spec import Pipeline, parse_pipeline_text

@@ -8,6 +8,8 @@
   model shipped in a package, such as deepbet's), run in this process with the runtime its
   file needs.
 
+The builder of each backend is registered in :mod:`radloop.inference.registry`.
+
 Backends are built once per resolver and reused (a worker process keeps one resolver, so a
 TorchScript model loads once, not once per job). A model that cannot be found raises
 :class:`~radloop.core.errors.ModelNotFoundError` (the job fails at once, saying how to add it).
@@ -15,20 +17,15 @@ TorchScript model loads once, not once per job). A model that cannot be found ra
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
 
-from radloop.core.errors import ModelNotFoundError, PermanentJobError
-from radloop.core.inference_settings import InferenceSettings, ModelBackendSettings
-from radloop.core.settings import Settings
+from radloop.core.errors import PermanentJobError
+from radloop.core.settings import InferenceSettings, ModelBackendSettings, Settings
 from radloop.inference.backend import InferenceBackend
 from radloop.inference.model_spec import ModelSpec
-from radloop.inference.store import ModelStore, StoredModel, not_found_message
-
-logger = logging.getLogger(__name__)
+from radloop.inference.registry import build_backend
+from radloop.inference.store import ModelStore
 
 
 @dataclass(frozen=True)
@@ -79,52 +76,5 @@ class ModelResolver:
 
     def _build(self, name: str) -> ResolvedModel:
         cfg = self.settings.backend_for(name)
-        stored = self.store.find(name)
-        if cfg.backend == "triton":
-            from radloop.inference.triton import TritonBackend
-
-            backend: InferenceBackend = TritonBackend(name, cfg)
-            logger.info("model %s: Triton at %s", name, cfg.url)
-            return ResolvedModel(name, backend, None if stored is None else stored.spec, cfg)
-        if stored is None:
-            raise_not_found(name, self.store.root)
-        backend = in_process_backend(stored, cfg)
-        logger.info(
-            "model %s version %s: in process (%s) from %s",
-            name,
-            stored.spec.version,
-            stored.spec.format,
-            stored.path,
-        )
-        return ResolvedModel(name, backend, stored.spec, cfg)
-
-
-def in_process_backend(stored: StoredModel, cfg: ModelBackendSettings) -> InferenceBackend:
-    """ONNX Runtime for an ONNX file, TorchScript otherwise; the configured backend must fit the file."""
-    spec = stored.spec
-    wanted = {"onnx": "onnxruntime", "torchscript": "torchscript"}[spec.format]
-    if cfg.backend not in ("auto", wanted):
-        raise PermanentJobError(
-            f"model {spec.name!r} is a {spec.format} file; "
-            f"backend {cfg.backend!r} cannot run it (use {wanted!r})"
-        )
-    if spec.format == "onnx":
-        from radloop.inference.onnx_runtime import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(stored.path, spec.name, spec.version)
-    from radloop.inference.torchscript import TorchScriptBackend
-
-    metadata = spec.metadata()
-    return TorchScriptBackend(
-        stored.path,
-        spec.name,
-        spec.version,
-        device=cfg.device,
-        inputs=metadata.inputs,
-        outputs=metadata.outputs,
-    )
-
-
-def raise_not_found(name: str, root: Path) -> NoReturn:
-    """Raise :class:`ModelNotFoundError` for ``name`` with the command that adds it."""
-    raise ModelNotFoundError(not_found_message(name, root, None, []))
+        backend, spec = build_backend(name, cfg, self.store)
+        return ResolvedModel(name, backend, spec, cfg)

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from radloop.core.errors import InferenceError
-from radloop.core.inference_settings import ModelBackendSettings
+from radloop.core.settings import TritonBackendSettings
 from radloop.inference.backend import ModelMetadata, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ T = TypeVar("T")
 class TritonBackend:
     """One model on a Triton server. Satisfies :class:`~radloop.inference.backend.InferenceBackend`."""
 
-    def __init__(self, model: str, settings: ModelBackendSettings) -> None:
+    def __init__(self, model: str, settings: TritonBackendSettings) -> None:
         """Connect and read the model's metadata (with retries); :class:`InferenceError` if that fails."""
         parts = urlsplit(settings.url)
         self.url = settings.url

@@ -60,7 +60,7 @@ class LocalExecutor:
             max_workers=self.settings.workers.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.settings.model_dump_json(),),
+            initargs=(self.settings.to_worker_json(),),
         )
 
     def start(self) -> None:
@@ -150,7 +150,7 @@ def _init_worker(settings_json: str) -> None:
     from radloop.pipelines.operators import builtin_registry
     from radloop.pipelines.runner import JobRunner
 
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_worker_json(settings_json)
     configure_logging(settings.log_level)
     if settings.workers.torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))

@@ -54,7 +54,8 @@ class Pseudonymizer:
         own = settings.training_export.pseudonym_key
         if own is not None and own.get_secret_value():
             return cls(hashlib.sha256(own.get_secret_value().encode()).digest())
-        return cls(hmac.new(settings.secret_key.encode(), _KEY_DERIVATION_LABEL, hashlib.sha256).digest())
+        secret_key = settings.secret_key.get_secret_value().encode()
+        return cls(hmac.new(secret_key, _KEY_DERIVATION_LABEL, hashlib.sha256).digest())
 
     @property
     def fingerprint(self) -> str:

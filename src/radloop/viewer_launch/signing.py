@@ -82,13 +82,14 @@ class ReviewSession:
 
 def launch_key(settings: Settings) -> bytes:
     """The key launch URLs are signed with: ``review.launch_key``, else ``secret_key``."""
-    return (settings.review.launch_key or settings.secret_key).encode("utf-8")
+    key = settings.review.launch_key.get_secret_value() or settings.secret_key.get_secret_value()
+    return key.encode("utf-8")
 
 
 def session_key(settings: Settings) -> bytes:
     """The key review session cookies are signed with, derived from ``secret_key``."""
     return hmac.new(
-        settings.secret_key.encode("utf-8"), b"radloop review session v1", hashlib.sha256
+        settings.secret_key.get_secret_value().encode("utf-8"), b"radloop review session v1", hashlib.sha256
     ).digest()
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from radloop.core.xnat_settings import XnatCommandSettings
+from radloop.core.settings import XnatCommandSettings
 from radloop.pipelines.ports import DicomObjects
 from radloop.pipelines.spec import Pipeline
 from radloop.xnat_plugin.labels import RESULT_KINDS

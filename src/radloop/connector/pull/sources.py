@@ -119,7 +119,7 @@ class DicomwebRetriever:
     def __init__(self, config: DicomwebSource) -> None:
         self.config = config
         session = _TimeoutSession(config.timeout_s)
-        self.client = DICOMwebClient(config.url, session=session, headers=dict(config.headers))
+        self.client = DICOMwebClient(config.url, session=session, headers=config.header_values())
 
     def find(self, query: StudyQuery) -> list[StudyMatch]:
         """Page through the matches with ``limit``/``offset``; stops on a short page, and on a page with

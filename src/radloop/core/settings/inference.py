@@ -11,33 +11,51 @@ overrides it per model name::
       models:
         deepbet_mask: {backend: triton, url: grpc://127.0.0.1:8001, timeout_s: 60, retries: 3}
 
-Kept in its own module so that the settings file grows by one field only.
+The backend settings are a union told apart by ``backend`` (``auto`` when absent); each variant
+holds only its own fields (a Triton URL on an in-process model is an error, not ignored).
+:mod:`radloop.inference.registry` maps each variant's type to the function that builds it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator
+
+from radloop.core.settings.common import StrictModel
 
 TRITON_SCHEMES = ("http", "https", "grpc", "grpcs")
 """URL schemes of a Triton server: HTTP/REST (``http``, ``https``) or gRPC (``grpc``, ``grpcs``)."""
 
 
-class ModelBackendSettings(BaseModel):
-    """How one model is run.
+class AutoBackendSettings(StrictModel):
+    """Run the model in this process with the runtime its file needs: ONNX Runtime for ``.onnx``,
+    TorchScript for a TorchScript file or a MONAI bundle."""
 
-    ``auto`` runs it in this process with the runtime its file needs (ONNX Runtime for
-    ``.onnx``, TorchScript for a TorchScript file or a MONAI bundle); ``onnxruntime`` and
-    ``torchscript`` insist on that runtime; ``triton`` sends every call to the server at ``url``.
-    """
+    backend: Literal["auto"] = "auto"
+    device: str = Field("cpu", description="torch device for in-process TorchScript models.")
 
-    model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["auto", "onnxruntime", "torchscript", "triton"] = "auto"
-    url: str = Field("", description="Triton server: http://host:8000 (REST) or grpc://host:8001 (gRPC).")
+class OnnxRuntimeBackendSettings(StrictModel):
+    """Run the model in this process with ONNX Runtime; a model that is no ONNX file is refused."""
+
+    backend: Literal["onnxruntime"] = "onnxruntime"
+
+
+class TorchScriptBackendSettings(StrictModel):
+    """Run the model in this process with TorchScript; a model that is no TorchScript file is refused."""
+
+    backend: Literal["torchscript"] = "torchscript"
+    device: str = Field("cpu", description="torch device for in-process TorchScript models.")
+
+
+class TritonBackendSettings(StrictModel):
+    """Send every call to the Triton server at ``url``."""
+
+    backend: Literal["triton"] = "triton"
+    url: str = Field(description="Triton server: http://host:8000 (REST) or grpc://host:8001 (gRPC).")
     model_name: str = Field(
         "", description="Name of the model on the Triton server; empty = the model's name."
     )
@@ -48,19 +66,38 @@ class ModelBackendSettings(BaseModel):
         3, ge=0, description="Further tries when the server is UNAVAILABLE (down, starting)."
     )
     retry_backoff_s: float = Field(0.5, gt=0, description="First wait between tries; doubles each time.")
-    device: str = Field("cpu", description="torch device for in-process TorchScript models.")
 
-    @model_validator(mode="after")
-    def _check_triton_url(self) -> ModelBackendSettings:
-        if self.backend == "triton":
-            _check_triton_url(self.url)
-        return self
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in TRITON_SCHEMES or not parts.hostname or parts.port is None:
+            schemes = ", ".join(TRITON_SCHEMES)
+            raise ValueError(
+                f"backend triton needs url scheme://host:port with scheme one of {schemes}, got {url!r}"
+            )
+        return url
 
 
-class LocalTritonSettings(BaseModel):
+def _backend_of(value: Any) -> str:
+    """The ``backend`` of a config (a mapping from the file, or a model); ``auto`` when absent."""
+    if isinstance(value, dict):
+        return str(value.get("backend", "auto"))
+    return str(getattr(value, "backend", "auto"))
+
+
+ModelBackendSettings = Annotated[
+    Annotated[AutoBackendSettings, Tag("auto")]
+    | Annotated[OnnxRuntimeBackendSettings, Tag("onnxruntime")]
+    | Annotated[TorchScriptBackendSettings, Tag("torchscript")]
+    | Annotated[TritonBackendSettings, Tag("triton")],
+    Discriminator(_backend_of),
+]
+"""How one model is run: one of the backend variants above, told apart by ``backend``."""
+
+
+class LocalTritonSettings(StrictModel):
     """``radloop triton serve``: the CPU Triton server that installs from PyPI (nvidia-pytriton)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     venv: Path | None = Field(
         None, description="Its own virtual environment; default: ~/.cache/radloop/triton-venv."
@@ -75,15 +112,13 @@ class LocalTritonSettings(BaseModel):
     ready_timeout_s: float = Field(180.0, gt=0, description="Longest wait for the server to load its models.")
 
 
-class InferenceSettings(BaseModel):
+class InferenceSettings(StrictModel):
     """The model store and the backend of every model (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     models_dir: Path | None = Field(
         None, description="The versioned model store; default: <data_dir>/models."
     )
-    default: ModelBackendSettings = Field(default_factory=ModelBackendSettings)
+    default: ModelBackendSettings = Field(default_factory=AutoBackendSettings)
     models: dict[str, ModelBackendSettings] = Field(
         default_factory=dict, description="Per model name: overrides ``default`` as a whole."
     )
@@ -96,11 +131,3 @@ class InferenceSettings(BaseModel):
     def store_dir(self, data_dir: Path) -> Path:
         """Where the model store is: ``models_dir``, else ``<data_dir>/models``."""
         return self.models_dir if self.models_dir is not None else data_dir / "models"
-
-
-def _check_triton_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in TRITON_SCHEMES or not parts.hostname or parts.port is None:
-        raise ValueError(
-            f"backend triton needs url scheme://host:port with scheme one of {TRITON_SCHEMES}, got {url!r}"
-        )

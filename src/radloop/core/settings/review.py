@@ -14,24 +14,25 @@ A PACS workstation opens a *launch URL* (see :mod:`radloop.viewer_launch.signing
       prefetch: true           # `radloop serve` converts new AI results before the first launch
       cache_max_results: 50    # converted review data kept for this many results
 
-Kept in its own module so that the settings file grows by a few lines only.
+``launch_key`` is a :data:`~radloop.core.settings.common.Secret`: read it with
+``get_secret_value()`` (or :func:`radloop.viewer_launch.signing.launch_key`).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, SecretStr, field_validator
+
+from radloop.core.settings.common import Secret, StrictModel
 
 MIN_KEY_LENGTH = 32
 """Shortest ``launch_key`` accepted: 32 characters (an HMAC key should carry ≥ 128 bits)."""
 
 
-class ReviewSettings(BaseModel):
+class ReviewSettings(StrictModel):
     """Launch URLs, review sessions and what happens to edited masks."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    launch_key: str = Field(
-        "",
+    launch_key: Secret = Field(
+        SecretStr(""),
         description="HMAC-SHA256 key the PACS signs launch URLs with; empty = secret_key. "
         "Set its own key in production so that the PACS never holds secret_key.",
     )
@@ -60,8 +61,9 @@ class ReviewSettings(BaseModel):
 
     @field_validator("launch_key")
     @classmethod
-    def _key_length(cls, v: str) -> str:
-        if v and len(v) < MIN_KEY_LENGTH:
+    def _key_length(cls, v: SecretStr) -> SecretStr:
+        key = v.get_secret_value()
+        if key and len(key) < MIN_KEY_LENGTH:
             raise ValueError(f"launch_key must be at least {MIN_KEY_LENGTH} characters (or empty)")
         return v
 

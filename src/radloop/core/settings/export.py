@@ -11,23 +11,21 @@ never leaves the server: it is not written to an export, only a fingerprint of i
 incremental export into a folder made with another key is refused instead of splitting one
 patient under two pseudonyms). Changing the key, or ``secret_key`` when no key of its own is
 set, changes every pseudonym: set a dedicated key when ``secret_key`` may be rotated.
-
-Kept in its own module so that the settings file grows by a line only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field
+
+from radloop.core.settings.common import Secret, StrictModel
 
 
-class TrainingExportSettings(BaseModel):
+class TrainingExportSettings(StrictModel):
     """Training dataset export (``radloop export dataset`` and ``POST /api/exports``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    pseudonym_key: SecretStr | None = Field(
+    pseudonym_key: Secret | None = Field(
         None, description="Key of the keyed hash that makes pseudonyms; empty = derived from secret_key."
     )
     exports_dir: Path | None = Field(

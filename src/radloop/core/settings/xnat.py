@@ -20,8 +20,7 @@ The ``xnat`` section configures the project watcher and the Container Service co
       watch: {destination: research-xnat, pipelines: [brain-extraction], interval_s: 60}
       command: {image: "registry.example.org/radloop-xnat:0.1.0", gpu_resource_name: gpu}
 
-Kept in its own module so that the settings file grows by a few lines only. Nothing here talks
-to a server; :mod:`radloop.xnat_plugin` does.
+Nothing here talks to a server; :mod:`radloop.xnat_plugin` does.
 """
 
 from __future__ import annotations
@@ -30,7 +29,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from radloop.core.settings.common import Secret, StrictModel
 
 LabelSource = Literal["PatientID", "AccessionNumber", "StudyInstanceUID", "lookup"]
 """Where an XNAT subject or session label comes from: a DICOM attribute of the study, or the lookup file."""
@@ -42,12 +43,11 @@ DEFAULT_IMAGE = "radloop/radloop-xnat:0.1.0"
 """Image named in generated Container Service commands unless ``xnat.command.image`` is set."""
 
 
-class XnatServerFields(BaseModel):
-    """The fields of an ``xnat`` destination (``XnatDestination`` in :mod:`radloop.core.settings` adds
-    the name and ``accepts`` every destination has): a project on an XNAT server (1.8 or 1.9)
-    reached through its REST API, and how studies map onto it."""
-
-    model_config = ConfigDict(extra="forbid")
+class XnatServerFields(StrictModel):
+    """The fields of an ``xnat`` destination (``XnatDestination`` in
+    :mod:`radloop.core.settings.destinations` adds the name and ``accepts`` every destination
+    has): a project on an XNAT server (1.8 or 1.9) reached through its REST API, and how studies
+    map onto it."""
 
     url: str = Field(description="Site URL, e.g. https://xnat.example.org (no credentials in it).")
     project: str = Field(description="Project ID (not its title); the project must exist.")
@@ -58,7 +58,7 @@ class XnatServerFields(BaseModel):
     )
     lookup_key: LookupKey = "StudyInstanceUID"
     user: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     netrc_file: Path | None = Field(
         None, description="netrc file with the server's login; None = $NETRC or ~/.netrc (when no password)."
     )
@@ -86,10 +86,8 @@ class XnatServerFields(BaseModel):
         return self
 
 
-class XnatWatchSettings(BaseModel):
+class XnatWatchSettings(StrictModel):
     """``radloop xnat watch``: which server, which pipelines, how often."""
-
-    model_config = ConfigDict(extra="forbid")
 
     destination: str = Field("", description="Name of an xnat destination: its server and login are used.")
     pipelines: list[str] = Field(default_factory=list, description="Pipelines tried on each new session.")
@@ -98,10 +96,8 @@ class XnatWatchSettings(BaseModel):
     scan_resource: str = Field("DICOM", description="Label of the scan resource that holds the DICOM files.")
 
 
-class XnatCommandSettings(BaseModel):
+class XnatCommandSettings(StrictModel):
     """``radloop xnat command``: what the generated Container Service command names."""
-
-    model_config = ConfigDict(extra="forbid")
 
     image: str = Field(DEFAULT_IMAGE, description="Image (with tag) built from deploy/xnat/Dockerfile.")
     gpu_resource_name: str = Field(
@@ -116,10 +112,8 @@ class XnatCommandSettings(BaseModel):
         return value
 
 
-class XnatSettings(BaseModel):
+class XnatSettings(StrictModel):
     """The ``xnat`` section: project watcher and Container Service command generation."""
-
-    model_config = ConfigDict(extra="forbid")
 
     watch: XnatWatchSettings = Field(default_factory=XnatWatchSettings)
     command: XnatCommandSettings = Field(default_factory=XnatCommandSettings)

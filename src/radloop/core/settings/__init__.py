@@ -1,0 +1,100 @@
+"""radloop's settings: one typed :class:`Settings` object, nested by subsystem.
+
+One module per section of the config file; import any name from here
+(``from radloop.core.settings import Settings, load_settings, DicomDestination``):
+
+* :mod:`~radloop.core.settings.root`: :class:`Settings`, :func:`load_settings`, ``database``
+* :mod:`~radloop.core.settings.dicom`: the SCP and its listeners (``dicom``)
+* :mod:`~radloop.core.settings.destinations`: where results go (``destinations``, ``outbox``)
+* :mod:`~radloop.core.settings.sources`: PACSs studies are pulled from (``sources``)
+* :mod:`~radloop.core.settings.pipelines`: pipeline files and job workers (``pipelines``, ``workers``)
+* :mod:`~radloop.core.settings.inference`: model store and backends (``inference``)
+* :mod:`~radloop.core.settings.api`: the HTTP server (``api``)
+* :mod:`~radloop.core.settings.review`: launch URLs and the review app (``review``)
+* :mod:`~radloop.core.settings.xnat`: XNAT destinations, watcher and command (``xnat``)
+* :mod:`~radloop.core.settings.export`: training dataset export (``training_export``)
+* :mod:`~radloop.core.settings.common`: the shared ``Secret`` type and AE title check
+"""
+
+from radloop.core.settings.api import ApiSettings
+from radloop.core.settings.common import REVEAL_SECRETS, Secret, StrictModel, check_ae_title
+from radloop.core.settings.destinations import (
+    Destination,
+    DestinationSettings,
+    DicomDestination,
+    DicomwebDestination,
+    FolderDestination,
+    OutboxSettings,
+    XnatDestination,
+)
+from radloop.core.settings.dicom import AllowedCaller, DicomSettings, ListenerSettings
+from radloop.core.settings.export import TrainingExportSettings
+from radloop.core.settings.inference import (
+    TRITON_SCHEMES,
+    AutoBackendSettings,
+    InferenceSettings,
+    LocalTritonSettings,
+    ModelBackendSettings,
+    OnnxRuntimeBackendSettings,
+    TorchScriptBackendSettings,
+    TritonBackendSettings,
+)
+from radloop.core.settings.pipelines import PipelineSettings, WorkerSettings
+from radloop.core.settings.review import MIN_KEY_LENGTH, ReviewSettings
+from radloop.core.settings.root import DEV_SECRET, DatabaseSettings, Settings, load_settings
+from radloop.core.settings.sources import DicomwebSource, DimseSource, PollSettings, PullSource
+from radloop.core.settings.xnat import (
+    DEFAULT_IMAGE,
+    LabelSource,
+    LookupKey,
+    XnatCommandSettings,
+    XnatServerFields,
+    XnatSettings,
+    XnatWatchSettings,
+)
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DEV_SECRET",
+    "MIN_KEY_LENGTH",
+    "REVEAL_SECRETS",
+    "TRITON_SCHEMES",
+    "AllowedCaller",
+    "ApiSettings",
+    "AutoBackendSettings",
+    "DatabaseSettings",
+    "Destination",
+    "DestinationSettings",
+    "DicomDestination",
+    "DicomSettings",
+    "DicomwebDestination",
+    "DicomwebSource",
+    "DimseSource",
+    "FolderDestination",
+    "InferenceSettings",
+    "LabelSource",
+    "ListenerSettings",
+    "LocalTritonSettings",
+    "LookupKey",
+    "ModelBackendSettings",
+    "OnnxRuntimeBackendSettings",
+    "OutboxSettings",
+    "PipelineSettings",
+    "PollSettings",
+    "PullSource",
+    "ReviewSettings",
+    "Secret",
+    "Settings",
+    "StrictModel",
+    "TorchScriptBackendSettings",
+    "TrainingExportSettings",
+    "TritonBackendSettings",
+    "WorkerSettings",
+    "XnatCommandSettings",
+    "XnatDestination",
+    "XnatServerFields",
+    "XnatSettings",
+    "XnatWatchSettings",
+    "check_ae_title",
+    "load_settings",
+]

@@ -1,0 +1,70 @@
+"""The ``dicom`` section: the C-STORE / C-ECHO SCP and its listeners (called AE titles)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from radloop.core.settings.common import StrictModel, check_ae_title
+
+
+class AllowedCaller(StrictModel):
+    """A calling AE allowed to associate with a listener. ``host`` empty = any host."""
+
+    ae_title: str | None = None
+    host: str | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str | None) -> str | None:
+        return None if v is None else check_ae_title(v)
+
+
+class ListenerSettings(StrictModel):
+    """One called AE title of the DICOM SCP and what happens to what it receives."""
+
+    ae_title: str
+    pipelines: list[str] = Field(
+        default_factory=list,
+        description="Pipelines whose match rules are tried for series received here; empty = all.",
+    )
+    allowed_callers: list[AllowedCaller] = Field(
+        default_factory=list,
+        description="Empty = any caller; else (AE title, host) pairs that may associate.",
+    )
+    quiet_period_s: float = Field(
+        10.0, gt=0, description="A series is complete after this long with no new instance."
+    )
+    complete_on_release: bool = Field(
+        True, description="A released association completes the series it carried."
+    )
+
+    _check = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+
+class DicomSettings(StrictModel):
+    """The DICOM C-STORE / C-ECHO SCP."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    listeners: list[ListenerSettings] = Field(
+        default_factory=lambda: [
+            ListenerSettings(ae_title="RADLOOP"),
+            ListenerSettings(ae_title="RADLOOP_BRAIN", pipelines=["brain-extraction"]),
+        ]
+    )
+    min_free_bytes: int = Field(
+        1 << 30, ge=0, description="Below this much free disk, C-STORE answers Out of Resources."
+    )
+    tcp_nodelay: bool = True
+    max_pdu: int = Field(0, ge=0, description="Maximum PDU size to receive; 0 = unlimited.")
+    max_associations: int = Field(16, ge=1)
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+
+    @model_validator(mode="after")
+    def _unique_titles(self) -> DicomSettings:
+        titles = [lst.ae_title for lst in self.listeners]
+        if len(set(titles)) != len(titles):
+            raise ValueError(f"listener AE titles must be unique, got {titles}")
+        return self

@@ -1,0 +1,41 @@
+"""The ``pipelines`` and ``workers`` sections: where pipeline files come from, and who runs jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from radloop.core.settings.common import StrictModel
+
+
+class WorkerSettings(StrictModel):
+    """The job executor."""
+
+    executor: Literal["local"] = "local"
+    processes: int = Field(1, ge=1, description="Pipeline worker processes of the local executor.")
+    lease_s: float = Field(
+        120.0, gt=1, description="A running job whose lease is not renewed for this long is re-queued."
+    )
+    max_attempts: int = Field(3, ge=1)
+    retry_base_s: float = Field(10.0, gt=0)
+    retry_cap_s: float = Field(600.0, gt=0)
+    poll_interval_s: float = Field(0.5, gt=0)
+    torch_threads: int = Field(0, ge=0, description="Threads per worker for torch; 0 = torch's default.")
+
+
+class PipelineSettings(StrictModel):
+    """Where pipeline files come from."""
+
+    dirs: list[Path] = Field(default_factory=list, description="Extra folders of pipeline YAML files.")
+    include_reference: bool = Field(True, description="Load the reference pipelines shipped with radloop.")
+    destinations: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Extra destinations per pipeline name ('*' = every pipeline), added to the file's own.",
+    )
+
+    def destinations_for(self, pipeline: str, own: list[str]) -> list[str]:
+        """The pipeline file's destinations plus those configured here, without repeats."""
+        extra = self.destinations.get(pipeline, []) + self.destinations.get("*", [])
+        return list(dict.fromkeys([*own, *extra]))
