@@ -6,26 +6,32 @@ The browser, the real `radloop serve` and deepbet are in `integration/test_revie
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
+import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+import peers
 import review_env
-from radloop.api import problems
+from radloop.api.app import create_app
 from radloop.core.models import AuditEvent, Delivery, Result, Review, ReviewDecision
 from radloop.feedback.decisions import pending_results
 from radloop.viewer_launch.conversion import nifti_affine, read_seg
-from radloop.viewer_launch.routes import COOKIE, review_router
+from radloop.viewer_launch.routes import COOKIE
 from radloop.viewer_launch.signing import launch_key, sign_launch_query
 
 HEADERS = {"X-Radloop-Review": "1"}
@@ -40,10 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, t1_series_dir: Path) -> review
 
 @pytest.fixture(scope="module")
 def app(env: review_env.ReviewEnv) -> FastAPI:
-    app = FastAPI()
-    problems.install(app)
-    app.include_router(review_router(env.settings, env.engine))
-    return app
+    return create_app(env.settings)
 
 
 @pytest.fixture
@@ -275,7 +278,6 @@ def test_static_assets_are_served_and_confined(client: TestClient) -> None:
 
 
 def test_mounted_in_the_api_app_with_token_endpoints(env: review_env.ReviewEnv) -> None:
-    from radloop.api.app import create_app
     from radloop.core import tokens
 
     _, token = tokens.create(env.engine, "review-unit-tests")
@@ -315,3 +317,119 @@ def test_prefetch_converts_pending_results_and_notices_a_rewritten_seg(env: revi
     )
     ReviewPrefetcher(small, env.engine).trim()
     assert len(list(prefetcher.cache.root.iterdir())) == 1
+
+
+# ---------------------------------------------- hostile input (issue 12): problems, not 500s
+
+PROBLEM = "application/problem+json"
+HUGE_IDS = [2**63, 2**64, 10**30]
+
+
+def _is_problem(response: httpx.Response, status: int) -> bool:
+    body = response.json() if response.headers["content-type"].startswith(PROBLEM) else {}
+    return response.status_code == status and body.get("status") == status and bool(body.get("detail"))
+
+
+@pytest.mark.parametrize("huge", HUGE_IDS)
+def test_result_ids_past_the_database_range_are_422_problems(
+    client: TestClient, env: review_env.ReviewEnv, huge: int
+) -> None:
+    assert _launch(client, env) == 0  # a worklist session may ask for any result id
+    for response in (
+        client.get(f"/review/api/results/{huge}"),
+        client.get(f"/review/api/results/{huge}/image.nii"),
+        client.get(f"/review/api/results/{huge}/mask.nii.gz"),
+        client.post(f"/review/api/results/{huge}/decision", headers=HEADERS, json={"decision": "accepted"}),
+        client.post(f"/review/api/results/{huge}/edit", headers=HEADERS, content=b"x"),
+    ):
+        assert _is_problem(response, 422), (response.request.url, response.status_code, response.text)
+    known = _ids(env)[-1]  # pending; the view id below is refused before anything is recorded
+    too_late = (
+        client.post(f"/review/api/results/{known}/edit?view_id={huge}", headers=HEADERS, content=b"x"),
+        client.post(
+            f"/review/api/results/{known}/decision",
+            headers=HEADERS,
+            json={"decision": "rejected", "reason": "r", "view_id": huge},
+        ),
+    )
+    assert all(_is_problem(r, 422) for r in too_late), [r.text for r in too_late]
+
+
+def test_largest_result_id_is_a_404_problem(client: TestClient, env: review_env.ReviewEnv) -> None:
+    assert _launch(client, env) == 0
+    assert _is_problem(client.get(f"/review/api/results/{2**63 - 1}"), 404)
+
+
+def test_api_review_ids_past_the_database_range_are_422_problems(env: review_env.ReviewEnv) -> None:
+    from radloop.core import tokens
+
+    _, token = tokens.create(env.engine, "review-huge-ids")
+    with TestClient(create_app(env.settings), base_url="http://127.0.0.1") as api:
+        auth = {"Authorization": f"Bearer {token}"}
+        assert _is_problem(api.get(f"/api/v1/reviews?result_id={2**63}", headers=auth), 422)
+        assert api.get(f"/api/v1/reviews?result_id={2**63 - 1}", headers=auth).json() == []
+
+
+NON_ASCII_COOKIES = ["\u00e9", "abc.\u00e9", "\u00e9." + "A" * 43, "eyJ9.\u2603\u2603", "\U0001f600"]
+JSON_ROUTES = [
+    ("GET", "/review/api/session"),
+    ("GET", "/review/api/results/1"),
+    ("GET", "/review/api/results/1/image.nii"),
+    ("GET", "/review/api/results/1/mask.nii.gz"),
+    ("POST", "/review/api/results/1/decision"),
+    ("POST", "/review/api/results/1/edit"),
+    ("GET", "/review/api/worklist"),
+    ("GET", "/review/api/quality"),
+]
+PAGE_ROUTES = ["/review/app/", "/review/worklist", "/review/quality"]
+
+
+@pytest.mark.parametrize("cookie", NON_ASCII_COOKIES)
+def test_non_ascii_session_cookies_are_403_on_every_review_route(
+    client: TestClient, env: review_env.ReviewEnv, cookie: str
+) -> None:
+    header = {"Cookie": f"{COOKIE}={cookie}".encode()}  # raw UTF-8: the server sees non-ASCII text
+    for method, path in JSON_ROUTES:
+        response = client.request(method, path, headers={**HEADERS, **header}, json={"decision": "accepted"})
+        assert _is_problem(response, 403), (path, response.status_code, response.text)
+    for path in PAGE_ROUTES:
+        page = client.get(path, headers=header)
+        assert page.status_code == 403 and "Review session needed" in page.text, (path, page.text)
+    assert client.get("/review/static/index.html", headers=header).status_code == 200  # needs no session
+    assert client.get(f"/review/launch?{_query(env)}", headers=header).status_code == 303  # nor does a launch
+
+
+def _exchange(sock: socket.socket, target: bytes, cookie: bytes = b"") -> tuple[int, str, bytes]:
+    """One raw HTTP/1.1 GET on an open connection: status, Connection header, body."""
+    headers = b"Host: 127.0.0.1\r\n" + (b"Cookie: " + cookie + b"\r\n" if cookie else b"")
+    sock.sendall(b"GET " + target + b" HTTP/1.1\r\n" + headers + b"\r\n")
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, response.getheader("connection", ""), response.read()
+
+
+def test_refused_review_requests_keep_the_connection_open(env: review_env.ReviewEnv) -> None:
+    """Over a real server, raw bytes on one socket: every refusal is a response, none drops the connection."""
+    port = peers.free_port()
+    config = uvicorn.Config(create_app(env.settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        peers.wait_for(lambda: server.started, timeout=30, what="uvicorn to start")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            status, _, _ = _exchange(sock, f"/review/launch?{_query(env)}".encode())
+            assert status == 303
+            raw_cookie = b"radloop_review=\xc3\xa9"
+            refusals = [
+                (b"/review/api/session", raw_cookie, 403),
+                (b"/review/worklist", raw_cookie, 403),
+                (b"/review/api/results/1/mask.nii.gz", b"radloop_review=abc.\xe2\x98\x83", 403),
+                (f"/review/api/results/{2**63}".encode(), b"", 403),  # no session: refused first
+            ]
+            for target, cookie, expected in refusals:
+                status, connection, body = _exchange(sock, target, cookie)
+                assert (status, connection.lower()) == (expected, ""), (target, status, connection, body)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

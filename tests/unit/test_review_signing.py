@@ -106,6 +106,19 @@ def test_malformed_links(query: str) -> None:
     assert _reason(query) in ("malformed", "bad-signature")
 
 
+@pytest.mark.parametrize("sig", ["\u00e9" * 64, "g" * 64, "0" * 63 + "\u00e9", "0" * 63 + " "])
+def test_signature_that_is_not_64_hex_digits_is_malformed(sig: str) -> None:
+    """Also non-ASCII text (a raw query is read as latin-1), which hmac.compare_digest would refuse."""
+    assert _reason(f"study=1.2.3&reviewer=jdoe&ts={NOW}&sig={sig}") == "malformed"
+
+
+@pytest.mark.parametrize("cookie", ["\u00e9", "abc.\u00e9", "\u00e9." + "A" * 43, "e30.\u2603", "\U0001f600"])
+def test_non_ascii_session_cookie_is_a_bad_session(cookie: str) -> None:
+    with pytest.raises(LaunchDeniedError) as info:
+        decode_session(KEY, cookie, now=NOW)
+    assert info.value.reason == "bad-session"
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -174,7 +187,5 @@ def test_review_url_command(monkeypatch: pytest.MonkeyPatch, argument: str | Non
     assert url.startswith("http://127.0.0.1:8080/review/launch?")
     claims = verify_launch(url.split("?", 1)[1], b"c" * 40, now=time.time(), ttl_s=1, skew_s=0)
     assert claims.reviewer == "jdoe" and claims.expires_at - claims.issued_at == 120
-    assert (claims.study, claims.accession) == (
-        (argument, "") if field == "study" else ("", argument or "")
-    )
+    assert (claims.study, claims.accession) == ((argument, "") if field == "study" else ("", argument or ""))
     assert claims.is_worklist == (argument is None)

@@ -14,7 +14,7 @@ from radloop.api import problems
 from radloop.api.context import AppContext
 from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies
 from radloop.core.settings import Settings
-from radloop.viewer_launch.routes import review_router
+from radloop.viewer_launch import routes as review
 
 DESCRIPTION = """Medical-imaging AI in the clinical loop.
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings, context: AppContext | None = None) -> FastAPI
     problems.install(app)
     routers = [health.router, studies.router, jobs.router, pipelines.router, pulls.router, dicomweb.router]
     # review app: signed launch URLs, then cookie sessions
-    routers += [reviews.router, review_router(settings, app.state.radloop.engine)]
+    routers += [reviews.router, review.router]
     routers.append(exports.router)  # training datasets from reviewed results
     if not public:
         routers.append(health.docs_router)

@@ -30,6 +30,7 @@ from radloop.core.errors import (
 )
 from radloop.core.jobs import JobTransitionError
 from radloop.core.tokens import AuthenticationError, TokenNameError
+from radloop.viewer_launch.signing import LaunchDeniedError
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -37,6 +38,7 @@ PROBLEM = "application/problem+json"
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (AuthenticationError, 401),
+    (LaunchDeniedError, 403),  # a review link or session that is missing, forged, expired or elsewhere
     (NotFoundError, 404),
     (JobTransitionError, 409),
     (TokenNameError, 409),

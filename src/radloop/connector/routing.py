@@ -8,33 +8,14 @@ non-match rather than a silent drop.
 from __future__ import annotations
 
 import logging
-import re
 
 from sqlmodel import Session, select
 
 from radloop.core.models import Job, Priority, RoutingStatus, Series, Study
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
-from radloop.pipelines.spec import MatchRules
 
 log = logging.getLogger(__name__)
-
-
-def explain_mismatch(rules: MatchRules, series: Series) -> str | None:
-    """None if ``series`` satisfies every rule, else the first rule it breaks, in words."""
-    if rules.modality and series.modality not in rules.modality:
-        return f"Modality {series.modality or '(none)'} not in {rules.modality}"
-    if rules.sop_class_uid and series.sop_class_uid not in rules.sop_class_uid:
-        return f"SOPClassUID {series.sop_class_uid} not in {rules.sop_class_uid}"
-    if rules.series_description and not re.search(rules.series_description, series.series_description):
-        return f"SeriesDescription {series.series_description!r} does not match /{rules.series_description}/"
-    if rules.called_ae and series.called_ae not in rules.called_ae:
-        return f"called AE {series.called_ae} not in {rules.called_ae}"
-    if rules.calling_ae and series.calling_ae not in rules.calling_ae:
-        return f"calling AE {series.calling_ae} not in {rules.calling_ae}"
-    if series.instance_count < rules.min_instances:
-        return f"{series.instance_count} instances, fewer than the {rules.min_instances} required"
-    return None
 
 
 def route_series(session: Session, series: Series, settings: Settings, catalog: PipelineCatalog) -> list[Job]:
@@ -49,7 +30,7 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
             notes.append(f"{name}: no such pipeline is loaded")
             continue
         pipeline = catalog.get(name)
-        why_not = explain_mismatch(pipeline.spec.match, series)
+        why_not = pipeline.spec.match.explain_mismatch(series)
         if why_not:
             notes.append(f"{name}: {why_not}")
             continue

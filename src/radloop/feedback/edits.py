@@ -47,21 +47,22 @@ def store_edited_seg(
     reviewer: str,
 ) -> Result:
     """Write the edited SEG into the store, add its ``result`` row (and deliveries); returns the row."""
-    series_uid, sop_uid = new_uid(), new_uid()
-    staging = settings.data_dir / "tmp" / f"edited-{sop_uid}"
+    series_instance_uid, sop_instance_uid = new_uid(), new_uid()
+    staging = settings.data_dir / "tmp" / f"edited-{sop_instance_uid}"
     try:
         written = write_seg(
             labelmap,
             staging,
-            series_instance_uid=series_uid,
-            sop_instance_uid=sop_uid,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
             series_number=_series_number(ai_seg),
             series_description=edited_series_description(str(ai_seg.get("SeriesDescription", "") or "")),
             algorithm_type="SEMIAUTOMATIC",
             further_source_images=[ai_seg],
             content_creator_name=_person_name(reviewer),
         )
-        relative = Path("results") / ai_result.study_instance_uid / series_uid / f"{sop_uid}.dcm"
+        folder = Path("results") / ai_result.study_instance_uid / series_instance_uid
+        relative = folder / f"{sop_instance_uid}.dcm"
         target = settings.data_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         written.replace(target)
@@ -71,8 +72,8 @@ def store_edited_seg(
         job_id=ai_result.job_id,
         kind=ai_result.kind,
         sop_class_uid=ai_result.sop_class_uid,
-        sop_instance_uid=sop_uid,
-        series_instance_uid=series_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_instance_uid=series_instance_uid,
         study_instance_uid=ai_result.study_instance_uid,
         path=str(relative),
         created_at=utcnow(),

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from radloop.core.errors import ConfigError
-from radloop.core.models import Priority
+from radloop.core.models import Priority, Series
 from radloop.pipelines.ports import SeriesInput
 from radloop.pipelines.registry import Operator, OperatorRegistry
 
@@ -49,6 +49,23 @@ class MatchRules(BaseModel):
             except re.error as e:
                 raise ValueError(f"not a valid regular expression: {e}") from e
         return v
+
+    def explain_mismatch(self, series: Series) -> str | None:
+        """None if ``series`` satisfies every rule, else the first rule it breaks, in words."""
+        if self.modality and series.modality not in self.modality:
+            return f"Modality {series.modality or '(none)'} not in {self.modality}"
+        if self.sop_class_uid and series.sop_class_uid not in self.sop_class_uid:
+            return f"SOPClassUID {series.sop_class_uid} not in {self.sop_class_uid}"
+        pattern = self.series_description
+        if pattern and not re.search(pattern, series.series_description):
+            return f"SeriesDescription {series.series_description!r} does not match /{pattern}/"
+        if self.called_ae and series.called_ae not in self.called_ae:
+            return f"called AE {series.called_ae} not in {self.called_ae}"
+        if self.calling_ae and series.calling_ae not in self.calling_ae:
+            return f"calling AE {series.calling_ae} not in {self.calling_ae}"
+        if series.instance_count < self.min_instances:
+            return f"{series.instance_count} instances, fewer than the {self.min_instances} required"
+        return None
 
 
 class OperatorStep(BaseModel):

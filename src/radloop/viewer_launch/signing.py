@@ -25,6 +25,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ LAUNCH_PARAMS = ("study", "accession", "result", "reviewer", "ts", "exp")
 """Parameters a launch URL may carry before ``sig``, in the order radloop writes them."""
 
 _MAX_TEXT = 128
+_SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class LaunchDeniedError(RadloopError):
@@ -178,7 +180,7 @@ def _split_signature(query: str) -> tuple[str, str]:
         signed, found, sig = query.rpartition("&sig=")
         if not found:
             raise LaunchDeniedError("malformed", "the link carries no signature (sig)")
-    if not sig or "&" in sig or len(sig) != 64:
+    if not _SIG_RE.fullmatch(sig):  # also keeps non-ASCII text away from hmac.compare_digest
         raise LaunchDeniedError("malformed", "sig must be the last parameter: 64 hex digits")
     return signed, sig
 
@@ -263,8 +265,10 @@ def decode_session(key: bytes, token: str | None, *, now: float) -> ReviewSessio
     """The session in a cookie value; :class:`LaunchDeniedError` if missing, forged or expired."""
     if not token:
         raise LaunchDeniedError("no-session", "no review session: open the review link from the PACS")
+    if not token.isascii():  # a cookie radloop wrote is base64url; compare_digest refuses non-ASCII text
+        raise LaunchDeniedError("bad-session", "the review session is not valid")
     payload, _, mac = token.partition(".")
-    expected = _b64(hmac.new(key, payload.encode("ascii", "replace"), hashlib.sha256).digest())
+    expected = _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
     if not mac or not hmac.compare_digest(expected, mac):
         raise LaunchDeniedError("bad-session", "the review session is not valid")
     try:

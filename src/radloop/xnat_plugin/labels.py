@@ -46,9 +46,9 @@ def xnat_label(value: str) -> str:
 
 def result_kind(ds: Dataset) -> str:
     """SEG, RTSTRUCT, SR or SC from the SOP Class; otherwise the Modality (or ``DICOM``)."""
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class_uid = str(ds.get("SOPClassUID", ""))
     for prefix, kind in _KIND_BY_SOP_CLASS:
-        if sop_class.startswith(prefix):
+        if sop_class_uid.startswith(prefix):
             return kind
     return str(ds.get("Modality", "") or "DICOM")
 
@@ -77,8 +77,9 @@ class LabelMapper:
     def place(self, ds: Dataset) -> StudyPlace:
         """The project, subject and session of the study ``ds`` belongs to; DeliveryError if unknown."""
         c = self.config
-        return StudyPlace(c.project, self._label(ds, c.subject_from, "subject"),
-                          self._label(ds, c.session_from, "session"))
+        return StudyPlace(
+            c.project, self._label(ds, c.subject_from, "subject"), self._label(ds, c.session_from, "session")
+        )
 
     def _label(self, ds: Dataset, source: str, what: str) -> str:
         if source == "lookup":

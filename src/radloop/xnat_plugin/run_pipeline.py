@@ -31,7 +31,6 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from radloop.connector.routing import explain_mismatch
 from radloop.core.errors import InputDataError, RadloopError
 from radloop.core.models import Series
 from radloop.core.refs import SeriesRef, is_valid_uid
@@ -157,7 +156,7 @@ def select_series(
         if wanted and mounted.scan_id is not None and mounted.scan_id not in wanted:
             skipped.append(f"{mounted.describe()}: not among the scans asked for ({sorted(wanted)})")
             continue
-        why_not = explain_mismatch(rules, mounted.as_series_row())
+        why_not = rules.explain_mismatch(mounted.as_series_row())
         if why_not:
             skipped.append(f"{mounted.describe()}: {why_not}")
         else:
