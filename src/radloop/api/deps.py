@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from radloop.api.context import AppContext
 from radloop.core import tokens
+from radloop.core.db import MAX_ROW_ID
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `radloop tokens create NAME`.")
 
@@ -36,5 +37,4 @@ async def get_caller(
 Caller = Annotated[tokens.Caller, Depends(get_caller)]
 
 
-MAX_ROW_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL BIGINT hold: larger ids are refused (422)
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="A row id (job, delivery).")]

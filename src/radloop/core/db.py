@@ -18,6 +18,7 @@ from radloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
+MAX_ROW_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL BIGINT hold: larger ids are refused (422)
 
 
 def make_engine(settings: Settings) -> Engine:

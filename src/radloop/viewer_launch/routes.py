@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
+from radloop.core.db import MAX_ROW_ID
 from radloop.core.errors import NotFoundError, RequestError
 from radloop.core.models import ReviewDecision
 from radloop.core.settings import Settings
@@ -34,7 +35,6 @@ from radloop.viewer_launch.signing import LaunchDeniedError, ReviewSession, enco
 COOKIE = "radloop_review"
 APP_HEADER = "X-Radloop-Review"
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_ROW_ID = 2**63 - 1
 """The largest id SQLite and PostgreSQL BIGINT hold: larger result or view ids are refused (422)."""
 
 PAGE_HEADERS = {

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from radloop.api.deps import MAX_ROW_ID, Caller, Ctx
+from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
 from radloop.core import audit
-from radloop.core.db import session_scope
+from radloop.core.db import MAX_ROW_ID, session_scope
 from radloop.feedback.decisions import list_reviews, pending_results
 from radloop.feedback.quality import model_quality
 from radloop.viewer_launch.signing import launch_url
