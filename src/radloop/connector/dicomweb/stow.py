@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from radloop.connector.ingest import IngestSession, as_part10, read_header
 from radloop.connector.dicomweb.multipart import MultipartReader, Part, parse_media_type
+from radloop.connector.ingest import IngestSession, as_part10, read_header
 from radloop.core.errors import (
     DiskFullError,
     InvalidInstanceError,
