@@ -215,6 +215,8 @@ def sql_match(column: ColumnElement[Any], pattern: str, keyword: str) -> ColumnE
         pattern = pattern.upper()
     if "*" in pattern or "?" in pattern:
         return text.like(like_pattern(pattern), escape="\\")
+    if vr == "PN":
+        return text == pattern
     return text.in_([pattern, *pattern.split(",")])
 
 
