@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from radloop.core.errors import InvalidInstanceError
@@ -71,14 +73,31 @@ def small_header(path: Path) -> Dataset:
     """The header of a stored file without pixel data and without any value over
     :data:`HEADER_VALUE_BYTES` (large values are never read: ``defer_size``, then dropped)."""
     ds = read_dataset(path, stop_before_pixels=True, defer_size=HEADER_VALUE_BYTES)
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        length = getattr(raw, "length", None)
-        if length is None or raw.VR == "SQ":
-            continue
-        if length != 0xFFFFFFFF and length > HEADER_VALUE_BYTES:
+    for tag, vr, length in element_lengths(ds):
+        if vr != "SQ" and length > HEADER_VALUE_BYTES:
             del ds[tag]
     return ds
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def element_lengths(ds: Dataset) -> list[tuple[BaseTag, str | None, int]]:
+    """(tag, VR as read or None, value length) of each top-level element, without reading values.
+
+    ``Dataset.get_item`` and ``Dataset.elements`` of pydicom 3 read deferred values, so the
+    element table is looked at directly. An undefined length counts as larger than anything.
+    """
+    out = []
+    for tag, elem in ds._dict.items():
+        if isinstance(elem, RawDataElement):
+            length = elem.length if elem.length != UNDEFINED_LENGTH else 1 << 62
+            out.append((tag, elem.VR, length))
+        else:
+            value = elem.value
+            length = len(value) if isinstance(value, bytes | str) else 0
+            out.append((tag, elem.VR, length))
+    return out
 
 
 def check_frames(ds: Dataset, sop_uid: str) -> int:

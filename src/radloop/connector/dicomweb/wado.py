@@ -22,20 +22,23 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from radloop.connector.dicomweb.multipart import MediaType, parse_accept
 from radloop.connector.dicomweb.qido import IndexedInstance
-from radloop.connector.dicomweb.reading import check_frames, read_dataset
+from radloop.connector.dicomweb.reading import check_frames, element_lengths, read_dataset
 from radloop.core.errors import NotAcceptableError, NotFoundError, RequestError
 
 log = logging.getLogger(__name__)
 
 ANY = "*"
 BULK_THRESHOLD = 1024
+INLINE_LIMIT = 1 << 20  # a text or numeric value longer than this goes as bulk data too
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 MEDIA_TYPE_OF_SYNTAX = {
@@ -178,27 +181,44 @@ def _swapped_frame(frame: bytes, bits_allocated: int) -> bytes:
 
 
 def metadata(instances: list[IndexedInstance], instance_url: Any) -> list[dict[str, Any]]:
-    """DICOM JSON of each instance; large top-level binary values become ``BulkDataURI``s."""
+    """DICOM JSON of each instance; large top-level values become ``BulkDataURI``s and are never read.
+
+    Binary values over :data:`BULK_THRESHOLD` bytes and any other value over :data:`INLINE_LIMIT`
+    (a hostile 1 GB private text) are replaced; their lengths come from the element headers.
+    """
     out = []
     for inst in instances:
         ds = read_dataset(inst.path, defer_size=BULK_THRESHOLD)
-        bulk = [elem.tag for elem in ds if elem.VR in _BINARY_VRS and _length(elem) > BULK_THRESHOLD]
-        vrs = {tag: ds[tag].VR for tag in bulk}
+        bulk = _bulk_elements(ds)
         for tag in bulk:
             del ds[tag]
         item: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1 << 30)
         base = instance_url(inst.study_uid, inst.series_uid, inst.sop_uid)
-        for tag in bulk:
-            item[f"{tag:08X}"] = {"vr": vrs[tag], "BulkDataURI": f"{base}/bulkdata/{tag:08X}"}
+        for tag, vr in bulk.items():
+            item[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{base}/bulkdata/{tag:08X}"}
         out.append(dict(sorted(item.items())))
     return out
 
 
-def _length(elem: Any) -> int:
+def _bulk_elements(ds: Dataset) -> dict[BaseTag, str]:
+    """Top-level elements to send as bulk data, with their VRs, judged by their lengths alone."""
+    bulk: dict[BaseTag, str] = {}
+    for tag, read_vr, length in element_lengths(ds):
+        vr = read_vr or _vr_of(ds, tag)
+        binary = vr in _BINARY_VRS or vr.startswith("OB or")
+        if vr != "SQ" and length > (BULK_THRESHOLD if binary else INLINE_LIMIT):
+            bulk[tag] = "OW" if vr.startswith("OB or") else vr
+    return bulk
+
+
+def _vr_of(ds: Dataset, tag: BaseTag) -> str:
+    """The VR of an element read in Implicit VR: from the dictionary (Pixel Data: OW above 8 bits)."""
+    if tag == _PIXEL_DATA:
+        return "OW" if int(ds.get("BitsAllocated", 8) or 8) > 8 else "OB"
     try:
-        return int(elem.value_length or 0) if elem.value is None else len(elem.value)
-    except TypeError:
-        return 0
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
 
 
 def bulkdata(inst: IndexedInstance, tag_hex: str) -> list[Body]:
@@ -209,9 +229,13 @@ def bulkdata(inst: IndexedInstance, tag_hex: str) -> list[Body]:
     if tag == _PIXEL_DATA:
         return frames(inst, "all", "*/*")
     ds = read_dataset(inst.path)
-    if tag not in ds or ds[tag].VR not in _BINARY_VRS:
-        raise NotFoundError(f"instance {inst.sop_uid} has no binary attribute {tag_hex}")
-    return [Body("application/octet-stream", bytes(ds[tag].value))]
+    raw = ds.get_item(tag) if tag in ds else None
+    if raw is None or (raw.VR or _vr_of(ds, tag)) == "SQ" or raw.value is None:
+        raise NotFoundError(f"instance {inst.sop_uid} has no attribute {tag_hex} to send as bulk data")
+    value = raw.value if isinstance(raw, RawDataElement) else ds[tag].value
+    if not isinstance(value, bytes):
+        raise NotFoundError(f"attribute {tag_hex} of instance {inst.sop_uid} is not bulk data")
+    return [Body("application/octet-stream", value)]
 
 
 # --------------------------------------------------------------------------- frames
