@@ -138,6 +138,8 @@ def _transcode(path: Path, syntax: str) -> bytes:
     a big endian file's words swapped, PS3.5 §7.3)."""
     ds = read_dataset(path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if "PixelData" in ds:
+            check_frames(ds, str(ds.get("SOPInstanceUID", path.stem)))  # before decoding anything
         ds.decompress()
     else:
         if ds.file_meta.TransferSyntaxUID == ExplicitVRBigEndian:
