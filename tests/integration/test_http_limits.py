@@ -18,12 +18,14 @@ import requests
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+import peers
 from radloop.connector.dicomweb.multipart import new_boundary
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.peers]
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 3.0
+MAX_CONCURRENCY = 12
 MB = 1 << 20
 
 
@@ -32,7 +34,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadloopServer]:
     workdir = tmp_path_factory.mktemp("limits")
     config = {
         "dicom": {"listeners": [{"ae_title": "RADLOOP"}]},
-        "api": {"header_timeout_s": HEADER_TIMEOUT_S, "body_timeout_s": BODY_TIMEOUT_S},
+        "api": {
+            "header_timeout_s": HEADER_TIMEOUT_S,
+            "body_timeout_s": BODY_TIMEOUT_S,
+            "max_concurrency": MAX_CONCURRENCY,
+        },
     }
     with RadloopServer(workdir, config) as running:
         yield running
@@ -89,6 +95,22 @@ def test_a_request_head_sent_one_byte_a_second_is_cut_off(server: RadloopServer)
     print(f"8 clients sending headers at 1 byte/s: closed after {max(closed_at.values()):.1f} s")
     assert max(closed_at.values()) < HEADER_TIMEOUT_S + 3
     assert requests.get(server.api_url + "/health", timeout=5).status_code == 200
+
+
+def test_connections_over_the_limit_get_503_then_service_resumes(server: RadloopServer) -> None:
+    held = [_connect(server) for _ in range(MAX_CONCURRENCY)]
+    try:
+        over = requests.get(server.api_url + "/health", timeout=5)
+        assert over.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    peers.wait_for(
+        lambda: requests.get(server.api_url + "/health", timeout=5).status_code == 200,
+        10,
+        interval=0.2,
+        what="service after the flood",
+    )
 
 
 def test_a_silent_connection_is_closed(server: RadloopServer) -> None:
