@@ -435,9 +435,9 @@ class ReadIndex:
         return found
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _header_cached(path: str, mtime_ns: int) -> Dataset:
-    """Small headers only (:func:`small_header`): 4,096 of them stay within a few tens of MB."""
+    """Small headers only (:func:`small_header`, 64 KB at most): 1,024 of them hold 64 MB at most."""
     try:
         return small_header(Path(path))
     except InvalidInstanceError as e:

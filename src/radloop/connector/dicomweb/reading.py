@@ -5,8 +5,9 @@ do not see), so every read on behalf of a DICOMweb request is bounded here:
 
 * a Deflated Explicit VR Little Endian data set is inflated at most :data:`MAX_INFLATED_BYTES`
   (pydicom would inflate a 1 KB bomb into gigabytes before looking at a single element);
-* headers kept for QIDO-RS answers hold no value larger than :data:`HEADER_VALUE_BYTES`
-  (:func:`small_header`), so a cache of them stays small whatever the files hold;
+* headers kept for QIDO-RS answers hold no value larger than :data:`HEADER_VALUE_BYTES` and
+  no more than :data:`HEADER_TOTAL_BYTES` in all (:func:`small_header`), so a cache of them
+  stays small whatever the files hold;
 * :func:`check_frames` compares the frames a header claims with the Pixel Data it has before a
   frame is cut, so a "1,000,000 frames" header with one frame of data fails at once.
 """
@@ -30,6 +31,7 @@ from radloop.core.errors import InvalidInstanceError
 
 MAX_INFLATED_BYTES = 1 << 30
 HEADER_VALUE_BYTES = 4096
+HEADER_TOTAL_BYTES = 64 * 1024
 MAX_FRAMES = 100_000
 _CHUNK = 1 << 20
 
@@ -70,11 +72,16 @@ def _check_inflated_size(f: BinaryIO, path: Path) -> None:
 
 
 def small_header(path: Path) -> Dataset:
-    """The header of a stored file without pixel data and without any value over
-    :data:`HEADER_VALUE_BYTES` (large values are never read: ``defer_size``, then dropped)."""
+    """The header of a stored file without pixel data, without any value over
+    :data:`HEADER_VALUE_BYTES` (large values are never read: ``defer_size``, then dropped) and,
+    largest first, without values beyond :data:`HEADER_TOTAL_BYTES` in all: what a cache of
+    headers holds per file stays bounded whatever the file holds."""
     ds = read_dataset(path, stop_before_pixels=True, defer_size=HEADER_VALUE_BYTES)
-    for tag, vr, length in element_lengths(ds):
-        if vr != "SQ" and length > HEADER_VALUE_BYTES:
+    lengths = sorted(element_lengths(ds), key=lambda e: e[2])
+    total = 0
+    for tag, _vr, length in lengths:
+        total += length
+        if length > HEADER_VALUE_BYTES or total > HEADER_TOTAL_BYTES:
             del ds[tag]
     return ds
 
@@ -91,7 +98,10 @@ def element_lengths(ds: Dataset) -> list[tuple[BaseTag, str | None, int]]:
     out = []
     for tag, elem in ds._dict.items():
         if isinstance(elem, RawDataElement):
-            length = elem.length if elem.length != UNDEFINED_LENGTH else 1 << 62
+            if elem.value is not None:  # read already (small, or an undefined-length sequence)
+                length = len(elem.value)
+            else:
+                length = elem.length if elem.length != UNDEFINED_LENGTH else 1 << 62
             out.append((tag, elem.VR, length))
         else:
             value = elem.value
