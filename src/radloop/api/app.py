@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from radloop import __version__
-from radloop.api import problems
+from radloop.api import middleware, problems
 from radloop.api.context import AppContext
 from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies
 from radloop.core.settings import Settings
@@ -31,6 +31,7 @@ def create_app(settings: Settings, context: AppContext | None = None) -> FastAPI
                   openapi_url="/openapi.json" if public else None, docs_url="/docs" if public else None)
     app.state.radloop = context or AppContext.build(settings)
     problems.install(app)
+    middleware.install(app, settings.api)
     routers = [health.router, studies.router, jobs.router, pipelines.router, pulls.router, dicomweb.router]
     # review app: signed launch URLs, then cookie sessions
     routers += [reviews.router, review.router]

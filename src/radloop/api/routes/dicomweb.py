@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
 from radloop.connector.dicomweb import qido, stow, wado
-from radloop.connector.ingest import IngestSession
 from radloop.connector.dicomweb.multipart import new_boundary, write_parts
+from radloop.connector.ingest import IngestSession
+from radloop.connector.sanity import InstanceLimits
 from radloop.core.errors import NotFoundError
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -65,14 +66,18 @@ def _urls(request: Request, ctx: Ctx) -> _Urls:
 async def _stow(request: Request, ctx: Ctx, caller: Caller, ae_title: str, study: str | None) -> JSONResponse:
     if ctx.settings.listener(ae_title) is None:
         raise NotFoundError(f"no listener AE title {ae_title!r} to store into")
+    max_bytes = ctx.settings.api.max_request_bytes
+    stow.check_length(request.headers.get("content-length"), max_bytes)
     session = IngestSession(ctx.store, ctx.assembler.on_association_end, ae_title, caller.name)
-    receiver = stow.StowRequest(session, study, _urls(request, ctx))
+    # TODO(issue 12, with r1's settings): InstanceLimits.from_settings(ctx.settings.dicom)
+    receiver = stow.StowRequest(session, study, _urls(request, ctx), InstanceLimits())
     outcome = await stow.receive(
         receiver,
         request.stream(),
         request.headers.get("content-type"),
-        ctx.settings.api.max_request_bytes,
+        max_bytes,
         run_in_threadpool,
+        ctx.settings.data_dir / "tmp",
     )
     headers = [("Warning", w) for w in outcome.warnings()]
     response = JSONResponse(outcome.json(), status_code=outcome.http_status, media_type=DICOM_JSON)

@@ -2,19 +2,26 @@
 
 :class:`MultipartReader` is incremental: feed it the body chunk by chunk as it arrives and it
 returns each part once the delimiter after it has been seen, so only one part at a time is held
-in memory. :func:`write_parts` produces such a body for WADO-RS answers.
+in memory. :class:`SpoolingMultipartReader` writes each part to a file as it arrives instead
+(STOW-RS), so not even one part is held. :func:`write_parts` produces such a body for WADO-RS answers.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from radloop.core.errors import RequestError
 
 CRLF = b"\r\n"
+MAX_HEAD_BYTES = 16384  # the headers of one body part
 _PARAM_RE = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
 
 
@@ -82,72 +89,204 @@ class Part:
         return parse_media_type(raw) if raw else None
 
 
-class MultipartReader:
-    """Incremental reader of a multipart body with a known boundary."""
+class _StreamParser(ABC):
+    """The multipart grammar (RFC 2046 §5.1.1), fed chunk by chunk, with bounded buffering.
+
+    Subclasses receive each part as events: :meth:`_start_part` (its headers), :meth:`_part_data`
+    (body bytes, in order) and :meth:`_end_part`. At most a part head (:data:`MAX_HEAD_BYTES`) or
+    one chunk plus a delimiter is held in memory, however large a part is.
+    """
 
     def __init__(self, boundary: str) -> None:
         if not 1 <= len(boundary) <= 70:
             raise MultipartError("multipart boundary must be 1-70 characters")
         self._delimiter = CRLF + b"--" + boundary.encode("latin-1")
         self._buffer = bytearray(CRLF)  # the first delimiter may start the body: give it its CRLF
-        self._in_preamble = True
-        self._done = False
-        self._scan_from = 0
+        self._state = "preamble"  # preamble, padding (after a delimiter), head, body, done
 
     @property
     def done(self) -> bool:
         """True once the closing delimiter has been read."""
-        return self._done
+        return self._state == "done"
 
-    def feed(self, chunk: bytes) -> list[Part]:
-        """Add body bytes; returns the parts completed by them."""
-        if self._done:
-            return []
+    def _feed(self, chunk: bytes) -> None:
+        if self._state == "done":
+            return
         self._buffer += chunk
-        parts = []
-        while not self._done:
-            index = self._buffer.find(self._delimiter, self._scan_from)
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Advance as far as the buffer allows; False when more data is needed (or at the end)."""
+        buf = self._buffer
+        if self._state in ("preamble", "body"):
+            index = buf.find(self._delimiter)
             if index < 0:
-                self._scan_from = max(0, len(self._buffer) - len(self._delimiter) + 1)
-                break
-            after = index + len(self._delimiter)
-            if len(self._buffer) < after + 2:
-                self._scan_from = index
-                break  # need the two bytes after the delimiter
-            if not self._in_preamble:
-                parts.append(_split_part(bytes(self._buffer[:index])))
-            self._in_preamble = False
-            if self._buffer[after : after + 2] == b"--":
-                self._done = True
-                del self._buffer[:]
-                break
-            line_end = self._buffer.find(CRLF, after)
+                keep = len(self._delimiter) - 1
+                if len(buf) > keep:
+                    if self._state == "body":
+                        self._part_data(bytes(buf[:-keep]))
+                    del buf[:-keep]
+                return False
+            if self._state == "body":
+                self._part_data(bytes(buf[:index]))
+                self._end_part()
+            del buf[: index + len(self._delimiter)]
+            self._state = "padding"
+            return True
+        if self._state == "padding":
+            if len(buf) < 2:
+                return False
+            if buf[:2] == b"--":
+                self._state = "done"
+                del buf[:]
+                return False
+            line_end = buf.find(CRLF)
             if line_end < 0:
-                self._scan_from = index
-                break  # transport padding not complete yet
-            del self._buffer[: line_end + 2]
-            self._scan_from = 0
-        return parts
+                self._check_head_size()
+                return False
+            del buf[: line_end + 2]
+            self._state = "head"
+            return True
+        if self._state == "head":
+            if len(buf) < 2:
+                return False
+            if buf[:2] == CRLF:
+                del buf[:2]
+                self._start_part({})
+                self._state = "body"
+                return True
+            end = buf.find(CRLF + CRLF)
+            boundary_at = buf.find(self._delimiter)
+            if 0 <= boundary_at < (end if end >= 0 else len(buf)):
+                raise MultipartError("a body part has no blank line after its headers")
+            if end < 0:
+                self._check_head_size()
+                return False
+            headers = _parse_headers(bytes(buf[:end]))
+            del buf[: end + 4]
+            self._start_part(headers)
+            self._state = "body"
+            return True
+        return False
+
+    def _check_head_size(self) -> None:
+        if len(self._buffer) > MAX_HEAD_BYTES:
+            raise MultipartError(f"a body part's headers are longer than {MAX_HEAD_BYTES} bytes")
 
     def finish(self) -> None:
         """Call at the end of the body: :class:`MultipartError` if the closing delimiter never came."""
-        if not self._done:
+        if self._state != "done":
             raise MultipartError("multipart body ended before its closing boundary")
 
+    @abstractmethod
+    def _start_part(self, headers: dict[str, str]) -> None:
+        """A part begins, with these headers."""
 
-def _split_part(raw: bytes) -> Part:
-    if raw.startswith(CRLF):
-        return Part({}, raw[2:])
-    head, sep, body = raw.partition(CRLF + CRLF)
-    if not sep:
-        raise MultipartError("a body part has no blank line after its headers")
+    @abstractmethod
+    def _part_data(self, data: bytes) -> None:
+        """The next bytes of the current part's body."""
+
+    @abstractmethod
+    def _end_part(self) -> None:
+        """The current part is complete."""
+
+
+class MultipartReader(_StreamParser):
+    """Incremental reader of a multipart body with a known boundary, parts held in memory."""
+
+    def __init__(self, boundary: str) -> None:
+        super().__init__(boundary)
+        self._headers: dict[str, str] = {}
+        self._content = bytearray()
+        self._completed: list[Part] = []
+
+    def feed(self, chunk: bytes) -> list[Part]:
+        """Add body bytes; returns the parts completed by them."""
+        self._feed(chunk)
+        parts, self._completed = self._completed, []
+        return parts
+
+    def _start_part(self, headers: dict[str, str]) -> None:
+        self._headers, self._content = headers, bytearray()
+
+    def _part_data(self, data: bytes) -> None:
+        self._content += data
+
+    def _end_part(self) -> None:
+        self._completed.append(Part(self._headers, bytes(self._content)))
+        self._content = bytearray()
+
+
+@dataclass(frozen=True)
+class SpooledPart:
+    """One body part written to a file: its headers (names lower case) and the file's path.
+
+    The file belongs to whoever took the part from the reader: remove it when done.
+    """
+
+    headers: dict[str, str]
+    path: Path
+
+    @property
+    def content_type(self) -> MediaType | None:
+        raw = self.headers.get("content-type")
+        return parse_media_type(raw) if raw else None
+
+
+class SpoolingMultipartReader(_StreamParser):
+    """Incremental reader that writes each part's body to a file in ``directory`` as it arrives,
+    so a request of any size costs a chunk of memory (STOW-RS: a 300 MB part is not held)."""
+
+    def __init__(self, boundary: str, directory: Path) -> None:
+        super().__init__(boundary)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._headers: dict[str, str] = {}
+        self._file: BinaryIO | None = None
+        self._path = directory
+        self._completed: list[SpooledPart] = []
+
+    def feed(self, chunk: bytes) -> list[SpooledPart]:
+        """Add body bytes; returns the parts completed by them (their files closed)."""
+        self._feed(chunk)
+        parts, self._completed = self._completed, []
+        return parts
+
+    def _start_part(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix="stow-", suffix=".part")
+        self._file, self._path = os.fdopen(fd, "wb"), Path(name)
+
+    def _part_data(self, data: bytes) -> None:
+        if self._file is not None and data:
+            self._file.write(data)
+
+    def _end_part(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._completed.append(SpooledPart(self._headers, self._path))
+            self._file = None
+
+    def close(self) -> None:
+        """Remove what this reader still owns: a part being written, parts not taken."""
+        if self._file is not None:
+            self._file.close()
+            self._path.unlink(missing_ok=True)
+            self._file = None
+        for part in self._completed:
+            part.path.unlink(missing_ok=True)
+        self._completed = []
+
+
+def _parse_headers(head: bytes) -> dict[str, str]:
     headers = {}
     for line in head.decode("latin-1").split("\r\n"):
         name, colon, value = line.partition(":")
         if not colon:
             raise MultipartError(f"malformed body part header line {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
-    return Part(headers, body)
+    return headers
 
 
 def new_boundary() -> str:

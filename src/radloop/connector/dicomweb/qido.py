@@ -11,26 +11,30 @@ are DICOM JSON (PS3.18 Annex F) built with pydicom; attributes the index does no
 
 from __future__ import annotations
 
-import fnmatch
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
+from sqlalchemy import Select, String, and_, cast, func
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
-from radloop.core.errors import NotFoundError, RequestError
+from radloop.connector.dicomweb.reading import small_header
+from radloop.core.errors import InvalidInstanceError, NotFoundError, RequestError
 from radloop.core.models import Instance, Result, Series, Study
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
+MAX_DIGITS = 9  # limit and offset: 999,999,999 is far beyond any index
 STUDY_KEYS = (
     "StudyInstanceUID",
     "PatientID",
@@ -71,6 +75,15 @@ class SeriesEntry:
     series_description: str
     series_number: int | None
     instances: list[IndexedInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeriesHit:
+    """One series of a QIDO-RS answer: its entry, its matching row and the file to read extras from."""
+
+    entry: SeriesEntry
+    row: dict[str, str]
+    first_path: Path
 
 
 @dataclass
@@ -124,8 +137,9 @@ class QidoQuery:
 
 
 def _non_negative(key: str, value: str) -> int:
-    if not value.isdigit():
-        raise RequestError(f"{key}={value!r} is not a non-negative integer")
+    """A non-negative integer of at most :data:`MAX_DIGITS` ASCII digits (not ``²``, not 5,000 digits)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS):
+        raise RequestError(f"{key}={value[:40]!r} is not a whole number ({MAX_DIGITS} digits at most)")
     return int(value)
 
 
@@ -155,18 +169,55 @@ def matches(value: str, pattern: str, keyword: str) -> bool:
         return bool(value) and (not low or value >= low) and (not high or value <= high[: len(value)] + "~")
     values = [v.strip() for v in value.split("\\")] if "\\" in value else [value]
     if "*" in pattern or "?" in pattern:
-        return any(
-            fnmatch.fnmatchcase(v.upper() if vr == "PN" else v, pattern.upper() if vr == "PN" else pattern)
-            for v in values
-        )
+        regex = wildcard_regex(pattern.upper() if vr == "PN" else pattern)
+        return any(regex.fullmatch(v.upper() if vr == "PN" else v) for v in values)
     if vr == "PN":
         return any(v.upper() == pattern.upper() for v in values)
     return any(v == pattern for v in values) or any(v == p for v in values for p in pattern.split(","))
 
 
+def wildcard_regex(pattern: str) -> re.Pattern[str]:
+    """PS3.4 C.2.2.2.4 wildcard matching: only ``*`` (any run) and ``?`` (one character) are special;
+    everything else, ``[`` and ``]`` included, matches itself (fnmatch's classes do not apply)."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def like_pattern(pattern: str) -> str:
+    """The SQL ``LIKE`` pattern (escape character ``\\``) of a DICOM wildcard pattern."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
 def _filter(rows: list[dict[str, str]], query: QidoQuery, keys: tuple[str, ...]) -> list[dict[str, str]]:
     active = {k: v for k, v in query.match.items() if k in keys}
     return [r for r in rows if all(matches(r.get(k, ""), v, k) for k, v in active.items())]
+
+
+def sql_match(column: ColumnElement[Any], pattern: str, keyword: str) -> ColumnElement[bool] | None:
+    """:func:`matches` as a SQL condition on ``column`` (``None``: matches everything)."""
+    if pattern in ("", "*"):
+        return None
+    vr = dictionary_VR(keyword)
+    text: ColumnElement[str] = func.coalesce(cast(column, String), "")
+    if vr == "UI":
+        return text.in_([p.strip() for p in pattern.replace("\\", ",").split(",")])
+    if vr in ("DA", "TM", "DT") and "-" in pattern:
+        low, _, high = pattern.partition("-")
+        conditions = [text != ""]
+        if low:
+            conditions.append(text >= low)
+        if high:
+            conditions.append(text <= high + "~")
+        return and_(*conditions)
+    if vr == "PN":
+        text = func.upper(text)
+        pattern = pattern.upper()
+    if "*" in pattern or "?" in pattern:
+        return text.like(like_pattern(pattern), escape="\\")
+    if vr == "PN":
+        return text == pattern
+    return text.in_([pattern, *pattern.split(",")])
 
 
 def ignored_keys(query: QidoQuery, keys: tuple[str, ...]) -> list[str]:
@@ -175,6 +226,20 @@ def ignored_keys(query: QidoQuery, keys: tuple[str, ...]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the index
+
+
+_COLUMNS: dict[str, Any] = {
+    "StudyInstanceUID": Study.study_instance_uid,
+    "PatientID": Study.patient_id,
+    "PatientName": Study.patient_name,
+    "AccessionNumber": Study.accession_number,
+    "StudyDate": Study.study_date,
+    "StudyDescription": Study.study_description,
+    "SeriesInstanceUID": Series.series_instance_uid,
+    "Modality": Series.modality,
+    "SeriesDescription": Series.series_description,
+    "SeriesNumber": Series.series_number,
+}
 
 
 class ReadIndex:
@@ -292,6 +357,65 @@ class ReadIndex:
             )
         )
 
+    def result_series(self, study_uid: str | None) -> list[SeriesEntry]:
+        """The series of radloop's results (of one study, or of all), with their instances."""
+        entries: dict[str, SeriesEntry] = {}
+        with Session(self.engine) as s:
+            rq = select(Result)
+            if study_uid is not None:
+                rq = rq.where(Result.study_instance_uid == study_uid)
+            for res in s.exec(rq.order_by(col(Result.id))).all():
+                self._add_result(entries, res)
+        return list(entries.values())
+
+    def _received_series(self, study_uid: str | None, match: Mapping[str, str]) -> Select[Any]:
+        """Received series (with at least one instance) matching ``match``, as a SQL query."""
+        first = (
+            select(Instance.path)
+            .where(Instance.series_id == Series.id)
+            .order_by(col(Instance.instance_number), col(Instance.id))
+            .limit(1)
+            .scalar_subquery()
+        )
+        count = select(func.count(col(Instance.id))).where(Instance.series_id == Series.id).scalar_subquery()
+        q = (
+            sa_select(Series, Study, count.label("n"), first.label("first"))
+            .join(Study, col(Study.id) == Series.study_id)
+            .where(count > 0)
+        )
+        if study_uid is not None:
+            q = q.where(col(Study.study_instance_uid) == study_uid)
+        for keyword, pattern in match.items():
+            condition = sql_match(_COLUMNS[keyword], pattern, keyword)
+            if condition is not None:
+                q = q.where(condition)
+        return q
+
+    def series_page(
+        self, study_uid: str | None, match: Mapping[str, str], offset: int, limit: int
+    ) -> list[SeriesHit]:
+        """One page of matching received series, in index order, matched and paged in SQL."""
+        q = self._received_series(study_uid, match).order_by(col(Series.id)).offset(offset).limit(limit)
+        hits = []
+        with Session(self.engine) as s:
+            for se, st, n, first in s.execute(q).all():
+                entry = SeriesEntry(
+                    st.study_instance_uid,
+                    se.series_instance_uid,
+                    se.modality,
+                    se.series_description,
+                    se.series_number,
+                )
+                row = {**_study_row(st, None), **_series_row(entry), "NumberOfSeriesRelatedInstances": str(n)}
+                hits.append(SeriesHit(entry, row, self.data_dir / first))
+        return hits
+
+    def series_count(self, study_uid: str | None, match: Mapping[str, str]) -> int:
+        """How many received series match (to page on into the result series)."""
+        q = self._received_series(study_uid, match).subquery()
+        with Session(self.engine) as s:
+            return int(s.execute(sa_select(func.count()).select_from(q)).scalar_one())
+
     def one_series(self, study_uid: str, series_uid: str) -> SeriesEntry:
         """One series; :class:`NotFoundError` if the study has no such series."""
         for entry in self.series(study_uid):
@@ -311,16 +435,21 @@ class ReadIndex:
         return found
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)
 def _header_cached(path: str, mtime_ns: int) -> Dataset:
-    return pydicom.dcmread(path, stop_before_pixels=True)
+    """Small headers only (:func:`small_header`, 64 KB at most): 1,024 of them hold 64 MB at most."""
+    try:
+        return small_header(Path(path))
+    except InvalidInstanceError as e:
+        log.warning("cannot read the header of %s: %s", path, e)
+        return Dataset()
 
 
 def _header_of(path: Path) -> Dataset:
     """The header of a stored file (cached by path and modification time)."""
     try:
         return _header_cached(str(path), path.stat().st_mtime_ns)
-    except (OSError, pydicom.errors.InvalidDicomError) as e:
+    except OSError as e:
         log.warning("cannot read %s: %s", path, e)
         return Dataset()
 
@@ -375,30 +504,43 @@ def _study_row(st: Study, summary: StudySummary | None) -> dict[str, str]:
 def search_series(
     index: ReadIndex, study_uid: str | None, query: QidoQuery, url_for: UrlFor
 ) -> list[dict[str, Any]]:
-    """QIDO-RS Search for Series (in one study, or in all)."""
+    """QIDO-RS Search for Series (in one study, or in all): received series first, then result series.
+
+    Received series are matched, counted and paged in SQL (a ``limit=1`` reads one row); result
+    series (a few per job, their attributes in their headers) are matched here after them.
+    """
     if study_uid is not None:
         index.study(study_uid)
-    entries = [e for e in index.series(study_uid) if e.instances]
-    studies = {st.study_instance_uid: st for st in index.studies(list({e.study_uid for e in entries}))}
-    rows = []
-    for e in entries:
-        row = _series_row(e)
-        if study_uid is None and e.study_uid in studies:
-            row = {**_study_row(studies[e.study_uid], None), **row}
-        rows.append(row)
     keys = SERIES_KEYS + (("StudyInstanceUID",) + STUDY_KEYS[1:-1] if study_uid is None else ())
-    page = _filter(rows, query, keys)[query.offset : query.offset + query.limit]
-    by_uid = {e.series_uid: e for e in entries}
+    active = {k: v for k, v in query.match.items() if k in keys}
+    hits = index.series_page(study_uid, active, query.offset, query.limit)
+    if len(hits) < query.limit:
+        received = index.series_count(study_uid, active)
+        results = [e for e in index.result_series(study_uid) if e.instances]
+        studies = {st.study_instance_uid: st for st in index.studies(list({e.study_uid for e in results}))}
+        rows = []
+        for e in results:
+            row = _series_row(e)
+            if study_uid is None and e.study_uid in studies:
+                row = {**_study_row(studies[e.study_uid], None), **row}
+            rows.append((row, e))
+        matching = [(r, e) for r, e in rows if all(matches(r.get(k, ""), v, k) for k, v in active.items())]
+        start = max(0, query.offset - received)
+        for row, e in matching[start : start + query.limit - len(hits)]:
+            hits.append(SeriesHit(e, row, e.instances[0].path))
     out = []
-    for row in page:
-        e = by_uid[row["SeriesInstanceUID"]]
+    for hit in hits:
+        row = hit.row if study_uid is None else {k: v for k, v in hit.row.items() if k in _SERIES_ROW_KEYS}
         extra = _extras(
             query,
-            e.instances[0].path,
+            hit.first_path,
             ("SeriesDate", "SeriesTime", "BodyPartExamined", "PerformedProcedureStepStartDate"),
         )
-        out.append(_json(row, extra, url_for(e.study_uid, e.series_uid)))
+        out.append(_json(row, extra, url_for(hit.entry.study_uid, hit.entry.series_uid)))
     return out
+
+
+_SERIES_ROW_KEYS = ("StudyInstanceUID", *SERIES_KEYS, "NumberOfSeriesRelatedInstances")
 
 
 def _series_row(e: SeriesEntry) -> dict[str, str]:

@@ -11,15 +11,25 @@ The answer is the Store Instances Response Module as DICOM JSON: ``ReferencedSOP
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 
-from radloop.connector.ingest import IngestSession, as_part10, read_header
-from radloop.connector.dicomweb.multipart import MultipartReader, Part, parse_media_type
+from radloop.connector.dicomweb.multipart import SpooledPart, SpoolingMultipartReader, parse_media_type
+from radloop.connector.ingest import IngestSession, as_part10
+from radloop.connector.sanity import (
+    InconsistentInstanceError,
+    InstanceLimitError,
+    InstanceLimits,
+    check_part10,
+)
 from radloop.core.errors import (
     DiskFullError,
     InvalidInstanceError,
@@ -112,14 +122,27 @@ def _reason_item(reason: int) -> Dataset:
 class StowRequest:
     """One STOW-RS request: parts in, an outcome out."""
 
-    def __init__(self, session: IngestSession, study_uid: str | None, url_of: Callable[..., str]) -> None:
+    def __init__(
+        self,
+        session: IngestSession,
+        study_uid: str | None,
+        url_of: Callable[..., str],
+        limits: InstanceLimits | None = None,
+    ) -> None:
         self.session = session
         self.study_uid = study_uid
         self.url_of = url_of
+        self.limits = limits or InstanceLimits()
         self.outcome = StowOutcome(url_of(study_uid) if study_uid else "")
 
-    def add(self, part: Part) -> None:
-        """Store one body part; its failure is recorded in the outcome, never raised."""
+    def add(self, part: SpooledPart) -> None:
+        """Store one spooled body part (its file is removed); a failure is recorded, never raised."""
+        try:
+            self._add(part)
+        finally:
+            part.path.unlink(missing_ok=True)
+
+    def _add(self, part: SpooledPart) -> None:
         media = part.content_type
         if media is not None and media.type != "application/dicom":
             self._fail(
@@ -127,7 +150,7 @@ class StowRequest:
             )
             return
         try:
-            ds, _stored = self._store(part.content)
+            ds, _stored = self._store(part.path.read_bytes())
         except _Refused as e:
             self._fail(e.failure)
             return
@@ -143,13 +166,16 @@ class StowRequest:
         ds: Dataset | None = None
         try:
             encoded = as_part10(content)
-            ds = read_header(encoded)
+            ds = _meta_only(encoded)
+            ds = check_part10(encoded, self.limits)  # before pydicom reads it: bombs, lies, limits
             if self.study_uid and str(ds.get("StudyInstanceUID", "")) != self.study_uid:
                 text = f"StudyInstanceUID is not the target study {self.study_uid}"
                 raise _Refused(Failure(DATASET_MISMATCH, text, *_uids(ds)))
             return ds, self.session.store_file(encoded)
-        except DiskFullError as e:
+        except (DiskFullError, InstanceLimitError) as e:
             raise _Refused(Failure(OUT_OF_RESOURCES, str(e), *_uids(ds))) from e
+        except InconsistentInstanceError as e:
+            raise _Refused(Failure(DATASET_MISMATCH, str(e), *_uids(ds))) from e
         except InvalidInstanceError as e:
             raise _Refused(Failure(CANNOT_UNDERSTAND, str(e), *_uids(ds))) from e
         except StoreError as e:
@@ -164,6 +190,19 @@ class _Refused(Exception):  # noqa: N818 - internal signal carrying a Failure
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.text)
         self.failure = failure
+
+
+def _meta_only(encoded: bytes) -> Dataset | None:
+    """An empty data set carrying the File Meta Information of ``encoded`` (to name a refused
+    instance by its MediaStorageSOPInstanceUID before its data set is read); None if unreadable."""
+    try:
+        stream = io.BytesIO(encoded)
+        read_preamble(stream, force=False)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset(_read_file_meta_info(stream))
+        return ds
+    except (InvalidDicomError, ValueError, EOFError, KeyError, OSError):
+        return None
 
 
 def _uids(ds: Dataset | None) -> tuple[str, str]:
@@ -190,26 +229,40 @@ def boundary_of(content_type: str | None) -> str:
     return boundary
 
 
+def check_length(content_length: str | None, max_bytes: int) -> None:
+    """Refuse a declared body larger than ``max_bytes`` before reading it (413)."""
+    declared = content_length or ""
+    if declared.isascii() and declared.isdigit() and len(declared) < 20 and int(declared) > max_bytes:
+        raise PayloadTooLargeError(
+            f"request body of {declared} bytes is larger than api.max_request_bytes ({max_bytes})"
+        )
+
+
 async def receive(
     request: StowRequest,
     chunks: AsyncIterator[bytes],
     content_type: str | None,
     max_bytes: int,
     in_thread: InThread[Any],
+    spool_dir: Path,
 ) -> StowOutcome:
-    """Read a STOW-RS body chunk by chunk, storing each part (in a worker thread) as it completes.
+    """Read a STOW-RS body chunk by chunk, spooling each part to a file in ``spool_dir`` and
+    storing it (in a worker thread) once complete; memory stays at a chunk, whatever the parts.
 
     The request's series are handed to the assembler only when the whole body was read.
     """
-    reader = MultipartReader(boundary_of(content_type))
+    reader = SpoolingMultipartReader(boundary_of(content_type), spool_dir)
     received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLargeError(f"request body larger than api.max_request_bytes ({max_bytes})")
-        for part in reader.feed(chunk):
-            await in_thread(lambda part=part: request.add(part))  # type: ignore[misc]
-    reader.finish()
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLargeError(f"request body larger than api.max_request_bytes ({max_bytes})")
+            for part in reader.feed(chunk):
+                await in_thread(lambda part=part: request.add(part))  # type: ignore[misc]
+        reader.finish()
+    finally:
+        reader.close()
     if not request.outcome.accepted and not request.outcome.failed:
         raise RequestError("the multipart body holds no instance")
     await in_thread(request.session.end)
