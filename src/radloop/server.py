@@ -60,6 +60,7 @@ class Server:
 
     @property
     def settings(self) -> Settings:
+        """The settings the runtime was built from."""
         return self.runtime.settings
 
     def run_forever(self) -> None:
@@ -77,6 +78,7 @@ class Server:
         self._threads.append(t)
 
     def stop(self) -> None:
+        """Ask :meth:`run_forever` and every spawned thread to finish after their current tick."""
         self.stop_event.set()
 
     def _shutdown(self) -> None:
