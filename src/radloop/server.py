@@ -16,21 +16,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
 
-from sqlalchemy.engine import Engine
-
-from radloop.api.context import AppContext
 from radloop.api.serving import ApiServer
-from radloop.connector.assembler import Assembler
-from radloop.connector.outbound.outbox import Outbox
-from radloop.connector.pull.puller import Puller
 from radloop.connector.dimse.scp import StorageSCP
-from radloop.connector.store import InstanceStore
-from radloop.core import db
+from radloop.connector.pull.puller import Puller
 from radloop.core.errors import ConfigError, PullError
 from radloop.core.settings import Settings
+from radloop.core.ticking import run_every
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.executor import LocalExecutor
-from radloop.pipelines.operators import builtin_registry
+from radloop.runtime import Runtime
 from radloop.viewer_launch.prefetch import ReviewPrefetcher
 
 log = logging.getLogger(__name__)
@@ -54,45 +48,37 @@ def check_destinations(settings: Settings, catalog: PipelineCatalog) -> None:
 
 @dataclass
 class Server:
-    """The running parts of ``radloop serve``."""
+    """The running parts of ``radloop serve``: a :class:`Runtime` plus the listeners and threads."""
 
-    settings: Settings
-    engine: Engine
-    catalog: PipelineCatalog
+    runtime: Runtime
     scp: StorageSCP
-    assembler: Assembler
     executor: LocalExecutor
-    outbox: Outbox
     port: int = 0
     stop_event: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     api: ApiServer | None = None
 
+    @property
+    def settings(self) -> Settings:
+        """The settings the runtime was built from."""
+        return self.runtime.settings
+
     def run_forever(self) -> None:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
-        self._spawn("radloop-outbox", self.outbox.tick, self.settings.outbox.poll_interval_s)
-        while not self.stop_event.is_set():
-            try:
-                self.assembler.tick()
-            except Exception:  # keep serving; the next tick retries
-                log.exception("assembler tick failed")
-            self.stop_event.wait(1.0)
+        self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
+        run_every("assembler", self.runtime.assembler.tick, 1.0, self.stop_event)
         self._shutdown()
 
-    def _spawn(self, name: str, tick: Callable[[], object], interval: float) -> None:
-        def loop() -> None:
-            while not self.stop_event.is_set():
-                try:
-                    tick()
-                except Exception:
-                    log.exception("%s tick failed", name)
-                self.stop_event.wait(interval)
-
-        t = threading.Thread(target=loop, name=name, daemon=True)
+    def spawn(self, name: str, tick: Callable[[], object], interval_s: float) -> None:
+        """Run ``tick`` every ``interval_s`` seconds in a daemon thread named ``name`` until :meth:`stop`."""
+        t = threading.Thread(
+            target=run_every, args=(name, tick, interval_s, self.stop_event), name=name, daemon=True
+        )
         t.start()
         self._threads.append(t)
 
     def stop(self) -> None:
+        """Ask :meth:`run_forever` and every spawned thread to finish after their current tick."""
         self.stop_event.set()
 
     def _shutdown(self) -> None:
@@ -107,17 +93,10 @@ class Server:
 
 def build_server(settings: Settings) -> Server:
     """Validate and wire every part; nothing listens until :meth:`Server.run_forever`'s caller starts it."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db.upgrade(settings)
-    engine = db.make_engine(settings)
-    catalog = PipelineCatalog.load(settings, builtin_registry())
-    check_destinations(settings, catalog)
-    store = InstanceStore(settings.data_dir, engine, settings.dicom.min_free_bytes)
-    assembler = Assembler(settings, engine, catalog)
-    scp = StorageSCP(settings, store, assembler.on_association_end)
-    return Server(
-        settings, engine, catalog, scp, assembler, LocalExecutor(settings, engine), Outbox(settings, engine)
-    )
+    runtime = Runtime.build(settings, migrate=True).preload()
+    check_destinations(settings, runtime.catalog)
+    scp = StorageSCP(settings, runtime.store, runtime.assembler.on_association_end)
+    return Server(runtime, scp, runtime.executor())
 
 
 def start_pollers(server: Server, puller: Puller) -> None:
@@ -125,7 +104,7 @@ def start_pollers(server: Server, puller: Puller) -> None:
     for src in server.settings.sources:
         if src.poll.enabled:
             poll = partial(_poll_once, puller, src.name)
-            server._spawn(f"radloop-poll-{src.name}", poll, src.poll.interval_s)
+            server.spawn(f"radloop-poll-{src.name}", poll, src.poll.interval_s)
             log.info("polling %s every %g s", src.name, src.poll.interval_s)
 
 
@@ -140,18 +119,16 @@ def _poll_once(puller: Puller, source: str) -> None:
 def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) -> None:
     """Run radloop until SIGTERM or SIGINT."""
     server = build_server(settings)
-    server.assembler.resume()
+    runtime = server.runtime
+    runtime.assembler.resume()
     server.port = server.scp.start()
     server.executor.start()
-    context = AppContext.from_parts(
-        settings, server.engine, server.catalog, server.scp.store, server.assembler
-    )
     if settings.api.enabled:
-        server.api = ApiServer(settings, context)
+        server.api = ApiServer(runtime)
         server.api.start()
-    start_pollers(server, context.puller)
+    start_pollers(server, runtime.puller)
     if settings.review.prefetch:  # review data converted before the first launch
-        server._spawn("radloop-review-prefetch", ReviewPrefetcher(settings, server.engine).tick, 2.0)
+        server.spawn("radloop-review-prefetch", ReviewPrefetcher(settings, runtime.engine).tick, 2.0)
 
     def _signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s received", signal.Signals(signum).name)

@@ -361,17 +361,6 @@ def _token_row(t: ApiToken) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pulls
 
 
-def build_puller(settings: Settings, engine: Engine, catalog: PipelineCatalog | None = None) -> Puller:
-    """A puller storing through a new instance store and completing series with a new assembler."""
-    from radloop.connector.assembler import Assembler
-    from radloop.connector.store import InstanceStore
-    from radloop.pipelines.operators import builtin_registry
-
-    catalog = catalog or PipelineCatalog.load(settings, builtin_registry())
-    store = InstanceStore(settings.data_dir, engine, settings.dicom.min_free_bytes)
-    return Puller(settings, engine, store, Assembler(settings, engine, catalog).on_association_end)
-
-
 def pull_study(
     puller: Puller, source: str, accession_number: str = "", study_instance_uid: str = ""
 ) -> list[dict[str, Any]]:

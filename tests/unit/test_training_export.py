@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from radloop.cli_export import parse_decisions, parse_since
+from radloop.cli.export import parse_decisions, parse_since
 from radloop.core.errors import ConfigError, ExportError
 from radloop.core.geometry import LPS_TO_RAS
 from radloop.core.models import ReviewDecision

@@ -1,4 +1,4 @@
-"""``create_app(settings)``: the FastAPI app of radloop (no module-level app or state).
+"""``create_app(runtime)``: the FastAPI app of radloop (no module-level app or state).
 
 Routes: ``/health`` (anonymous), ``/metrics`` (Prometheus), ``/api/v1/...`` (REST API) and
 ``/dicomweb/...`` (STOW-RS, QIDO-RS, WADO-RS). Everything but ``/health`` needs an API token
@@ -11,9 +11,9 @@ from fastapi import FastAPI
 
 from radloop import __version__
 from radloop.api import middleware, problems
-from radloop.api.context import AppContext
 from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies
 from radloop.core.settings import Settings
+from radloop.runtime import Runtime
 from radloop.viewer_launch import routes as review
 
 DESCRIPTION = """Medical-imaging AI in the clinical loop.
@@ -24,12 +24,20 @@ Machine access only, by API token: `radloop tokens create NAME` prints one; send
 """
 
 
-def create_app(settings: Settings, context: AppContext | None = None) -> FastAPI:
-    """The app for ``settings``; ``context`` shares the parts of a running server (else built here)."""
+def create_app(source: Runtime | Settings) -> FastAPI:
+    """The app over ``source``: a server's :class:`Runtime`, or settings to build one from (migrated)."""
+    runtime = source if isinstance(source, Runtime) else Runtime.build(source, migrate=True)
+    settings = runtime.settings
     public = settings.api.public_docs
-    app = FastAPI(title="radloop", version=__version__, description=DESCRIPTION, redoc_url=None,
-                  openapi_url="/openapi.json" if public else None, docs_url="/docs" if public else None)
-    app.state.radloop = context or AppContext.build(settings)
+    app = FastAPI(
+        title="radloop",
+        version=__version__,
+        description=DESCRIPTION,
+        redoc_url=None,
+        openapi_url="/openapi.json" if public else None,
+        docs_url="/docs" if public else None,
+    )
+    app.state.radloop = runtime.preload()
     problems.install(app)
     middleware.install(app, settings.api)
     routers = [health.router, studies.router, jobs.router, pipelines.router, pulls.router, dicomweb.router]

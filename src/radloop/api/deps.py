@@ -1,4 +1,4 @@
-"""Dependencies of the routers: the app's context and the authenticated caller (``Annotated`` aliases)."""
+"""Dependencies of the routers: the app's runtime and the authenticated caller (``Annotated`` aliases)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,21 @@ from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from radloop.api.context import AppContext
 from radloop.core import tokens
 from radloop.core.db import MAX_ROW_ID
+from radloop.runtime import Runtime
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `radloop tokens create NAME`.")
 
 
-def get_context(request: Request) -> AppContext:
-    """The :class:`AppContext` that :func:`radloop.api.create_app` attached to the app."""
+def get_context(request: Request) -> Runtime:
+    """The :class:`~radloop.runtime.Runtime` that :func:`radloop.api.create_app` attached to the app."""
     ctx = request.app.state.radloop
-    assert isinstance(ctx, AppContext)
+    assert isinstance(ctx, Runtime)
     return ctx
 
 
-Ctx = Annotated[AppContext, Depends(get_context)]
+Ctx = Annotated[Runtime, Depends(get_context)]
 
 
 async def get_caller(

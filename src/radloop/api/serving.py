@@ -25,9 +25,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from radloop.api.app import create_app
-from radloop.api.context import AppContext
 from radloop.core.errors import ConfigError
-from radloop.core.settings import Settings
+from radloop.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +34,13 @@ log = logging.getLogger(__name__)
 class ApiServer:
     """The HTTP server of the API, running in a daemon thread."""
 
-    def __init__(self, settings: Settings, context: AppContext) -> None:
-        cfg = settings.api
+    def __init__(self, runtime: Runtime) -> None:
+        cfg = runtime.settings.api
         self.socket = _bind(cfg.host, cfg.port)
         self.host = cfg.host
         self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(
-            create_app(settings, context),
+            create_app(runtime),
             log_config=None,
             access_log=False,
             lifespan="off",

@@ -10,10 +10,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
+from radloop.core.errors import ConfigError
 from radloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,31 @@ def upgrade(settings: Settings) -> None:
     if settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings.database_url), "head")
+
+
+def require_current(settings: Settings) -> None:
+    """Refuse a database that is missing or behind the newest migration, without creating or changing it.
+
+    Read-only commands call this instead of :func:`upgrade`: reading must not migrate a schema
+    that a running server of another version may still use. :class:`ConfigError` says what to run.
+    """
+    where = settings.database_url.split("@")[-1]
+    hint = "run `radloop db upgrade` or `radloop serve` first"
+    url = make_url(settings.database_url)
+    on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if on_file and not Path(str(url.database)).exists():
+        raise ConfigError(f"no database at {where}: {hint}")
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as e:
+        raise ConfigError(f"cannot read the database at {where} ({type(e).__name__}): {hint}") from e
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    if current != head:
+        raise ConfigError(f"the database at {where} has schema {current or 'none'}, not {head}: {hint}")
 
 
 @contextmanager

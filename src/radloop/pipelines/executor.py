@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from radloop.core import jobs
-from radloop.core.db import make_engine
 from radloop.core.errors import JobError
 from radloop.core.logging import configure_logging
 from radloop.core.settings import Settings
+from radloop.core.ticking import run_every
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,13 @@ class LocalExecutor:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _loop(self) -> None:
-        cfg = self.settings.workers
-        while not self._stop.is_set():
-            try:
-                jobs.requeue_expired(self.engine)
-                self._reap()
-                self._renew_leases()
-                self._fill()
-            except Exception:  # the dispatcher must survive a database hiccup; it retries next tick
-                log.exception("dispatcher tick failed")
-            self._stop.wait(cfg.poll_interval_s)
+        run_every("dispatcher", self._tick, self.settings.workers.poll_interval_s, self._stop)
+
+    def _tick(self) -> None:
+        jobs.requeue_expired(self.engine)
+        self._reap()
+        self._renew_leases()
+        self._fill()
 
     def _fill(self) -> None:
         while len(self._running) < self.settings.workers.processes and not self._stop.is_set():
@@ -144,21 +141,22 @@ _WORKER: dict[str, object] = {}
 
 
 def _init_worker(settings_json: str) -> None:
-    """Worker start: die with the parent, then build this process's settings, engine and pipelines."""
+    """Worker start: die with the parent, then build this process's own :class:`~radloop.runtime.Runtime`.
+
+    The server migrated the schema before it started this pool, so the worker never migrates.
+    """
     _die_with_parent()
-    from radloop.pipelines.catalog import PipelineCatalog
-    from radloop.pipelines.operators import builtin_registry
     from radloop.pipelines.runner import JobRunner
+    from radloop.runtime import Runtime  # the composition root imports this module
 
     settings = Settings.from_worker_json(settings_json)
     configure_logging(settings.log_level)
     if settings.workers.torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
-    engine = make_engine(settings)
-    catalog = PipelineCatalog.load(settings, builtin_registry())
-    _WORKER["runner"] = JobRunner(settings, engine, catalog)
+    runtime = Runtime.build(settings, migrate=False)
+    _WORKER["runner"] = JobRunner(settings, runtime.engine, runtime.catalog)
     _WORKER["settings"] = settings
-    _WORKER["engine"] = engine
+    _WORKER["engine"] = runtime.engine
 
 
 def _run_in_worker(job_id: int, worker_id: str) -> str:

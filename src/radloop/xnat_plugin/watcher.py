@@ -37,6 +37,7 @@ import pydicom
 
 from radloop.core.errors import ConfigError
 from radloop.core.settings import Settings, XnatDestination
+from radloop.core.ticking import run_every
 from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.spec import Pipeline
@@ -145,14 +146,12 @@ class ProjectWatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Poll every ``xnat.watch.interval_s`` until ``stop`` is set; a failed poll is logged and retried."""
-        while not stop.is_set():
-            try:
-                report = self.poll_once()
-                if report.handled:
-                    log.info("XNAT %s: handled %s", self.project, report.handled)
-            except Exception:  # the watch loop survives a server outage; the next poll retries
-                log.exception("XNAT %s: poll failed", self.project)
-            stop.wait(self.settings.xnat.watch.interval_s)
+        run_every(f"XNAT {self.project} poll", self._poll_and_log, self.settings.xnat.watch.interval_s, stop)
+
+    def _poll_and_log(self) -> None:
+        report = self.poll_once()
+        if report.handled:
+            log.info("XNAT %s: handled %s", self.project, report.handled)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -1,19 +1,15 @@
 """``radloop export …``: training datasets from reviewed results (argument parsing and output only).
 
-Kept apart from :mod:`radloop.cli`, which mounts :data:`export_app`; the work is
-:func:`radloop.training_export.export_dataset`.
+The work is :func:`radloop.training_export.export_dataset`.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,20 +21,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from radloop.core import db
+from radloop.cli import options
+from radloop.cli.options import ConfigOpt
+from radloop.cli.output import console, err_console, write_json
 from radloop.core.errors import ConfigError
 from radloop.core.models import ReviewDecision
-from radloop.core.settings import load_settings
+from radloop.runtime import Runtime
 from radloop.training_export import ExportFormat, ExportRequest, ExportSummary, export_dataset
 from radloop.training_export.cases import DEFAULT_DECISIONS
 
-export_app = typer.Typer(help="Training datasets from reviewed results (MONAI, MSD, nnU-Net v2).",
-                         no_args_is_help=True)
-console = Console()
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML config file (else $RADLOOP_CONFIG).", envvar="RADLOOP_CONFIG"),
-]
+app = typer.Typer(
+    help="Training datasets from reviewed results (MONAI, MSD, nnU-Net v2).", no_args_is_help=True
+)
 
 
 def parse_decisions(text: str) -> frozenset[ReviewDecision]:
@@ -66,13 +60,14 @@ def parse_since(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@export_app.command("dataset")
+@app.command("dataset")
 def export_dataset_command(
     pipeline: Annotated[str, typer.Option("--pipeline", help="Pipeline whose reviewed results to export.")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="monai (datalist), msd or nnunet (v2 raw).")],
     out: Annotated[Path, typer.Option("--out", help="Dataset folder (nnunet: the nnUNet_raw folder).")],
     decisions: Annotated[str, typer.Option(help="Decisions to export, comma-separated.")] = ",".join(
-        sorted(d.value for d in DEFAULT_DECISIONS)),
+        sorted(d.value for d in DEFAULT_DECISIONS)
+    ),
     since: Annotated[str | None, typer.Option(help="Only decisions made on or after this date, UTC.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of patients for validation, in [0, 1).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the patient split (same seed, same split).")] = 0,
@@ -82,19 +77,30 @@ def export_dataset_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Export reviewed results as a training dataset; run again to add what was reviewed since."""
-    settings = load_settings(config)
+    settings = options.settings(config)
     try:
         request = ExportRequest(
-            pipeline=pipeline, out_dir=out, format=fmt, decisions=parse_decisions(decisions),
-            since=parse_since(since), val_fraction=val_fraction, seed=seed, dataset_name=name,
+            pipeline=pipeline,
+            out_dir=out,
+            format=fmt,
+            decisions=parse_decisions(decisions),
+            since=parse_since(since),
+            val_fraction=val_fraction,
+            seed=seed,
+            dataset_name=name,
             dataset_id=dataset_id,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    db.upgrade(settings)
-    columns = (TextColumn("exporting cases"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=as_json) as progress:
+    runtime = Runtime.build(settings, migrate=True)  # the export records what it wrote
+    columns = (
+        TextColumn("exporting cases"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=as_json) as progress:
         task: list[TaskID] = []
 
         def on_progress(done: int, total: int) -> None:
@@ -102,9 +108,9 @@ def export_dataset_command(
                 task.append(progress.add_task("export", total=total))
             progress.update(task[0], completed=done)
 
-        summary = export_dataset(settings, db.make_engine(settings), request, on_progress)
+        summary = export_dataset(settings, runtime.engine, request, on_progress)
     if as_json:
-        sys.stdout.write(json.dumps(summary.to_dict(), indent=2) + "\n")
+        write_json(summary.to_dict())
     else:
         print_summary(summary)
     if summary.failed:
@@ -118,13 +124,16 @@ def print_summary(summary: ExportSummary) -> None:
     for column in ("split", "patients", *decisions, "cases"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for side, counts in summary.cases.items():
-        table.add_row(side, str(summary.patients[side]), *(str(counts[d]) for d in decisions),
-                      str(sum(counts.values())))
+        table.add_row(
+            side, str(summary.patients[side]), *(str(counts[d]) for d in decisions), str(sum(counts.values()))
+        )
     totals = [sum(c[d] for c in summary.cases.values()) for d in decisions]
     patients = str(sum(summary.patients.values()))
     table.add_row("total", patients, *map(str, totals), str(sum(totals)), style="bold")
     console.print(table)
-    console.print(f"this run: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "
-                  f"{summary.removed} removed, {len(summary.failed)} failed")
+    console.print(
+        f"this run: {summary.new} new, {summary.updated} updated, {summary.unchanged} unchanged, "
+        f"{summary.removed} removed, {len(summary.failed)} failed"
+    )
     for case_id, error in summary.failed:
         console.print(f"[red]failed[/red] {case_id}: {error}")

@@ -1,0 +1,38 @@
+"""``radloop send``: DICOM files to a peer by C-STORE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from radloop.cli.output import console, err_console
+from radloop.core.errors import RadloopError
+
+
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.dcm, .dcm.gz, any DICOM file).")],
+    host: Annotated[str, typer.Option(help="Peer host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Peer port.")] = 11112,
+    called_ae: Annotated[str, typer.Option("--called-ae", help="Peer's AE title.")] = "RADLOOP",
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "RADLOOP_SEND",
+) -> None:
+    """Send DICOM files to a peer by C-STORE, with a progress bar."""
+    from radloop.connector.dimse.scu import iter_dicom_files, send_files
+
+    files = iter_dicom_files(paths)
+    if not files:
+        raise RadloopError("no files to send")
+    columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console) as progress:
+        task = progress.add_task("send", total=len(files))
+        report = send_files(
+            files, host, port, called_ae, calling_ae, on_progress=lambda _p, _ok: progress.advance(task)
+        )
+    for path, why in report.failed:
+        console.print(f"[red]failed[/red] {path}: {why}")
+    console.print(f"{len(report.sent)} sent, {len(report.failed)} failed")
+    if report.failed:
+        raise typer.Exit(1)

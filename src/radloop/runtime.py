@@ -1,0 +1,108 @@
+"""The composition root: :meth:`Runtime.build` is the one place radloop's object graph is built.
+
+settings → engine → pipeline catalog → instance store → assembler → puller, read index, metrics
+registry, outbox, and a factory of local executors. ``radloop serve`` (:mod:`radloop.server`), the
+HTTP API (:func:`radloop.api.create_app`), every CLI command and each worker process take what they
+need from a :class:`Runtime`; nothing else calls these constructors.
+
+Parts are built on first use and then shared, so a command picks the parts it needs: ``pipelines
+list`` loads the catalog and never opens the database; ``jobs list`` opens the database and never
+loads a pipeline. A server calls :meth:`Runtime.preload`, which builds (and so validates) them all at
+start, before any thread shares them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+
+from radloop.connector.assembler import Assembler
+from radloop.connector.dicomweb.qido import ReadIndex
+from radloop.connector.outbound.outbox import Outbox
+from radloop.connector.pull.puller import Puller
+from radloop.connector.store import InstanceStore
+from radloop.core import db
+from radloop.core.metrics import registry_for
+from radloop.core.settings import Settings
+from radloop.pipelines.catalog import PipelineCatalog
+from radloop.pipelines.executor import LocalExecutor
+from radloop.pipelines.operators import builtin_registry
+
+
+class Runtime:
+    """radloop's shared parts for one process, built from one :class:`Settings`."""
+
+    SHARED_PARTS = ("engine", "catalog", "store", "assembler", "puller", "index", "metrics", "outbox")
+
+    def __init__(self, settings: Settings, *, migrated: bool) -> None:
+        """Use :meth:`build`; ``migrated`` says the schema was just brought to the newest migration."""
+        self.settings = settings
+        self._migrated = migrated
+
+    @classmethod
+    def build(cls, settings: Settings, *, migrate: bool) -> Runtime:
+        """The runtime for ``settings``.
+
+        ``migrate=True`` (serve, and commands that write) creates the data folder and brings the
+        schema to the newest migration now. ``migrate=False`` (read-only commands, worker processes)
+        changes nothing: opening the database refuses one that is missing or not migrated, saying
+        to run ``radloop db upgrade`` (:func:`radloop.core.db.require_current`).
+        """
+        if migrate:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db.upgrade(settings)
+        return cls(settings, migrated=migrate)
+
+    def preload(self) -> Runtime:
+        """Build every shared part now: pipelines validated, database checked, before threads share them."""
+        for name in self.SHARED_PARTS:
+            getattr(self, name)
+        return self
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The database engine (its schema checked first unless :meth:`build` just migrated it)."""
+        if not self._migrated:
+            db.require_current(self.settings)
+        return db.make_engine(self.settings)
+
+    @cached_property
+    def catalog(self) -> PipelineCatalog:
+        """Every pipeline (reference ones and the configured folders), loaded and validated."""
+        return PipelineCatalog.load(self.settings, builtin_registry())
+
+    @cached_property
+    def store(self) -> InstanceStore:
+        """The instance store (files under ``data_dir/instances`` and their index rows)."""
+        return InstanceStore(self.settings.data_dir, self.engine, self.settings.dicom.min_free_bytes)
+
+    @cached_property
+    def assembler(self) -> Assembler:
+        """Series completion and routing to pipelines."""
+        return Assembler(self.settings, self.engine, self.catalog)
+
+    @cached_property
+    def puller(self) -> Puller:
+        """Pulls studies from PACS sources into :attr:`store`, completing series with :attr:`assembler`."""
+        return Puller(self.settings, self.engine, self.store, self.assembler.on_association_end)
+
+    @cached_property
+    def index(self) -> ReadIndex:
+        """What QIDO-RS and WADO-RS read: the stored instances and results."""
+        return ReadIndex(self.engine, self.settings.data_dir)
+
+    @cached_property
+    def metrics(self) -> CollectorRegistry:
+        """The Prometheus registry of this process (no global registry)."""
+        return registry_for(self.engine)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        """Deliveries of results to destinations, retried with backoff."""
+        return Outbox(self.settings, self.engine)
+
+    def executor(self) -> LocalExecutor:
+        """A new local executor (dispatcher thread + worker processes); the caller starts and stops it."""
+        return LocalExecutor(self.settings, self.engine)
