@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -68,18 +69,27 @@ def _engine(settings: Settings) -> Any:
     return db.make_engine(settings)
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+def _plain(data: Any) -> Any:
+    """Read models (and lists of them) as JSON-ready data: ISO datetimes, enum values."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
+    if isinstance(data, list):
+        return [_plain(x) for x in data]
+    return data
+
+
+def _table(rows: list[Any], columns: list[str], title: str) -> None:
     table = Table(title=title)
     for c in columns:
         table.add_column(c)
-    for r in rows:
+    for r in _plain(rows):
         table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
     console.print(table)
 
 
 def _emit(rows: Any, as_json: bool, columns: list[str], title: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(_plain(rows), indent=2, default=str) + "\n")
     else:
         _table(rows if isinstance(rows, list) else [rows], columns, title)
 
@@ -130,16 +140,16 @@ def studies_list(config: ConfigOpt = None, as_json: JsonOpt = False, limit: int 
         return
     flat = [
         {
-            "study": st["study_instance_uid"],
-            "series": se["series_instance_uid"],
-            "modality": se["modality"],
-            "instances": se["instance_count"],
-            "state": se["state"],
-            "routing": se["routing_status"],
-            "note": se["routing_note"],
+            "study": st.study_instance_uid,
+            "series": se.series_instance_uid,
+            "modality": se.modality,
+            "instances": se.instance_count,
+            "state": se.state.value,
+            "routing": se.routing_status.value,
+            "note": se.routing_note,
         }
         for st in rows
-        for se in st["series"]
+        for se in st.series
     ]
     _table(flat, ["study", "series", "modality", "instances", "state", "routing", "note"], "Studies")
 
@@ -165,8 +175,8 @@ def jobs_show(job_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -
         _emit(job, True, [], "")
         return
     _table([job], ["id", "pipeline", "state", "attempts", "max_attempts", "error"], f"Job {job_id}")
-    _table(job["steps"], ["attempt", "operator_id", "operator", "state", "duration_s", "error"], "Steps")
-    _table(job["results"], ["kind", "sop_instance_uid", "path"], "Results")
+    _table(job.steps, ["attempt", "operator_id", "operator", "state", "duration_s", "error"], "Steps")
+    _table(job.results, ["kind", "sop_instance_uid", "series_instance_uid"], "Results")
 
 
 @jobs_app.command("retry")
@@ -196,9 +206,9 @@ def pipelines_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     flat = [
         {
-            **r,
-            "operators": " → ".join(o["id"] for o in r["operators"]),
-            "destinations": ", ".join(r["destinations"]),
+            **r.model_dump(mode="json"),
+            "operators": " → ".join(o.id for o in r.operators),
+            "destinations": ", ".join(r.destinations),
         }
         for r in rows
     ]
@@ -277,8 +287,8 @@ def tokens_create(
     if as_json:
         _emit(row, True, [], "")
         return
-    console.print(f"token {row['name']!r} (id {row['id']}) created; it is shown only now:")
-    sys.stdout.write(row["token"] + "\n")
+    console.print(f"token {row.name!r} (id {row.id}) created; it is shown only now:")
+    sys.stdout.write(row.token + "\n")
 
 
 @tokens_app.command("list")
@@ -331,7 +341,7 @@ def pull(
         ],
         "Pulled",
     )
-    if any(r["state"] != "done" for r in rows):
+    if any(r.state != "done" for r in rows):
         raise typer.Exit(1)
 
 
@@ -383,8 +393,8 @@ def pulls_poll(
     if as_json:
         _emit(report, True, [], "")
         return
-    retrieved = len(report["retrieved"])
-    console.print(f"{report['found']} found, {report['skipped']} already pulled, {retrieved} retrieved")
+    retrieved = len(report.retrieved)
+    console.print(f"{report.found} found, {report.skipped} already pulled, {retrieved} retrieved")
 
 
 @pulls_app.command("sources")
@@ -397,10 +407,10 @@ def pulls_sources(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     flat = [
         {
-            **r,
-            "poll": "on" if r["poll"]["enabled"] else "off",
-            "since": (r["cursor"] or {}).get("since_date", ""),
-            "polls": (r["cursor"] or {}).get("polls", 0),
+            **r.model_dump(mode="json"),
+            "poll": "on" if r.poll.enabled else "off",
+            "since": r.cursor.since_date if r.cursor else "",
+            "polls": r.cursor.polls if r.cursor else 0,
         }
         for r in rows
     ]
