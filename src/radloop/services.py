@@ -151,19 +151,6 @@ def list_deliveries(engine: Engine, state: str | None = None, limit: int = 100) 
         return [_delivery_out(d, r) for d, r in rows]
 
 
-def get_delivery(engine: Engine, delivery_id: int) -> DeliveryOut:
-    """One outbox row with the result it carries."""
-    with session_scope(engine) as s:
-        found = s.exec(
-            select(Delivery, Result)
-            .join(Result, col(Result.id) == Delivery.result_id)
-            .where(Delivery.id == delivery_id)
-        ).first()
-        if found is None:
-            raise NotFoundError(f"no delivery {delivery_id}")
-        return _delivery_out(*found)
-
-
 def retry_delivery(engine: Engine, delivery_id: int) -> DeliveryOut:
     """Send a failed or dismissed delivery again now."""
     with session_scope(engine) as s:
