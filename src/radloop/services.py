@@ -43,6 +43,7 @@ from radloop.core.read_models import (
     PollOut,
     PullOut,
     ResultOut,
+    ReviewOut,
     SeriesDetail,
     SeriesOut,
     SourceOut,
@@ -50,8 +51,10 @@ from radloop.core.read_models import (
     StudyOut,
     TokenCreated,
     TokenOut,
+    WorklistItemOut,
 )
 from radloop.core.settings import DicomwebSource, Settings
+from radloop.feedback import decisions
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.spec import Pipeline
 
@@ -246,6 +249,20 @@ def job_logs(engine: Engine, job_id: int) -> str:
             head += f" · {step.duration_s:.2f} s"
         parts.append("\n".join(x for x in (head, step.log.rstrip(), step.error) if x))
     return "\n".join(parts) + ("\n" if parts else "")
+
+
+# --------------------------------------------------------------------------- reviews
+
+
+def list_reviews(engine: Engine, result_id: int | None = None, limit: int = 100) -> list[ReviewOut]:
+    """Review decisions, newest first (optionally those on one result), with the volume change."""
+    rows = decisions.list_reviews(engine, result_id=result_id, limit=limit)
+    return [ReviewOut.model_validate(row) for row in rows]
+
+
+def pending_reviews(engine: Engine, limit: int = 200) -> list[WorklistItemOut]:
+    """AI SEG results nobody has decided on yet (the worklist), newest first."""
+    return [WorklistItemOut.model_validate(row) for row in decisions.pending_results(engine, limit)]
 
 
 # --------------------------------------------------------------------------- pipelines and models

@@ -301,7 +301,7 @@ class ReviewDecision(StrEnum):
     rejected = "rejected"
 
 
-class Review(SQLModel, table=True):
+class ReviewBase(SQLModel):
     """One reviewer's decision on one AI result, with the agreement between the AI mask and the final one.
 
     ``edited_result_id`` is the result row of the edited SEG ("reviewed and edited") when the
@@ -309,9 +309,6 @@ class Review(SQLModel, table=True):
     (the AI mask itself when accepted; none when rejected).
     """
 
-    __tablename__ = "review"
-
-    id: int | None = Field(default=None, primary_key=True)
     result_id: int = Field(foreign_key="result.id", index=True)
     reviewer: str = Field(index=True)
     decision: ReviewDecision = Field(index=True)
@@ -329,3 +326,11 @@ class Review(SQLModel, table=True):
     added_voxels: int | None = None
     removed_voxels: int | None = None
     session_id: str = ""
+
+
+class Review(ReviewBase, table=True):
+    """One reviewer's decision on one AI result (see :class:`ReviewBase`)."""
+
+    __tablename__ = "review"
+
+    id: int | None = Field(default=None, primary_key=True)

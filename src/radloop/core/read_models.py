@@ -9,6 +9,8 @@ Dumped with ``model_dump(mode="json")``: datetimes become ISO 8601 strings, enum
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, JsonValue
 from pydantic import Field as PydanticField
 
@@ -20,6 +22,7 @@ from radloop.core.models import (
     PollCursorBase,
     PulledStudyBase,
     ResultBase,
+    ReviewBase,
     SeriesBase,
     StudyBase,
 )
@@ -107,6 +110,13 @@ class CursorOut(PollCursorBase):
     """Where polling of a source stands."""
 
 
+class ReviewOut(ReviewBase):
+    """A review decision with the volume change it made (final − AI mask, mL; none if rejected)."""
+
+    id: int
+    volume_change_ml: float | None
+
+
 class _Out(BaseModel):
     """A read model that is no table row."""
 
@@ -173,3 +183,19 @@ class Health(_Out):
     status: str = PydanticField(description="ok, or degraded when the database cannot be reached")
     database: str
     version: str
+
+
+class WorklistItemOut(_Out):
+    """An AI SEG result nobody has decided on yet, with its job's pipeline, study and series."""
+
+    result_id: int
+    created_at: datetime
+    pipeline: str
+    pipeline_version: str
+    study_instance_uid: str
+    accession_number: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    series_description: str
+    modality: str
