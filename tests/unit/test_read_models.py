@@ -141,3 +141,19 @@ def test_api_and_cli_show_the_same_json(site: tuple[Settings, Engine, dict[str, 
         retried = client.post(f"/api/v1/deliveries/{ids['delivery']}/retry", headers=auth).json()
         assert retried["state"] == "pending" and retried["sop_instance_uid"] == "1.2.3.4.5.6"
         assert retried == services.list_deliveries(engine)[0].model_dump(mode="json")
+
+
+def test_cli_tables_print_read_models(site: tuple[Settings, Engine, dict[str, int]]) -> None:
+    _, _, ids = site
+    for command, shown in [
+        (["jobs", "show", str(ids["job"])], "series_to_volume"),
+        (["studies", "list"], "1.2.3.4"),
+        (["jobs", "list"], "failed"),
+        (["deliveries", "list"], "refused"),
+        (["pipelines", "list"], "ct-organ-seg"),
+        (["tokens", "create", "table-test"], "shown only now"),
+        (["tokens", "list"], "table-test"),
+    ]:
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        assert shown in result.output, (command, result.output)
