@@ -55,7 +55,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def token(app: FastAPI) -> str:
-    return str(services.create_token(app.state.radloop.engine, "api-tests")["token"])
+    return services.create_token(app.state.radloop.engine, "api-tests").token
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -113,7 +113,7 @@ def _operations(app: FastAPI, token: str) -> Iterator[tuple[str, str]]:
 
 def test_every_operation_but_health_needs_a_valid_token(seeded: FastAPI, token: str) -> None:
     engine = seeded.state.radloop.engine
-    revoked = services.create_token(engine, "to-revoke")["token"]
+    revoked = services.create_token(engine, "to-revoke").token
     services.revoke_token(engine, "to-revoke")
     operations = [*_operations(seeded, token), ("GET", "/openapi.json"), ("GET", "/metrics")]
     assert len(operations) > 25
@@ -136,13 +136,13 @@ def test_every_operation_but_health_needs_a_valid_token(seeded: FastAPI, token: 
 def test_tokens_are_stored_hashed_and_revocable(app: FastAPI) -> None:
     engine = app.state.radloop.engine
     made = services.create_token(engine, "hash-check")
-    listed = [t for t in services.list_tokens(engine) if t["name"] == "hash-check"]
+    listed = [t.model_dump() for t in services.list_tokens(engine) if t.name == "hash-check"]
     assert listed and "token" not in listed[0] and "token_hash" not in listed[0]
-    assert made["token"] not in str(services.list_tokens(engine))
+    assert made.token not in str(services.list_tokens(engine))
     with TestClient(app) as client:
-        assert client.get("/api/v1/studies", headers=_auth(made["token"])).status_code == 200
+        assert client.get("/api/v1/studies", headers=_auth(made.token)).status_code == 200
         services.revoke_token(engine, "hash-check")
-        r = client.get("/api/v1/studies", headers=_auth(made["token"]))
+        r = client.get("/api/v1/studies", headers=_auth(made.token))
         assert r.status_code == 401 and "revoked" in r.json()["detail"]
 
 

@@ -33,8 +33,8 @@ def jobs_show(job_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -
         write_json(job)
         return
     table([job], ["id", "pipeline", "state", "attempts", "max_attempts", "error"], f"Job {job_id}")
-    table(job["steps"], ["attempt", "operator_id", "operator", "state", "duration_s", "error"], "Steps")
-    table(job["results"], ["kind", "sop_instance_uid", "path"], "Results")
+    table(job.steps, ["attempt", "operator_id", "operator", "state", "duration_s", "error"], "Steps")
+    table(job.results, ["kind", "sop_instance_uid", "series_instance_uid"], "Results")
 
 
 @app.command("retry")

@@ -23,9 +23,9 @@ def pipelines_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     flat = [
         {
-            **r,
-            "operators": " → ".join(o["id"] for o in r["operators"]),
-            "destinations": ", ".join(r["destinations"]),
+            **r.model_dump(mode="json"),
+            "operators": " → ".join(o.id for o in r.operators),
+            "destinations": ", ".join(r.destinations),
         }
         for r in rows
     ]

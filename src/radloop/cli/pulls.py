@@ -56,7 +56,7 @@ def pull(
     runtime = Runtime.build(settings, migrate=True)
     rows = plain(services.pull_study(runtime.puller, name, accession, study))
     emit(rows, as_json, PULLED_COLUMNS, "Pulled")
-    if any(r["state"] != "done" for r in rows):
+    if any(r.state != "done" for r in rows):
         raise typer.Exit(1)
 
 
@@ -93,8 +93,8 @@ def pulls_poll(
     if as_json:
         write_json(report)
         return
-    retrieved = len(report["retrieved"])
-    console.print(f"{report['found']} found, {report['skipped']} already pulled, {retrieved} retrieved")
+    retrieved = len(report.retrieved)
+    console.print(f"{report.found} found, {report.skipped} already pulled, {retrieved} retrieved")
 
 
 @app.command("sources")
@@ -107,10 +107,10 @@ def pulls_sources(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         return
     flat = [
         {
-            **r,
-            "poll": "on" if r["poll"]["enabled"] else "off",
-            "since": (r["cursor"] or {}).get("since_date", ""),
-            "polls": (r["cursor"] or {}).get("polls", 0),
+            **r.model_dump(mode="json"),
+            "poll": "on" if r.poll.enabled else "off",
+            "since": r.cursor.since_date if r.cursor else "",
+            "polls": r.cursor.polls if r.cursor else 0,
         }
         for r in rows
     ]

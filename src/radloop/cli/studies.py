@@ -21,15 +21,15 @@ def studies_list(config: ConfigOpt = None, as_json: JsonOpt = False, limit: int 
         return
     flat = [
         {
-            "study": st["study_instance_uid"],
-            "series": se["series_instance_uid"],
-            "modality": se["modality"],
-            "instances": se["instance_count"],
-            "state": se["state"],
-            "routing": se["routing_status"],
-            "note": se["routing_note"],
+            "study": st.study_instance_uid,
+            "series": se.series_instance_uid,
+            "modality": se.modality,
+            "instances": se.instance_count,
+            "state": se.state.value,
+            "routing": se.routing_status.value,
+            "note": se.routing_note,
         }
         for st in rows
-        for se in st["series"]
+        for se in st.series
     ]
     table(flat, ["study", "series", "modality", "instances", "state", "routing", "note"], "Studies")

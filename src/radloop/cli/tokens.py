@@ -26,8 +26,8 @@ def tokens_create(
     if as_json:
         write_json(row)
         return
-    console.print(f"token {row['name']!r} (id {row['id']}) created; it is shown only now:")
-    sys.stdout.write(row["token"] + "\n")
+    console.print(f"token {row.name!r} (id {row.id}) created; it is shown only now:")
+    sys.stdout.write(row.token + "\n")
 
 
 @app.command("list")

@@ -1,5 +1,9 @@
 """The database tables (SQLModel). Column names follow DICOM keywords in snake_case.
 
+Each entity shown to users has a ``…Base`` with the columns everyone may read; the table model
+adds its id and internal columns, and the read model in :mod:`radloop.core.read_models` adds the
+id and what it is shown with (as ``ItemBase`` / ``Item`` / ``ItemPublic`` in the FastAPI template).
+
 Timestamps are timezone-aware UTC (:func:`utcnow`); SQLModel's ``UTCDateTime`` column type stores
 them alike on SQLite and PostgreSQL and refuses naive values.
 """
@@ -65,8 +69,9 @@ class DeliveryState(StrEnum):
     dismissed = "dismissed"
 
 
-class Study(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class StudyBase(SQLModel):
+    """A study radloop received (or pulled): the study-level attributes of its first instance."""
+
     study_instance_uid: str = Field(max_length=64, unique=True, index=True)
     patient_id: str = ""
     patient_name: str = ""
@@ -76,9 +81,13 @@ class Study(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Series(SQLModel, table=True):
+class Study(StudyBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
-    study_id: int = Field(foreign_key="study.id", index=True)
+
+
+class SeriesBase(SQLModel):
+    """A series: where it came from, its assembly state and what routing made of it."""
+
     series_instance_uid: str = Field(max_length=64, unique=True, index=True)
     modality: str = ""
     series_description: str = ""
@@ -96,6 +105,11 @@ class Series(SQLModel, table=True):
     routing_note: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
+class Series(SeriesBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+
+
 class Instance(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     series_id: int = Field(foreign_key="series.id", index=True)
@@ -108,34 +122,37 @@ class Instance(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
-class Job(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+class JobBase(SQLModel):
+    """One run of a pipeline on one revision of a series: state, attempts, lease and error."""
+
     pipeline: str = Field(index=True)
     pipeline_version: str = ""
     series_id: int = Field(foreign_key="series.id", index=True)
     study_instance_uid: str = ""
     series_instance_uid: str = ""
     series_revision: int = 0
-    idempotency_key: str = Field(unique=True)
     state: JobState = Field(default=JobState.queued, index=True)
     priority: Priority = Priority.normal
-    priority_rank: int = 2
     attempts: int = 0
     max_attempts: int = 3
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     lease_until: datetime | None = None
-    leased_by: str = ""
     error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
 
-class JobStep(SQLModel, table=True):
+class Job(JobBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True)
+    priority_rank: int = 2
+    leased_by: str = ""
+
+
+class JobStepBase(SQLModel):
     """One operator run within one attempt of a job: timing, state and its log lines."""
 
-    id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(foreign_key="job.id", index=True)
     attempt: int
     operator_id: str
     operator: str
@@ -149,26 +166,35 @@ class JobStep(SQLModel, table=True):
     )
 
 
-class Result(SQLModel, table=True):
-    """A DICOM object a job wrote (SEG, RTSTRUCT, SR, SC)."""
+class JobStep(JobStepBase, table=True):
+    """One operator run within one attempt of a job: timing, state and its log lines."""
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", index=True)
+
+
+class ResultBase(SQLModel):
+    """A DICOM object a job wrote (SEG, RTSTRUCT, SR, SC)."""
+
     kind: str
     sop_class_uid: str = ""
     sop_instance_uid: str = Field(max_length=64, unique=True)
     series_instance_uid: str = ""
     study_instance_uid: str = ""
-    path: str  # relative to data_dir
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class Delivery(SQLModel, table=True):
-    """Outbox: one row per result × destination."""
-
-    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+class Result(ResultBase, table=True):
+    """A DICOM object a job wrote (SEG, RTSTRUCT, SR, SC), and where it lies."""
 
     id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    path: str  # relative to data_dir
+
+
+class DeliveryBase(SQLModel):
+    """Outbox: one row per result × destination."""
+
     result_id: int = Field(foreign_key="result.id", index=True)
     destination: str
     state: DeliveryState = Field(default=DeliveryState.pending, index=True)
@@ -177,6 +203,14 @@ class Delivery(SQLModel, table=True):
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+
+
+class Delivery(DeliveryBase, table=True):
+    """Outbox: one row per result × destination."""
+
+    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+
+    id: int | None = Field(default=None, primary_key=True)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -190,18 +224,23 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
-class ApiToken(SQLModel, table=True):
+class ApiTokenBase(SQLModel):
+    """A machine's credential for the HTTP API, as anyone may see it (never the token or its hash)."""
+
+    name: str = Field(index=True)
+    prefix: str = Field(default="", max_length=16)  # first characters, to recognise a token in a list
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiToken(ApiTokenBase, table=True):
     """A machine's credential for the HTTP API. Only the SHA-256 of the token is stored."""
 
     __tablename__ = "api_token"
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(index=True)
     token_hash: str = Field(max_length=64, unique=True, index=True)
-    prefix: str = Field(default="", max_length=16)  # first characters, to recognise a token in a list
-    created_at: datetime = Field(default_factory=utcnow)
-    last_used_at: datetime | None = None
-    revoked_at: datetime | None = None
 
 
 class PullState(StrEnum):
@@ -212,13 +251,9 @@ class PullState(StrEnum):
     failed = "failed"
 
 
-class PulledStudy(SQLModel, table=True):
+class PulledStudyBase(SQLModel):
     """A study radloop retrieved (or tried to) from a pull source; polling skips those ``done``."""
 
-    __tablename__ = "pulled_study"
-    __table_args__ = (UniqueConstraint("source", "study_instance_uid"),)
-
-    id: int | None = Field(default=None, primary_key=True)
     source: str = Field(index=True)
     study_instance_uid: str = Field(max_length=64, index=True)
     accession_number: str = ""
@@ -233,18 +268,32 @@ class PulledStudy(SQLModel, table=True):
     retrieved_at: datetime | None = None
 
 
-class PollCursor(SQLModel, table=True):
+class PulledStudy(PulledStudyBase, table=True):
+    """A study radloop retrieved (or tried to) from a pull source; polling skips those ``done``."""
+
+    __tablename__ = "pulled_study"
+    __table_args__ = (UniqueConstraint("source", "study_instance_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class PollCursorBase(SQLModel):
+    """Where polling of one source stands; survives restarts."""
+
+    polls: int = 0
+    last_poll_at: datetime | None = None
+    last_success_at: datetime | None = None
+    since_date: str = ""  # YYYYMMDD: the StudyDate the next poll matches from
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class PollCursor(PollCursorBase, table=True):
     """Where polling of one source stands; survives restarts."""
 
     __tablename__ = "poll_cursor"
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(unique=True, index=True)
-    polls: int = 0
-    last_poll_at: datetime | None = None
-    last_success_at: datetime | None = None
-    since_date: str = ""  # YYYYMMDD: the StudyDate the next poll matches from
-    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
 class ReviewDecision(StrEnum):
@@ -255,7 +304,7 @@ class ReviewDecision(StrEnum):
     rejected = "rejected"
 
 
-class Review(SQLModel, table=True):
+class ReviewBase(SQLModel):
     """One reviewer's decision on one AI result, with the agreement between the AI mask and the final one.
 
     ``edited_result_id`` is the result row of the edited SEG ("reviewed and edited") when the
@@ -263,9 +312,6 @@ class Review(SQLModel, table=True):
     (the AI mask itself when accepted; none when rejected).
     """
 
-    __tablename__ = "review"
-
-    id: int | None = Field(default=None, primary_key=True)
     result_id: int = Field(foreign_key="result.id", index=True)
     reviewer: str = Field(index=True)
     decision: ReviewDecision = Field(index=True)
@@ -283,3 +329,11 @@ class Review(SQLModel, table=True):
     added_voxels: int | None = None
     removed_voxels: int | None = None
     session_id: str = ""
+
+
+class Review(ReviewBase, table=True):
+    """One reviewer's decision on one AI result (see :class:`ReviewBase`)."""
+
+    __tablename__ = "review"
+
+    id: int | None = Field(default=None, primary_key=True)

@@ -9,15 +9,15 @@ from fastapi import APIRouter, Request, Response
 from radloop import services
 from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
-from radloop.api.schemas import Health
 from radloop.core import metrics
+from radloop.core.read_models import Health
 
 router = APIRouter(tags=["health"])
 docs_router = APIRouter(include_in_schema=False)
 
 
 @router.get("/health", response_model=Health)
-def health(ctx: Ctx) -> dict[str, object]:
+def health(ctx: Ctx) -> Health:
     """Liveness and database reachability. The only endpoint that needs no token."""
     return services.health(ctx.engine)
 

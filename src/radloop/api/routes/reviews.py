@@ -8,17 +8,18 @@ for the URL with its API token, then opens it on the workstation).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from radloop import services
 from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
 from radloop.core import audit
 from radloop.core.db import MAX_ROW_ID, session_scope
-from radloop.feedback.decisions import list_reviews, pending_results
-from radloop.feedback.quality import model_quality
+from radloop.core.read_models import ReviewOut, WorklistItemOut
+from radloop.feedback.quality import ModelQuality, model_quality
 from radloop.viewer_launch.signing import launch_url
 
 router = APIRouter(prefix="/api/v1", tags=["reviews"])
@@ -42,33 +43,33 @@ class ReviewUrlOut(BaseModel):
     expires_at: int
 
 
-@router.get("/reviews", responses=responses(422))
+@router.get("/reviews", response_model=list[ReviewOut], responses=responses(422))
 def get_reviews(
     ctx: Ctx,
     _caller: Caller,
     result_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     limit: Limit = 100,
-) -> list[dict[str, Any]]:
+) -> list[ReviewOut]:
     """Review decisions, newest first: reviewer, times, decision, reason, model, Dice and volumes."""
-    return list_reviews(ctx.engine, result_id=result_id, limit=limit)
+    return services.list_reviews(ctx.engine, result_id=result_id, limit=limit)
 
 
-@router.get("/reviews/pending", responses=responses(422))
-def get_pending(ctx: Ctx, _caller: Caller, limit: Limit = 200) -> list[dict[str, Any]]:
+@router.get("/reviews/pending", response_model=list[WorklistItemOut], responses=responses(422))
+def get_pending(ctx: Ctx, _caller: Caller, limit: Limit = 200) -> list[WorklistItemOut]:
     """AI SEG results nobody has decided on yet (the worklist)."""
-    return pending_results(ctx.engine, limit)
+    return services.pending_reviews(ctx.engine, limit)
 
 
-@router.get("/quality", responses=responses(422))
+@router.get("/quality", response_model=list[ModelQuality], responses=responses(422))
 def get_quality(
     ctx: Ctx, _caller: Caller, period: Literal["day", "week", "month"] = "week"
-) -> list[dict[str, Any]]:
+) -> list[ModelQuality]:
     """Per model (name, version): acceptance rate, mean Dice of edits, per period and overall."""
-    return [m.as_dict() for m in model_quality(ctx.engine, period=period)]
+    return model_quality(ctx.engine, period=period)
 
 
 @router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(422))
-def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> ReviewUrlOut:
     """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
     settings = ctx.settings
     ttl = body.ttl_s if body.ttl_s is not None else settings.review.link_ttl_s
@@ -84,4 +85,4 @@ def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> dict[
     )
     with session_scope(ctx.engine) as s:
         audit.record(s, f"token:{caller.name}", "review.url_created", "", {"reviewer": body.reviewer})
-    return {"url": url, "expires_at": now + int(ttl)}
+    return ReviewUrlOut(url=url, expires_at=now + int(ttl))

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from radloop import services
 from radloop.api.deps import Caller, Ctx
 from radloop.api.problems import responses
-from radloop.api.schemas import SeriesDetail, SeriesOut, StudyDetail, StudyOut
 from radloop.core.models import RoutingStatus, SeriesState
+from radloop.core.read_models import SeriesDetail, SeriesOut, StudyDetail, StudyOut
 
 router = APIRouter(prefix="/api/v1", tags=["studies"])
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many rows.")]
 
 
 @router.get("/studies", response_model=list[StudyOut], responses=responses(422))
-def list_studies(ctx: Ctx, _caller: Caller, limit: Limit = 100) -> list[dict[str, Any]]:
+def list_studies(ctx: Ctx, _caller: Caller, limit: Limit = 100) -> list[StudyOut]:
     """Studies, newest first, with their series (state, instances, routing outcome)."""
     return services.list_studies(ctx.engine, limit)
 
 
 @router.get("/studies/{study_instance_uid}", response_model=StudyDetail, responses=responses(404))
-def get_study(study_instance_uid: str, ctx: Ctx, _caller: Caller) -> dict[str, Any]:
+def get_study(study_instance_uid: str, ctx: Ctx, _caller: Caller) -> StudyDetail:
     """One study, its series and the jobs run on them."""
     return services.get_study(ctx.engine, study_instance_uid)
 
@@ -35,7 +35,7 @@ def list_series(
     state: SeriesState | None = None,
     routing_status: RoutingStatus | None = None,
     limit: Limit = 100,
-) -> list[dict[str, Any]]:
+) -> list[SeriesOut]:
     """Series, newest first; filter by assembly ``state`` and ``routing_status``."""
     return services.list_series(
         ctx.engine, state and state.value, routing_status and routing_status.value, limit
@@ -43,6 +43,6 @@ def list_series(
 
 
 @router.get("/series/{series_instance_uid}", response_model=SeriesDetail, responses=responses(404))
-def get_series(series_instance_uid: str, ctx: Ctx, _caller: Caller) -> dict[str, Any]:
+def get_series(series_instance_uid: str, ctx: Ctx, _caller: Caller) -> SeriesDetail:
     """One series and its jobs."""
     return services.get_series(ctx.engine, series_instance_uid)
