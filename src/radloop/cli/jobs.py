@@ -7,7 +7,7 @@ import typer
 from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
-from radloop.cli.output import emit, plain, table, write_json
+from radloop.cli.output import emit, table, write_json
 
 app = typer.Typer(help="Pipeline jobs.", no_args_is_help=True)
 
@@ -28,7 +28,7 @@ def jobs_list(
 @app.command("show")
 def jobs_show(job_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """One job: state, error, per-operator timings and logs, results."""
-    job = plain(services.get_job(options.runtime(config, migrate=False).engine, job_id))
+    job = services.get_job(options.runtime(config, migrate=False).engine, job_id)
     if as_json:
         write_json(job)
         return

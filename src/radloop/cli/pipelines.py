@@ -9,7 +9,7 @@ import typer
 from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
-from radloop.cli.output import emit, plain, table, write_json
+from radloop.cli.output import emit, table, write_json
 
 app = typer.Typer(help="Pipeline files.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ app = typer.Typer(help="Pipeline files.", no_args_is_help=True)
 @app.command("list")
 def pipelines_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Loaded pipelines (reference ones and the configured folders), all validated."""
-    rows = plain(services.list_pipelines(options.runtime(config, migrate=False).catalog))
+    rows = services.list_pipelines(options.runtime(config, migrate=False).catalog)
     if as_json:
         write_json(rows)
         return

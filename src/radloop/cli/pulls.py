@@ -9,7 +9,7 @@ import typer
 from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
-from radloop.cli.output import console, emit, plain, table, write_json
+from radloop.cli.output import console, emit, table, write_json
 from radloop.core.errors import RadloopError
 from radloop.core.logging import configure_logging
 from radloop.core.settings import Settings
@@ -54,7 +54,7 @@ def pull(
     configure_logging("WARNING")
     name = source or _only_source(settings)
     runtime = Runtime.build(settings, migrate=True)
-    rows = plain(services.pull_study(runtime.puller, name, accession, study))
+    rows = services.pull_study(runtime.puller, name, accession, study)
     emit(rows, as_json, PULLED_COLUMNS, "Pulled")
     if any(r.state != "done" for r in rows):
         raise typer.Exit(1)
@@ -89,7 +89,7 @@ def pulls_poll(
     """Poll a source once now, as ``radloop serve`` does on schedule (new studies only)."""
     settings = options.settings(config)
     configure_logging("WARNING")
-    report = plain(services.poll_source(Runtime.build(settings, migrate=True).puller, source))
+    report = services.poll_source(Runtime.build(settings, migrate=True).puller, source)
     if as_json:
         write_json(report)
         return
@@ -101,7 +101,7 @@ def pulls_poll(
 def pulls_sources(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Configured pull sources and where their polling stands."""
     runtime = options.runtime(config, migrate=False)
-    rows = plain(services.list_sources(runtime.settings, runtime.engine))
+    rows = services.list_sources(runtime.settings, runtime.engine)
     if as_json:
         write_json(rows)
         return

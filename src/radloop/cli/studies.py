@@ -7,7 +7,7 @@ import typer
 from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
-from radloop.cli.output import plain, table, write_json
+from radloop.cli.output import table, write_json
 
 app = typer.Typer(help="Received studies and series.", no_args_is_help=True)
 
@@ -15,7 +15,7 @@ app = typer.Typer(help="Received studies and series.", no_args_is_help=True)
 @app.command("list")
 def studies_list(config: ConfigOpt = None, as_json: JsonOpt = False, limit: int = 100) -> None:
     """Studies and their series: state, instances, routing outcome."""
-    rows = plain(services.list_studies(options.runtime(config, migrate=False).engine, limit))
+    rows = services.list_studies(options.runtime(config, migrate=False).engine, limit)
     if as_json:
         write_json(rows)
         return

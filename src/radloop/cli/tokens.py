@@ -10,7 +10,7 @@ import typer
 from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
-from radloop.cli.output import console, emit, plain, write_json
+from radloop.cli.output import console, emit, write_json
 
 app = typer.Typer(help="API tokens (machine access to the HTTP API).", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def tokens_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create an API token and print it once (only its hash is stored)."""
-    row = plain(services.create_token(options.runtime(config, migrate=True).engine, name))
+    row = services.create_token(options.runtime(config, migrate=True).engine, name)
     if as_json:
         write_json(row)
         return
