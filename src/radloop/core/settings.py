@@ -113,7 +113,7 @@ class DicomSettings(_Strict):
         7200.0, gt=0, description="An association open longer than this is aborted (total-duration bound)."
     )
     max_associate_rq_bytes: int = Field(
-        65536, ge=1024, description="Largest A-ASSOCIATE-RQ PDU accepted; larger ones are aborted unread."
+        256 << 10, ge=1024, description="Largest A-ASSOCIATE-RQ PDU accepted; larger ones are aborted unread."
     )
     max_instance_bytes: int = Field(
         512 << 20,

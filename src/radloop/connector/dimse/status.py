@@ -15,6 +15,10 @@ radloop picks for which refusal:
 
 from __future__ import annotations
 
+from radloop.connector.sanity import InconsistentInstanceError, InstanceLimitError
+from radloop.connector.store import SopInstanceConflictError
+from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
+
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
@@ -27,3 +31,14 @@ PENDING = (0xFF00, 0xFF01)
 def is_success_or_warning(code: int) -> bool:
     """Success (0x0000) or a Warning (0xB000-0xBFFF, e.g. 0xB000 coercion, 0xB007 mismatch)."""
     return code == SUCCESS or 0xB000 <= code <= 0xBFFF
+
+
+def for_refusal(error: StoreError) -> int:
+    """The C-STORE failure status for an instance the store or the sanity checks refused."""
+    if isinstance(error, InconsistentInstanceError | SopInstanceConflictError):
+        return DATASET_MISMATCH
+    if isinstance(error, InstanceLimitError | DiskFullError):
+        return OUT_OF_RESOURCES
+    if isinstance(error, InvalidInstanceError):
+        return CANNOT_UNDERSTAND
+    return OUT_OF_RESOURCES  # the store could not write or index: a resource problem, retry later
