@@ -305,3 +305,17 @@ def test_real_data_is_still_accepted(scp: Running, t1_series_dir: Path, ct_j2k_s
             assoc.release()
     assert len(scp.indexed()) == len(sent)
     assert peers.wait_for(lambda: len(scp.ended) >= len(sent), 5, what="association-end notifications")
+
+
+def test_peer_values_cannot_forge_log_lines(scp: Running, caplog: pytest.LogCaptureFixture) -> None:
+    request = bytearray(_associate_rq())
+    request[10:26] = b"EVIL\nFORGED LINE"[:16]  # Called AE Title: 16 bytes at offset 10
+    with caplog.at_level(logging.WARNING, logger="radloop"):
+        with socket.create_connection((HOST, scp.port), timeout=5) as sock:
+            sock.sendall(bytes(request))
+            reply = _closed_within(sock, 3.0)
+        assert reply is not None and reply[:1] in (b"\x03", b"\x07")  # A-ASSOCIATE-RJ or A-ABORT
+        peers.wait_for(lambda: "FORGED" in caplog.text, 5, what="a log line naming the called AE")
+    lines = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
+    print("logged:", lines)
+    assert all("EVIL\\nFORGED" in line and "\n" not in line for line in lines)

@@ -34,10 +34,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from radloop.connector.dimse import status
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
 from radloop.connector.ingest import IngestSession
-from radloop.connector.peer_text import shown
+from radloop.connector.peer_text import escape_library_logs, shown
 from radloop.connector.sanity import InstanceLimits, check_instance
 from radloop.connector.store import InstanceStore
-from radloop.core.errors import InvalidInstanceError, StoreError
+from radloop.core.errors import StoreError
 from radloop.core.settings import ListenerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class StorageSCP:
         self._sessions: dict[int, tuple[Any, IngestSession]] = {}
         self._lock = threading.Lock()
         self.ae = self._make_ae()
+        escape_library_logs("pynetdicom")  # it logs invalid AE titles from a peer verbatim
 
     def _make_ae(self) -> AE:
         cfg = self.settings.dicom
@@ -128,7 +129,7 @@ class StorageSCP:
         if self._server is not None and requested_associations(self._server) > limit:
             reason = REJECT_NO_RESOURCES
             log.warning(
-                "association rejected: %d associations already (max_associations); caller %s from %s",
+                "association rejected: %d associations already (max_associations); caller '%s' from %s",
                 limit,
                 shown(calling),
                 host,
@@ -136,7 +137,7 @@ class StorageSCP:
         elif listener is None:
             reason = REJECT_CALLED_AE
             log.warning(
-                "association rejected: called AE %s is not one of ours (caller %s from %s)",
+                "association rejected: called AE '%s' is not one of ours (caller '%s' from %s)",
                 shown(called),
                 shown(calling),
                 host,
@@ -144,7 +145,7 @@ class StorageSCP:
         elif not _caller_allowed(listener, calling, host):
             reason = REJECT_CALLING_AE
             log.warning(
-                "association rejected: caller %s from %s is not allowed on AE %s",
+                "association rejected: caller '%s' from %s is not allowed on AE '%s'",
                 shown(calling),
                 host,
                 called,
@@ -152,7 +153,7 @@ class StorageSCP:
         elif not self.store.has_space():
             reason = REJECT_NO_RESOURCES
             log.error(
-                "association rejected: free disk space below the floor (AE %s, caller %s)",
+                "association rejected: free disk space below the floor (AE '%s', caller '%s')",
                 called,
                 shown(calling),
             )
@@ -216,7 +217,7 @@ class StorageSCP:
             level = logging.ERROR if code == status.OUT_OF_RESOURCES else logging.WARNING
             log.log(
                 level,
-                "C-STORE from %s to %s refused with 0x%04X (rule %s), SOP Instance %s: %s",
+                "C-STORE from '%s' to '%s' refused with 0x%04X (rule %s), SOP Instance %s: %s",
                 shown(calling),
                 called,
                 code,
@@ -246,12 +247,7 @@ class StorageSCP:
         meta.TransferSyntaxUID = UID(ts)
         meta.MediaStorageSOPInstanceUID = UID(str(request.AffectedSOPInstanceUID))
         meta.MediaStorageSOPClassUID = UID(str(request.AffectedSOPClassUID))
-        header.file_meta = meta
-        if str(header.get("SOPInstanceUID", "")).strip() != str(request.AffectedSOPInstanceUID):
-            raise InvalidInstanceError(
-                f"SOPInstanceUID {shown(header.get('SOPInstanceUID', ''))} differs from the request's "
-                f"AffectedSOPInstanceUID {shown(request.AffectedSOPInstanceUID)}"
-            )
+        header.file_meta = meta  # the session refuses a SOPInstanceUID that differs from it
         return header
 
 
