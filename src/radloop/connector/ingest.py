@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from radloop.connector.peer_text import shown
 from radloop.connector.sanity import InstanceLimits, check_part10
 from radloop.connector.store import InstanceStore, StoredInstance, describe
 from radloop.core.errors import InvalidInstanceError
@@ -36,9 +37,11 @@ class IngestSession:
         called_ae: str,
         calling_ae: str,
         limits: InstanceLimits | None = None,
+        kind: str = "batch",
     ) -> None:
         self.store = store
         self.limits = limits or InstanceLimits()
+        self.kind = kind  # "association" for the C-STORE SCP: worded as such in the end log line
         self.on_end = on_end
         self.called_ae = called_ae
         self.calling_ae = calling_ae
@@ -87,13 +90,22 @@ class IngestSession:
         with self._lock:
             series_ids, self.series_ids = set(self.series_ids), set()
         if series_ids:
-            log.info(
-                "%s from %s ended: %d instance(s) in %d series",
-                self.called_ae,
-                self.calling_ae,
-                self.stored,
-                len(series_ids),
-            )
+            if self.kind == "association":
+                log.info(
+                    "association released by %s: %d series, %d instance(s) from '%s'",
+                    self.called_ae,
+                    len(series_ids),
+                    self.stored,
+                    shown(self.calling_ae),
+                )
+            else:
+                log.info(
+                    "%s from %s ended: %d instance(s) in %d series",
+                    self.called_ae,
+                    shown(self.calling_ae),
+                    self.stored,
+                    len(series_ids),
+                )
             self.on_end(series_ids, self.called_ae)
 
     def __enter__(self) -> IngestSession:

@@ -162,7 +162,9 @@ class StorageSCP:
             assoc.is_rejected = True
             assoc.kill()
             return
-        session = IngestSession(self.store, self.on_association_end, called, calling, self.limits)
+        session = IngestSession(
+            self.store, self.on_association_end, called, calling, self.limits, "association"
+        )
         with self._lock:
             # released and aborted associations pop their own; drop any whose thread died otherwise
             for key in [k for k, (a, _s) in self._sessions.items() if not a.is_alive()]:
