@@ -26,9 +26,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from radloop.connector.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PENDING, SUCCESS, WARNING
+from radloop.connector.dimse.status import PENDING, SUCCESS, WARNING, for_refusal
 from radloop.connector.ingest import IngestSession
-from radloop.core.errors import InvalidInstanceError, PullError, StoreError
+from radloop.connector.peer_text import shown
+from radloop.core.errors import PullError, StoreError
 from radloop.core.settings import DicomwebSource, DimseSource
 
 log = logging.getLogger(__name__)
@@ -251,13 +252,11 @@ def _store_handler(session: IngestSession) -> Callable[[evt.Event], int]:
 
     def handle(event: evt.Event) -> int:
         try:
-            session.store_file(event.encoded_dataset(include_meta=True))
-        except InvalidInstanceError as e:
-            log.warning("C-GET sub-operation refused: %s", e)
-            return CANNOT_UNDERSTAND
+            session.store_file(event.encoded_dataset(include_meta=True))  # checked by connector/sanity
         except StoreError as e:
-            log.error("C-GET sub-operation not stored: %s", e)
-            return OUT_OF_RESOURCES
+            code = for_refusal(e)
+            log.warning("C-GET sub-operation refused with 0x%04X: %s", code, shown(e, 300))
+            return code
         return SUCCESS
 
     return handle
