@@ -319,3 +319,42 @@ def test_peer_values_cannot_forge_log_lines(scp: Running, caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
     print("logged:", lines)
     assert all("EVIL\\nFORGED" in line and "\n" not in line for line in lines)
+
+
+def test_idle_and_overlong_associations_are_aborted(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=str(tmp_path / "data"),
+        dicom={
+            "host": HOST,
+            "port": 0,
+            "min_free_bytes": 0,
+            "network_timeout_s": 1.5,
+            "max_association_s": 4.0,
+        },
+    )
+    running = Running(settings)
+    try:
+        started = time.monotonic()
+        idle = _associate(running.port)
+        assert idle.is_established
+        peers.wait_for(lambda: not idle.is_established, 6, what="idle association aborted")
+        print(f"idle association aborted after {time.monotonic() - started:.2f} s (network_timeout_s 1.5)")
+        assert idle.is_aborted
+
+        started = time.monotonic()
+        busy = _associate(running.port)
+        echoes = 0
+        for _ in range(40):  # an echo every 0.25 s keeps it from idling; the total bound still ends it
+            if not busy.is_established:
+                break
+            try:
+                busy.send_c_echo()
+                echoes += 1
+            except RuntimeError:
+                break
+            time.sleep(0.25)
+        took = time.monotonic() - started
+        print(f"busy association ({echoes} echoes) ended after {took:.2f} s (max_association_s 4)")
+        assert not busy.is_established and 3.5 < took < 6.5
+    finally:
+        running.scp.stop()
