@@ -121,6 +121,12 @@ class DicomSettings(_Strict):
         description="Largest data set accepted, measured after inflating a deflated one; also bounds "
         "P-DATA PDUs when max_pdu is 0 (unlimited).",
     )
+    min_transfer_rate_bytes_s: int = Field(
+        64 << 10,
+        ge=1,
+        description="A PDU must arrive within network_timeout_s plus its length at this rate "
+        "(slow links pass, a peer dripping bytes does not).",
+    )
     max_frames: int = Field(50_000, ge=1, description="Largest NumberOfFrames accepted.")
     max_rows: int = Field(65_535, ge=1, description="Largest Rows accepted.")
     max_columns: int = Field(65_535, ge=1, description="Largest Columns accepted.")

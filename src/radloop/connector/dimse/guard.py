@@ -11,7 +11,9 @@ Subclasses here (no global patching) change that, configured from ``dicom.*`` se
 * :class:`GuardedDUL` reads PDUs with a deadline: a connection must deliver its whole
   A-ASSOCIATE-RQ within ``association_request_timeout_s`` of opening (an ARTIM-style bound that
   covers a dripping peer, not only a silent one); any later PDU must complete within
-  ``network_timeout_s`` of its first byte; and no association outlives ``max_association_s``.
+  ``network_timeout_s`` of its first byte plus its declared length at
+  ``min_transfer_rate_bytes_s`` (a large PDU on a slow link passes, a drip does not); idle
+  associations end after ``network_timeout_s``, and none outlives ``max_association_s``.
   A declared PDU length over the cap (``max_associate_rq_bytes`` for an A-ASSOCIATE-RQ and for
   anything before association, the negotiated ``max_pdu`` for P-DATA-TF) is answered with an
   A-ABORT before a byte of its body is read; an A-ASSOCIATE-RQ that cannot be turned into a
@@ -66,6 +68,7 @@ class GuardLimits:
 
     request_timeout_s: float = 10.0
     pdu_timeout_s: float = 60.0
+    min_transfer_rate: float = 64 << 10
     max_association_s: float = 7200.0
     max_associate_rq_bytes: int = 256 << 10
     max_pdata_bytes: int = (512 << 20) + (64 << 10)
@@ -79,6 +82,7 @@ class GuardLimits:
         return cls(
             request_timeout_s=dicom.association_request_timeout_s,
             pdu_timeout_s=dicom.network_timeout_s,
+            min_transfer_rate=dicom.min_transfer_rate_bytes_s,
             max_association_s=dicom.max_association_s,
             max_associate_rq_bytes=dicom.max_associate_rq_bytes,
             max_pdata_bytes=pdata,
@@ -148,6 +152,9 @@ class GuardedDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             self._refused = True
             return
+        if not awaiting_request:  # a large PDU on a slow link: allow for its size at the minimum rate
+            deadline += length / self.limits.min_transfer_rate
+            deadline = min(deadline, self.opened_at + self.limits.max_association_s)
         body = self._receive(length, deadline)
         if body is None:
             self._give_up(asocket, what, awaiting_request)
