@@ -264,7 +264,9 @@ def _titles(assoc: Any) -> tuple[str, str]:
 def _status(code: int, comment: str) -> Dataset:
     result = Dataset()
     result.Status = code
-    result.ErrorComment = comment[:64]  # LO: 64 characters at most
+    # LO: 64 characters at most, default repertoire, no backslash (it separates values); the
+    # comment may quote peer-supplied text
+    result.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment[:64])
     return result
 
 
