@@ -22,6 +22,7 @@ from radloop.connector.assembler import Assembler
 from radloop.connector.dicomweb.qido import ReadIndex
 from radloop.connector.outbound.outbox import Outbox
 from radloop.connector.pull.puller import Puller
+from radloop.connector.sanity import InstanceLimits
 from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.metrics import registry_for
@@ -76,7 +77,9 @@ class Runtime:
     @cached_property
     def store(self) -> InstanceStore:
         """The instance store (files under ``data_dir/instances`` and their index rows)."""
-        return InstanceStore(self.settings.data_dir, self.engine, self.settings.dicom.min_free_bytes)
+        dicom = self.settings.dicom
+        limits = InstanceLimits.from_settings(dicom)
+        return InstanceStore(self.settings.data_dir, self.engine, dicom.min_free_bytes, limits)
 
     @cached_property
     def assembler(self) -> Assembler:

@@ -121,6 +121,11 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
     server = build_server(settings)
     runtime = server.runtime
     runtime.assembler.resume()
+    # What a crash left (temp files, instances written but never acknowledged). On SQLite this is
+    # the only node; with a shared database another ingest host may be writing right now, so files
+    # younger than a minute are left for the next start.
+    single_node = settings.database_url.startswith("sqlite")
+    runtime.store.reconcile(min_age_s=0.0 if single_node else 60.0)
     server.port = server.scp.start()
     server.executor.start()
     if settings.api.enabled:

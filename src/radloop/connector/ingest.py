@@ -1,9 +1,9 @@
-"""One batch of instances received outside the C-STORE SCP (a STOW-RS request, a retrieve from a
-PACS), handled like one association: each instance goes through the same store (durable file,
-then index), and when the batch ends the series it carried are handed to the assembler exactly as
-a released association's are (completed at once where the listener has ``complete_on_release``,
-else after the quiet period). A batch that fails part-way is left to the quiet period.
-"""
+"""One batch of received instances: a C-STORE association, a STOW-RS request, a retrieve from a
+PACS. Each instance goes through the same checks (:mod:`radloop.connector.sanity`) and the same
+store (durable file, then index); when the batch ends (the association is released, the request
+or retrieve finishes) the series it carried are handed to the assembler: completed at once where
+the listener has ``complete_on_release``, else after the quiet period. A batch that fails
+part-way (an aborted association) is left to the quiet period."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from radloop.connector.peer_text import shown
+from radloop.connector.sanity import InstanceLimits, check_part10
 from radloop.connector.store import InstanceStore, StoredInstance, describe
 from radloop.core.errors import InvalidInstanceError
 
@@ -28,8 +30,18 @@ SeriesCallback = Callable[[set[int], str], None]
 class IngestSession:
     """Stores instances for one called (listener) AE title and completes their series at the end."""
 
-    def __init__(self, store: InstanceStore, on_end: SeriesCallback, called_ae: str, calling_ae: str) -> None:
+    def __init__(
+        self,
+        store: InstanceStore,
+        on_end: SeriesCallback,
+        called_ae: str,
+        calling_ae: str,
+        limits: InstanceLimits | None = None,
+        kind: str = "batch",
+    ) -> None:
         self.store = store
+        self.limits = limits or store.limits
+        self.kind = kind  # "association" for the C-STORE SCP: worded as such in the end log line
         self.on_end = on_end
         self.called_ae = called_ae
         self.calling_ae = calling_ae
@@ -38,10 +50,16 @@ class IngestSession:
         self._lock = threading.Lock()
 
     def store_file(self, data: bytes) -> tuple[Dataset, StoredInstance]:
-        """Store one DICOM PS3.10 file (preamble optional, File Meta Information required)."""
+        """Store one DICOM PS3.10 file (preamble optional, File Meta Information required), after
+        the sanity checks of :func:`~radloop.connector.sanity.check_part10`."""
         encoded = as_part10(data)
-        ds = read_header(encoded)
+        ds = check_part10(encoded, self.limits)
         return ds, self._store(encoded, ds)
+
+    def store_encoded(self, encoded: bytes, header: Dataset) -> StoredInstance:
+        """Store a complete PS3.10 file whose data set was already checked; ``header`` is its data
+        set up to the pixel data, with ``file_meta`` (what the C-STORE SCP has after its checks)."""
+        return self._store(encoded, header)
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
         """Store a data set read elsewhere (it must carry its ``file_meta``): encoded as a PS3.10 file."""
@@ -68,17 +86,26 @@ class IngestSession:
         return stored
 
     def end(self) -> None:
-        """The batch is over: hand its series to the assembler (like a released association)."""
+        """The batch is over (an association released): hand its series to the assembler."""
         with self._lock:
             series_ids, self.series_ids = set(self.series_ids), set()
         if series_ids:
-            log.info(
-                "%s from %s ended: %d instance(s) in %d series",
-                self.called_ae,
-                self.calling_ae,
-                self.stored,
-                len(series_ids),
-            )
+            if self.kind == "association":
+                log.info(
+                    "association released by %s: %d series, %d instance(s) from '%s'",
+                    self.called_ae,
+                    len(series_ids),
+                    self.stored,
+                    shown(self.calling_ae),
+                )
+            else:
+                log.info(
+                    "%s from %s ended: %d instance(s) in %d series",
+                    self.called_ae,
+                    shown(self.calling_ae),
+                    self.stored,
+                    len(series_ids),
+                )
             self.on_end(series_ids, self.called_ae)
 
     def __enter__(self) -> IngestSession:

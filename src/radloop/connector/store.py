@@ -9,8 +9,15 @@ Order of operations (this is what lets the SCP acknowledge safely):
 3. index it (study, series, instance rows) in one transaction.
 
 Only after step 3 does the caller answer Success. A duplicate SOP Instance UID is idempotent:
-the file is rewritten in place and the index row kept. A *new* instance arriving for a series
-that is already complete re-opens the series (it is never dropped); a resent duplicate does not.
+the file is rewritten in place and the index row kept. The same SOP Instance UID in *another*
+study or series is refused (:class:`SopInstanceConflictError`): the index can point at one file
+only, and acknowledging an instance no query reaches would be a lie. A *new* instance arriving
+for a series that is already complete re-opens the series (it is never dropped); a resent
+duplicate does not.
+
+A crash can leave two kinds of leftovers, which :meth:`InstanceStore.reconcile` clears at start-up:
+temporary files of writes that never finished, and instance files renamed into place whose index
+transaction never committed (never acknowledged).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from radloop.connector.sanity import InstanceLimits, check_part10
 from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
 from radloop.core.models import Instance, RoutingStatus, Series, SeriesState, Study, utcnow
 from radloop.core.refs import is_valid_uid
@@ -47,6 +56,22 @@ class ReceivedInstance:
     transfer_syntax_uid: str
     called_ae: str = ""
     calling_ae: str = ""
+
+
+class SopInstanceConflictError(InvalidInstanceError):
+    """The SOP Instance UID is already indexed in another study or series."""
+
+    rule = "SOPInstanceUID-conflict"
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What :meth:`InstanceStore.reconcile` found and did."""
+
+    temp_files_removed: int = 0
+    instances_indexed: int = 0
+    instances_removed: int = 0
+    kept_recent: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,8 +112,11 @@ def describe(
 class InstanceStore:
     """Atomic, durable instance files plus their index rows."""
 
-    def __init__(self, data_dir: Path, engine: Engine, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, engine: Engine, min_free_bytes: int = 0, limits: InstanceLimits | None = None
+    ) -> None:
         self.root = data_dir / "instances"
+        self.limits = limits or InstanceLimits()  # what every instance is checked against before storing
         self.data_dir = data_dir
         self.engine = engine
         self.min_free_bytes = min_free_bytes
@@ -113,18 +141,25 @@ class InstanceStore:
         path = self.path_for(info)
         _write_durably(path, encoded)
         try:
-            return self._index(info, ds, path, len(encoded))
-        except IntegrityError:
-            # A concurrent writer (another process on PostgreSQL) created a row first: index again.
-            self._series_ids.pop(info.series_instance_uid, None)
-            return self._index(info, ds, path, len(encoded))
+            try:
+                return self._index(info, ds, path, len(encoded))
+            except IntegrityError:
+                # A concurrent writer (another process on PostgreSQL) created a row first: index again.
+                self._series_ids.pop(info.series_instance_uid, None)
+                return self._index(info, ds, path, len(encoded))
+        except SopInstanceConflictError:
+            path.unlink(missing_ok=True)  # never indexed, never acknowledged: the other file stays
+            raise
 
     def _index(self, info: ReceivedInstance, ds: Dataset, path: Path, size: int) -> StoredInstance:
         """Index rows for one stored file: a few Core statements, study/series ids cached by UID."""
+        relative = str(path.relative_to(self.data_dir))
         with self._index_lock, self.engine.begin() as conn:
             existing = conn.execute(
-                select(Instance.id).where(Instance.sop_instance_uid == info.sop_instance_uid)
+                select(Instance.id, Instance.path).where(Instance.sop_instance_uid == info.sop_instance_uid)
             ).first()
+            if existing is not None and existing[1] != relative:
+                raise _conflict(conn, info, str(existing[1]))
             series_id = self._series_id(conn, info, ds)
             now = utcnow()
             reopened = False
@@ -136,7 +171,7 @@ class InstanceStore:
                         sop_class_uid=info.sop_class_uid,
                         transfer_syntax_uid=info.transfer_syntax_uid,
                         instance_number=_int_or_none(ds.get("InstanceNumber")),
-                        path=str(path.relative_to(self.data_dir)),
+                        path=relative,
                         size_bytes=size,
                         received_at=now,
                     )
@@ -160,6 +195,92 @@ class InstanceStore:
         series_id = _get_or_create_series(conn, study_id, info, ds)
         self._series_ids[info.series_instance_uid] = series_id
         return series_id
+
+    def reconcile(self, min_age_s: float = 60.0, limits: InstanceLimits | None = None) -> ReconcileReport:
+        """Clear what a crash left in the instance tree; call once at start-up, before receiving.
+
+        * Temporary files (``.<name>.<hex>.tmp``) are writes that never reached their rename
+          (a crash, ENOSPC): nothing refers to them, and they are removed.
+        * An instance file with no index row was renamed into place but its index transaction
+          never committed, so it was never acknowledged: removing it would be allowed. It is
+          *indexed* instead when it is a complete, valid instance whose UIDs match its path
+          (it was fsynced before the rename, so it is whole; indexing spares the sender a
+          resend and the resend is idempotent anyway); otherwise it is removed.
+
+        Files younger than ``min_age_s`` are left alone: with several processes or hosts sharing
+        ``data_dir``, another one may be writing or indexing them right now.
+        """
+        limits = limits or self.limits
+        cutoff = time.time() - min_age_s
+        temp_removed = indexed = removed = recent = 0
+        for series_dir in (d for study in _dirs(self.root) for d in _dirs(study)):
+            known = self._indexed_names(series_dir)
+            for path in series_dir.iterdir():
+                is_temp = path.name.endswith(".tmp")
+                if not path.is_file() or not (is_temp or path.suffix == ".dcm") or path.name in known:
+                    continue
+                if path.stat().st_mtime > cutoff:
+                    recent += 1
+                elif is_temp:
+                    path.unlink(missing_ok=True)
+                    temp_removed += 1
+                elif self._index_leftover(path, limits):
+                    indexed += 1
+                else:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        report = ReconcileReport(temp_removed, indexed, removed, recent)
+        log.info(
+            "instance store reconciled: %d temp file(s) removed, %d un-indexed instance(s) indexed, "
+            "%d removed, %d recent file(s) left alone",
+            temp_removed,
+            indexed,
+            removed,
+            recent,
+        )
+        return report
+
+    def _indexed_names(self, series_dir: Path) -> set[str]:
+        """File names of the instances indexed under one series folder."""
+        prefix = str(series_dir.relative_to(self.data_dir)) + os.sep
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Instance.path).where(col(Instance.path).startswith(prefix)))
+            return {Path(str(row[0])).name for row in rows}
+
+    def _index_leftover(self, path: Path, limits: InstanceLimits) -> bool:
+        """Index an un-indexed instance file if it is valid and where its UIDs say; else False."""
+        try:
+            ds = check_part10(path.read_bytes(), limits)
+            info = describe(ds, str(ds.file_meta.TransferSyntaxUID))
+            if self.path_for(info) != path:
+                log.warning("reconcile: %s holds another instance's UIDs; removing it", path.name)
+                return False
+            self._index(info, ds, path, path.stat().st_size)
+        except (InvalidInstanceError, OSError) as e:
+            log.warning("reconcile: un-indexed %s is not a valid instance (%s); removing it", path.name, e)
+            return False
+        log.info("reconcile: indexed %s (written but never acknowledged before a crash)", path.name)
+        return True
+
+
+def _dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _conflict(conn: Connection, info: ReceivedInstance, existing_path: str) -> SopInstanceConflictError:
+    """The error for a SOP Instance UID indexed at ``existing_path`` arriving for another study/series."""
+    row = conn.execute(
+        select(Study.study_instance_uid, Series.series_instance_uid)
+        .join(Series, col(Series.study_id) == col(Study.id))
+        .join(Instance, col(Instance.series_id) == col(Series.id))
+        .where(Instance.sop_instance_uid == info.sop_instance_uid)
+    ).first()
+    study, series = (str(row[0]), str(row[1])) if row is not None else ("?", existing_path)
+    where = f"study {study}" if study != info.study_instance_uid else f"series {series}"
+    return SopInstanceConflictError(
+        f"SOP Instance {info.sop_instance_uid} is already stored in {where}; refused for study "
+        f"{info.study_instance_uid} series {info.series_instance_uid}"
+    )
 
 
 def _write_durably(path: Path, data: bytes) -> None:

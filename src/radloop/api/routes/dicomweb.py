@@ -22,7 +22,6 @@ from radloop.api.problems import responses
 from radloop.connector.dicomweb import qido, stow, wado
 from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.connector.ingest import IngestSession
-from radloop.connector.sanity import InstanceLimits
 from radloop.core.errors import NotFoundError
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -69,8 +68,7 @@ async def _stow(request: Request, ctx: Ctx, caller: Caller, ae_title: str, study
     max_bytes = ctx.settings.api.max_request_bytes
     stow.check_length(request.headers.get("content-length"), max_bytes)
     session = IngestSession(ctx.store, ctx.assembler.on_association_end, ae_title, caller.name)
-    # TODO(issue 12, with r1's settings): InstanceLimits.from_settings(ctx.settings.dicom)
-    receiver = stow.StowRequest(session, study, _urls(request, ctx), InstanceLimits())
+    receiver = stow.StowRequest(session, study, _urls(request, ctx), session.limits)
     outcome = await stow.receive(
         receiver,
         request.stream(),

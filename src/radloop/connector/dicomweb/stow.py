@@ -171,7 +171,7 @@ class StowRequest:
             if self.study_uid and str(ds.get("StudyInstanceUID", "")) != self.study_uid:
                 text = f"StudyInstanceUID is not the target study {self.study_uid}"
                 raise _Refused(Failure(DATASET_MISMATCH, text, *_uids(ds)))
-            return ds, self.session.store_file(encoded)
+            return ds, self.session.store_encoded(encoded, ds)  # checked just above: not twice
         except (DiskFullError, InstanceLimitError) as e:
             raise _Refused(Failure(OUT_OF_RESOURCES, str(e), *_uids(ds))) from e
         except InconsistentInstanceError as e:

@@ -4,10 +4,16 @@ One port, several called AE titles (``dicom.listeners``); each has an allowlist 
 Handlers follow pynetdicom's two kinds of callback:
 
 * intervention (``EVT_C_STORE``, ``EVT_C_ECHO``): one handler each, returns a status fast. The
-  C-STORE handler writes the instance durably and indexes it, then answers; it never runs
-  pipelines;
-* notification (association requested / released / aborted, connection opened): log, enforce the
-  allowlist, tell the assembler which series an association carried; never raise.
+  C-STORE handler checks the data set (:mod:`radloop.connector.sanity`), writes it durably and
+  indexes it through the association's :class:`~radloop.connector.ingest.IngestSession`, then
+  answers; it never runs pipelines;
+* notification (association requested / released / aborted, connection opened): log,
+  enforce the allowlist and the association limit, end the association's ingest session (which
+  tells the assembler which series it carried); never raise.
+
+Connections are guarded (:mod:`radloop.connector.dimse.guard`): silent, dripping and oversized
+peers are closed or aborted before they hold a slot. Status codes: :mod:`.status`. Values a peer
+sends (AE titles, UIDs, comments) reach log lines only through :func:`~radloop.connector.peer_text.shown`.
 """
 
 from __future__ import annotations
@@ -15,32 +21,26 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections import defaultdict
 from collections.abc import Callable
-from io import BytesIO
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import Tag
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from radloop.connector.store import InstanceStore, describe
-from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
+from radloop.connector.dimse import status
+from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
+from radloop.connector.ingest import IngestSession
+from radloop.connector.peer_text import escape_library_logs, shown
+from radloop.connector.sanity import check_instance
+from radloop.connector.store import InstanceStore
+from radloop.core.errors import StoreError
 from radloop.core.settings import ListenerSettings, Settings
 
 log = logging.getLogger(__name__)
-
-PIXEL_DATA_GROUP = Tag(0x7FE0, 0x0000)  # (Float/Double) Pixel Data and what follows
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900  # Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
 
 # A-ASSOCIATE-RJ (result, source, diagnostic)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
@@ -57,17 +57,22 @@ class StorageSCP:
         self.settings = settings
         self.store = store
         self.on_association_end = on_association_end
+        self.limits = store.limits
+        self.guard = GuardLimits.from_settings(settings.dicom)
         self._server: ThreadedAssociationServer | None = None
-        self._series_by_assoc: dict[int, set[int]] = defaultdict(set)
+        self._sessions: dict[int, tuple[Any, IngestSession]] = {}
         self._lock = threading.Lock()
         self.ae = self._make_ae()
+        escape_library_logs("pynetdicom")  # it logs invalid AE titles from a peer verbatim
 
     def _make_ae(self) -> AE:
         cfg = self.settings.dicom
         ae = AE(ae_title="RADLOOP")
         ae.maximum_pdu_size = cfg.max_pdu
-        ae.maximum_associations = cfg.max_associations
-        ae.acse_timeout = cfg.acse_timeout_s
+        # pynetdicom counts every open connection; radloop counts requested associations only
+        # (_on_requested) and sheds pending connections itself, so this is just a backstop.
+        ae.maximum_associations = cfg.max_associations + cfg.max_pending_connections
+        ae.acse_timeout = min(cfg.acse_timeout_s, cfg.association_request_timeout_s)
         ae.dimse_timeout = cfg.dimse_timeout_s
         ae.network_timeout = cfg.network_timeout_s
         ae.require_called_aet = False  # several titles on one port: checked in _on_requested
@@ -88,10 +93,8 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
-        server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
-        assert server is not None  # non-blocking start returns the server
-        self._server = server
-        port = int(server.server_address[1])
+        self._server = start_guarded_server(self.ae, (cfg.host, cfg.port), self.guard, handlers)
+        port = int(self._server.server_address[1])
         log.info(
             "DICOM SCP listening on %s:%s for AE titles %s",
             cfg.host,
@@ -116,34 +119,57 @@ class StorageSCP:
                 log.debug("could not set TCP_NODELAY: %s", e)
 
     def _on_requested(self, event: evt.Event) -> None:
-        """Enforce called-AE and caller allowlists, and the disk floor, before negotiation."""
+        """Enforce the association limit, called-AE and caller allowlists and the disk floor."""
         assoc = event.assoc
         called, calling = _titles(assoc)
         host = assoc.requestor.address
         listener = self.settings.listener(called)
+        limit = self.settings.dicom.max_associations
         reason: tuple[int, int, int] | None = None
-        if listener is None:
+        if self._server is not None and requested_associations(self._server) > limit:
+            reason = REJECT_NO_RESOURCES
+            log.warning(
+                "association rejected: %d associations already (max_associations); caller '%s' from %s",
+                limit,
+                shown(calling),
+                host,
+            )
+        elif listener is None:
             reason = REJECT_CALLED_AE
             log.warning(
-                "association rejected: called AE %r is not one of ours (caller %r from %s)",
-                called,
-                calling,
+                "association rejected: called AE '%s' is not one of ours (caller '%s' from %s)",
+                shown(called),
+                shown(calling),
                 host,
             )
         elif not _caller_allowed(listener, calling, host):
             reason = REJECT_CALLING_AE
             log.warning(
-                "association rejected: caller %r from %s is not allowed on AE %r", calling, host, called
+                "association rejected: caller '%s' from %s is not allowed on AE '%s'",
+                shown(calling),
+                host,
+                called,
             )
         elif not self.store.has_space():
             reason = REJECT_NO_RESOURCES
             log.error(
-                "association rejected: free disk space below the floor (AE %r, caller %r)", called, calling
+                "association rejected: free disk space below the floor (AE '%s', caller '%s')",
+                called,
+                shown(calling),
             )
         if reason is not None:
             assoc.acse.send_reject(*reason)
             assoc.is_rejected = True
             assoc.kill()
+            return
+        session = IngestSession(
+            self.store, self.on_association_end, called, calling, self.limits, "association"
+        )
+        with self._lock:
+            # released and aborted associations pop their own; drop any whose thread died otherwise
+            for key in [k for k, (a, _s) in self._sessions.items() if not a.is_alive()]:
+                del self._sessions[key]
+            self._sessions[id(assoc)] = (assoc, session)
 
     def _on_released(self, event: evt.Event) -> None:
         self._association_ended(event, released=True)
@@ -153,75 +179,78 @@ class StorageSCP:
 
     def _association_ended(self, event: evt.Event, *, released: bool) -> None:
         with self._lock:
-            series_ids = self._series_by_assoc.pop(id(event.assoc), set())
-        if not series_ids:
+            entry = self._sessions.pop(id(event.assoc), None)
+        if entry is None:
             return
-        called, _calling = _titles(event.assoc)
-        log.info(
-            "association %s by %s: %d series", "released" if released else "aborted", called, len(series_ids)
-        )
-        if released:
-            try:
-                self.on_association_end(series_ids, called)
-            except Exception:  # notification boundary: log, never break the SCP
-                log.exception("association-end notification failed")
+        session = entry[1]
+        if not released:
+            if session.series_ids:
+                log.info(
+                    "association aborted by %s: %d series left to the quiet period",
+                    shown(session.calling_ae),
+                    len(session.series_ids),
+                )
+            return
+        try:
+            session.end()
+        except Exception:  # notification boundary: log, never break the SCP
+            log.exception("association-end notification failed")
 
     # -- interventions ---------------------------------------------------------------------
     def _on_c_echo(self, event: evt.Event) -> int:
-        return STATUS_SUCCESS
+        return status.SUCCESS
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         assoc = event.assoc
         called, calling = _titles(assoc)
         request = cast(C_STORE, event.request)
-        try:
-            ds = _header(event)
-            info = describe(ds, str(event.context.transfer_syntax), called, calling)
-            if info.sop_instance_uid != str(request.AffectedSOPInstanceUID):
-                raise InvalidInstanceError(
-                    f"SOPInstanceUID {info.sop_instance_uid} differs from the request's "
-                    f"AffectedSOPInstanceUID {request.AffectedSOPInstanceUID}"
-                )
-            stored = self.store.store(event.encoded_dataset(include_meta=True), info, ds)
-        except DiskFullError as e:
-            log.error("C-STORE from %s refused: %s", calling, e)
-            return _status(STATUS_OUT_OF_RESOURCES, str(e))
-        except InvalidInstanceError as e:
-            log.warning(
-                "C-STORE from %s to %s refused (SOP Instance %s): %s",
-                calling,
-                called,
-                request.AffectedSOPInstanceUID,
-                e,
-            )
-            return _status(STATUS_CANNOT_UNDERSTAND, str(e))
-        except StoreError as e:
-            log.error("C-STORE from %s failed: %s", calling, e)
-            return _status(STATUS_OUT_OF_RESOURCES, str(e))
-        except Exception as e:  # the DICOM boundary: a decode error in a malformed data set, etc.
-            log.exception("C-STORE from %s to %s: cannot process the data set", calling, called)
-            return _status(STATUS_CANNOT_UNDERSTAND, f"cannot process data set: {type(e).__name__}: {e}")
+        sop_uid = str(request.AffectedSOPInstanceUID)
         with self._lock:
-            self._series_by_assoc[id(assoc)].add(stored.series_id)
-        return STATUS_SUCCESS
+            entry = self._sessions.get(id(assoc))
+        session = entry[1] if entry is not None else None
+        try:
+            if session is None:  # not possible once EVT_REQUESTED accepted the association
+                raise StoreError("no ingest session for this association")
+            header = self._checked_header(event)
+            stored = session.store_encoded(event.encoded_dataset(include_meta=True), header)
+        except StoreError as e:
+            code = status.for_refusal(e)
+            rule = getattr(e, "rule", type(e).__name__)
+            level = logging.ERROR if code == status.OUT_OF_RESOURCES else logging.WARNING
+            log.log(
+                level,
+                "C-STORE from '%s' to '%s' refused with 0x%04X (rule %s), SOP Instance %s: %s",
+                shown(calling),
+                called,
+                code,
+                rule,
+                shown(sop_uid),
+                shown(e, 300),
+            )
+            return _status(code, str(e))
+        except Exception as e:  # the DICOM boundary: an unforeseen decode error in a malformed data set
+            log.exception("C-STORE from %s to %s: cannot process the data set", shown(calling), called)
+            return _status(status.CANNOT_UNDERSTAND, f"cannot process data set: {type(e).__name__}")
+        log.debug("stored %s (series %s, duplicate %s)", sop_uid, stored.series_id, stored.duplicate)
+        return status.SUCCESS
 
+    def _checked_header(self, event: evt.Event) -> Dataset:
+        """The received data set, checked (sanity rules, limits), as its header with ``file_meta``.
 
-def _header(event: evt.Event) -> Dataset:
-    """The received data set up to (not including) its pixel data: all that indexing needs.
-
-    Decoding the pixel data here would cost a copy of every frame for nothing; the file on disk
-    keeps the complete data set exactly as sent. Deflated data sets are decoded in full.
-    """
-    ts = UID(str(event.context.transfer_syntax))
-    if ts.is_deflated:
-        return event.dataset
-    stream = event.request.DataSet.getvalue()  # type: ignore[union-attr]
-    return read_dataset(
-        BytesIO(stream),
-        ts.is_implicit_VR,
-        ts.is_little_endian,
-        stop_when=lambda tag, _vr, _length: tag >= PIXEL_DATA_GROUP,
-    )
+        The header stops before the pixel data: decoding it here would cost a copy of every frame
+        for nothing; the file on disk keeps the complete data set exactly as sent. A deflated data
+        set is inflated in bounded steps, never whole.
+        """
+        request = cast(C_STORE, event.request)
+        ts = str(event.context.transfer_syntax)
+        with cast(Any, request.DataSet).getbuffer() as raw:
+            header = check_instance(raw, ts, self.limits)
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = UID(ts)
+        meta.MediaStorageSOPInstanceUID = UID(str(request.AffectedSOPInstanceUID))
+        meta.MediaStorageSOPClassUID = UID(str(request.AffectedSOPClassUID))
+        header.file_meta = meta  # the session refuses a SOPInstanceUID that differs from it
+        return header
 
 
 def _titles(assoc: Any) -> tuple[str, str]:
@@ -233,10 +262,12 @@ def _titles(assoc: Any) -> tuple[str, str]:
 
 
 def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:64]  # LO: 64 characters at most
-    return status
+    result = Dataset()
+    result.Status = code
+    # LO: 64 characters at most, default repertoire, no backslash (it separates values); the
+    # comment may quote peer-supplied text
+    result.ErrorComment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment[:64])
+    return result
 
 
 def _caller_allowed(listener: ListenerSettings, calling: str, host: str) -> bool:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from radloop.connector.dimse.status import is_success_or_warning
 from radloop.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def _send_one(assoc: object, path: Path) -> tuple[bool, str]:
     except (ValueError, RuntimeError) as e:
         return False, f"{type(e).__name__}: {e}"
     code = int(getattr(status, "Status", -1)) if status else -1
-    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+    if is_success_or_warning(code):
         return True, ""
     comment = str(getattr(status, "ErrorComment", "")) if status else "no response (timeout or abort)"
     return False, f"status 0x{code:04X} {comment}".strip()

@@ -26,15 +26,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from radloop.connector.dimse.status import PENDING, SUCCESS, WARNING, for_refusal
 from radloop.connector.ingest import IngestSession
-from radloop.core.errors import InvalidInstanceError, PullError, StoreError
+from radloop.connector.peer_text import shown
+from radloop.core.errors import PullError, StoreError
 from radloop.core.settings import DicomwebSource, DimseSource
 
 log = logging.getLogger(__name__)
-STATUS_SUCCESS = 0x0000
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_OUT_OF_RESOURCES = 0xA700
-_PENDING = (0xFF00, 0xFF01)
 PAGE_SIZE = 100
 MAX_PAGES = 100
 
@@ -216,11 +214,11 @@ class DimseRetriever:
         try:
             for status, found in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
                 code = int(getattr(status, "Status", -1))
-                if code in _PENDING and found is not None:
+                if code in PENDING and found is not None:
                     match = _match_of(found)
                     if match is not None:
                         matches.append(match)
-                elif code != STATUS_SUCCESS:
+                elif code != SUCCESS:
                     raise PullError(f"C-FIND at {self.config.ae_title} failed: {_describe(status)}")
         finally:
             assoc.release()
@@ -254,14 +252,12 @@ def _store_handler(session: IngestSession) -> Callable[[evt.Event], int]:
 
     def handle(event: evt.Event) -> int:
         try:
-            session.store_file(event.encoded_dataset(include_meta=True))
-        except InvalidInstanceError as e:
-            log.warning("C-GET sub-operation refused: %s", e)
-            return STATUS_CANNOT_UNDERSTAND
+            session.store_file(event.encoded_dataset(include_meta=True))  # checked by connector/sanity
         except StoreError as e:
-            log.error("C-GET sub-operation not stored: %s", e)
-            return STATUS_OUT_OF_RESOURCES
-        return STATUS_SUCCESS
+            code = for_refusal(e)
+            log.warning("C-GET sub-operation refused with 0x%04X: %s", code, shown(e, 300))
+            return code
+        return SUCCESS
 
     return handle
 
@@ -278,7 +274,7 @@ def _final_counts(responses: Iterator[tuple[Dataset, Dataset | None]], peer: str
     completed = int(final.get("NumberOfCompletedSuboperations", 0) or 0)
     failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
     warning = int(final.get("NumberOfWarningSuboperations", 0) or 0)
-    if code not in (STATUS_SUCCESS, 0xB000) and completed == 0:
+    if code not in (SUCCESS, WARNING) and completed == 0:
         raise PullError(f"retrieve from {peer} failed: {_describe(final)} ({failed} sub-operation(s) failed)")
     return Retrieved(completed, failed, warning)
 

@@ -61,6 +61,37 @@ class DicomSettings(StrictModel):
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    # -- hostile-input and flood limits ; every one enforced before the work --------
+    association_request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="ARTIM: a connection that has not delivered a complete A-ASSOCIATE-RQ this long "
+        "after it opened is closed; such connections never count as associations.",
+    )
+    max_pending_connections: int = Field(
+        128, ge=1, description="TCP connections still awaiting their A-ASSOCIATE-RQ; more are closed at once."
+    )
+    max_association_s: float = Field(
+        7200.0, gt=0, description="An association open longer than this is aborted (total-duration bound)."
+    )
+    max_associate_rq_bytes: int = Field(
+        256 << 10, ge=1024, description="Largest A-ASSOCIATE-RQ PDU accepted; larger ones are aborted unread."
+    )
+    max_instance_bytes: int = Field(
+        512 << 20,
+        ge=1 << 20,
+        description="Largest data set accepted, measured after inflating a deflated one; also bounds "
+        "P-DATA PDUs when max_pdu is 0 (unlimited).",
+    )
+    min_transfer_rate_bytes_s: int = Field(
+        64 << 10,
+        ge=1,
+        description="A PDU must arrive within network_timeout_s plus its length at this rate "
+        "(slow links pass, a peer dripping bytes does not).",
+    )
+    max_frames: int = Field(50_000, ge=1, description="Largest NumberOfFrames accepted.")
+    max_rows: int = Field(65_535, ge=1, description="Largest Rows accepted.")
+    max_columns: int = Field(65_535, ge=1, description="Largest Columns accepted.")
 
     @model_validator(mode="after")
     def _unique_titles(self) -> DicomSettings:
