@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -36,6 +37,10 @@ import peers
 from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.models import Instance, JobState, JobStep, ReviewDecision
+from radloop.inference.packaged import packaged_models
+from radloop.inference.store import ModelStore
+from radloop.inference.triton_local import DEFAULT_VENV, LocalTriton, ensure_venv
+from radloop.inference.triton_repo import build_repository
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -408,3 +413,62 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
     finally:
         pg.stop()
         shutil.rmtree(tmp_path / "pg", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- 8. Triton killed mid-inference
+
+
+def test_triton_killed_mid_inference_the_job_retries_and_succeeds_once(
+    orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
+) -> None:
+    """The README's promise: an UNAVAILABLE Triton fails the attempt naming URL and model, and the
+    job machinery retries the job with backoff; with Triton back, the job succeeds, once."""
+    store = ModelStore(tmp_path / "models")
+    for model in packaged_models().values():
+        store.add_packaged(model)
+    build_repository(store, tmp_path / "repo", "python")
+    venv = Path(os.environ.get("RADLOOP_TRITON_VENV", DEFAULT_VENV))
+    ensure_venv(venv)
+    triton = LocalTriton(tmp_path / "repo", venv, tmp_path / "triton").start(ready_timeout_s=300)
+    try:
+        url = triton.grpc_url
+        inference = {"backend": "triton", "url": url, "retries": 1, "retry_backoff_s": 0.2,
+                     "connect_timeout_s": 2, "timeout_s": 120}  # fmt: skip
+        extra = {"inference": {"default": inference},
+                 "workers": {"max_attempts": 12, "retry_base_s": 1.0, "retry_cap_s": 8.0}}  # fmt: skip
+        (tmp_path / "radloop").mkdir()
+        server = RadloopServer(tmp_path / "radloop", _config(orthanc_clean, **extra)).start()
+        try:
+            sent = peers.storescu(t1_series_dir, "127.0.0.1", server.port, BRAIN_AE)
+            assert sent.returncode == 0, sent.stderr
+            peers.wait_for(lambda: _step_started(server, "brain"), 180, interval=0.05, what="deepbet running")
+            peers.wait_for(
+                lambda: fi.established_to(triton.grpc_port) > 0, 60, interval=0.05, what="a call to Triton"
+            )
+            assert triton.proc is not None
+            os.killpg(triton.proc.pid, signal.SIGKILL)
+            triton.proc.wait(timeout=10)
+
+            def failed_brain_step() -> str:
+                with Session(server.engine) as s:
+                    step = s.exec(
+                        select(JobStep).where(JobStep.operator_id == "brain", col(JobStep.state) == "failed")
+                    ).first()
+                return step.error if step is not None else ""
+
+            error = peers.wait_for(failed_brain_step, 120, interval=0.2, what="the attempt failing")
+            assert url in error and "deepbet" in error, error
+            (job,) = fi.jobs(server)
+            assert job.state == JobState.queued  # retried with backoff, not failed for good
+            triton = LocalTriton(
+                tmp_path / "repo", venv, tmp_path / "triton", http_port=triton.http_port,
+                grpc_port=triton.grpc_port, metrics_port=triton.metrics_port,
+            ).start(ready_timeout_s=300)  # fmt: skip
+            _wait_settled(server, 300)
+            fi.assert_recovered(server, orthanc_clean, acknowledged=_sop_uids(t1_series_dir), expected_jobs=1)
+            (job,) = fi.jobs(server)
+            assert job.attempts >= 2
+        finally:
+            server.stop()
+    finally:
+        triton.stop()
