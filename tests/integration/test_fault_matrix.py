@@ -397,6 +397,7 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
                 peers.wait_for(lambda: len(s.exec(select(Instance)).all()) >= 40, 60, interval=0.05,
                                what="40 instances indexed")  # fmt: skip
             pg.restart()
+            server.engine.dispose()  # the test's own pooled connections died with the server
             first, _ = sender.communicate(timeout=300)
             acked = _acked_uids(first)
             again = _storescu_v(t1_series_dir, server.port, BRAIN_AE)  # the modality resends what failed
@@ -404,6 +405,7 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
             assert again.returncode == 0, again.stdout[-3000:]
             peers.wait_for(lambda: _step_started(server, "brain"), 120, interval=0.05, what="deepbet running")
             pg.restart()
+            server.engine.dispose()
             _wait_settled(server, 240)
             fi.assert_recovered(server, orthanc_clean, acknowledged=acked, expected_jobs=1)
             with Session(server.engine) as s:
