@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,19 +36,20 @@ TEMP_PATTERNS = ("*.tmp", ".*.tmp", "*.part", "*.partial", ".tmp-*")
 class PrivatePostgres:
     """A PostgreSQL cluster of its own in ``workdir`` on a free port on 127.0.0.1 (trust auth).
 
-    Run as the ``postgres`` user (initdb refuses root). ``restart()`` is a real server restart:
-    every connection is cut, the data stays.
+    Run as the ``postgres`` user (initdb refuses root), in a folder of its own under the system
+    temp dir (pytest's are root-only), removed by ``stop()``. ``restart()`` is a real server
+    restart: every connection is cut, the data stays.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not bins:
             pytest.fail("PostgreSQL server binaries missing: `apt-get install postgresql`", pytrace=False)
         self.bin = Path(bins[-1]).parent
-        self.workdir = workdir
-        self.data = workdir / "pgdata"
+        self.workdir = Path(tempfile.mkdtemp(prefix="radloop-fault-pg-"))
+        self.data = self.workdir / "pgdata"
         self.port = peers.free_port()
-        self.log_path = workdir / "postgres.log"
+        self.log_path = self.workdir / "postgres.log"
 
     @property
     def url(self) -> str:
@@ -65,7 +67,6 @@ class PrivatePostgres:
             raise RuntimeError(f"pg_ctl {args[0]} failed: {done.stderr}\n{self.log_text()}")
 
     def start(self) -> PrivatePostgres:
-        self.workdir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres", "postgres")
         done = self._as_postgres(
@@ -87,8 +88,12 @@ class PrivatePostgres:
         self._pg_ctl("restart", "-m", "fast")
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self._pg_ctl("stop", "-m", "immediate")
+        """Stop the server (immediate) and remove its folder."""
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._pg_ctl("stop", "-m", "immediate")
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

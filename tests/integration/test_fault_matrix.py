@@ -17,7 +17,6 @@ The table is in `docs/fault-matrix.md`.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -380,7 +379,7 @@ def test_disk_full_while_writing_results_the_job_retries_once_space_is_back(
 def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
     orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
 ) -> None:
-    pg = fi.PrivatePostgres(tmp_path / "pg").start()
+    pg = fi.PrivatePostgres().start()
     try:
         cfg = _config(orthanc_clean, database={"url": pg.url})
         cfg["dicom"]["listeners"][0].update(quiet_period_s=6, complete_on_release=False)
@@ -400,6 +399,7 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
             server.engine.dispose()  # the test's own pooled connections died with the server
             first, _ = sender.communicate(timeout=300)
             acked = _acked_uids(first)
+            print(f"\nPostgreSQL restarted mid-receive: {len(acked)}/170 acknowledged in the first send")
             again = _storescu_v(t1_series_dir, server.port, BRAIN_AE)  # the modality resends what failed
             acked += _acked_uids(again.stdout + again.stderr)
             assert again.returncode == 0, again.stdout[-3000:]
@@ -410,11 +410,12 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
             fi.assert_recovered(server, orthanc_clean, acknowledged=acked, expected_jobs=1)
             with Session(server.engine) as s:
                 assert len(s.exec(select(Instance)).all()) == 170
+            (job,) = fi.jobs(server)
+            print(f"PostgreSQL restarted mid-job: job succeeded after {job.attempts} attempt(s)")
         finally:
             server.stop()
     finally:
         pg.stop()
-        shutil.rmtree(tmp_path / "pg", ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- 8. Triton killed mid-inference
