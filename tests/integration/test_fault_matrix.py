@@ -16,10 +16,12 @@ The table is in `docs/fault-matrix.md`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -421,6 +423,13 @@ def test_postgresql_restarted_mid_receive_and_mid_job_nothing_lost_or_doubled(
 # --------------------------------------------------------------------------- 8. Triton killed mid-inference
 
 
+def _inferences(triton: LocalTriton, model: str) -> int:
+    """How many inferences of ``model`` the server has completed (its statistics endpoint)."""
+    with urllib.request.urlopen(f"{triton.http_url}/v2/models/{model}/stats", timeout=5) as response:
+        stats = json.loads(response.read())
+    return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
+
+
 def test_triton_killed_mid_inference_the_job_retries_and_succeeds_once(
     orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
 ) -> None:
@@ -446,7 +455,10 @@ def test_triton_killed_mid_inference_the_job_retries_and_succeeds_once(
             assert sent.returncode == 0, sent.stderr
             peers.wait_for(lambda: _step_started(server, "brain"), 180, interval=0.05, what="deepbet running")
             peers.wait_for(
-                lambda: fi.established_to(triton.grpc_port) > 0, 60, interval=0.05, what="a call to Triton"
+                lambda: _inferences(triton, "deepbet_bbox") > 0,
+                120,
+                interval=0.05,
+                what="deepbet's first network done on Triton (its second, 256³, is now running)",
             )
             assert triton.proc is not None
             os.killpg(triton.proc.pid, signal.SIGKILL)
