@@ -16,28 +16,34 @@ The table is in `docs/fault-matrix.md`.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import requests
 from sqlmodel import Session, col, select
 
 import fault_injection as fi
 import helpers_reviews as hr
 import peers
+import review_env
 from radloop.connector.store import InstanceStore
 from radloop.core import db
-from radloop.core.models import Instance, JobState, JobStep, ReviewDecision
+from radloop.core.models import Instance, JobState, JobStep, Review, ReviewDecision
 from radloop.inference.packaged import packaged_models
 from radloop.inference.store import ModelStore
 from radloop.inference.triton_local import DEFAULT_VENV, LocalTriton, ensure_venv
@@ -488,3 +494,66 @@ def test_triton_killed_mid_inference_the_job_retries_and_succeeds_once(
             server.stop()
     finally:
         triton.stop()
+
+
+# --------------------------------------------------------------------------- 4b. kill -9 during a review save
+
+
+def test_kill9_during_a_review_save_the_resave_gives_one_edited_seg(
+    orthanc_clean: peers.OrthancServer, t1_series_dir: Path, tmp_path: Path
+) -> None:
+    """A reviewer's edit is being written as a SEG when radloop is killed; after the restart the
+    reviewer saves again: one edited SEG, one decision, one copy in the PACS, no staging left."""
+    launch_key = "fault-matrix-launch-key-0123456789abcdef"
+    env = review_env.make_review_env(tmp_path, t1_series_dir, n_results=1)
+    (result_id,) = env.results
+    config = _config(
+        orthanc_clean, secret_key="fault-matrix-secret-key-0123456789", review={"launch_key": launch_key}
+    )
+    server = RadloopServer(tmp_path, config).start()
+    try:
+        launch = server.cli("review-url", env.study_uid, "--reviewer", "r@example.org")
+        assert launch.returncode == 0, launch.stderr
+        http = requests.Session()
+        opened = http.get(launch.stdout.strip().splitlines()[-1], allow_redirects=False, timeout=30)
+        assert opened.status_code == 303, opened.text
+        api = f"{server.api_url}/review/api/results/{result_id}"
+        assert http.get(api, timeout=120).status_code == 200
+        mask = http.get(f"{api}/mask.nii.gz", timeout=120)
+        assert mask.status_code == 200
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(mask.content))
+        labels = np.asarray(image.dataobj).astype(np.uint8)
+        labels[: labels.shape[0] // 2] = 0  # the reviewer erases half of the mask
+        body = nib.Nifti1Image(labels, image.affine, image.header).to_bytes()
+        headers = {"X-Radloop-Review": "1", "Content-Type": "application/octet-stream"}
+
+        def save() -> None:
+            with contextlib.suppress(requests.RequestException):
+                http.post(f"{api}/edit", data=body, headers=headers, timeout=120)
+
+        saving = threading.Thread(target=save)
+        saving.start()
+        staging = server.settings.data_dir / "tmp"
+        peers.wait_for(
+            lambda: any(staging.glob("edited-*")), 60, interval=0.005, what="the edit being written"
+        )
+        server.kill9()
+        saving.join(timeout=30)
+        server.start()
+        http = requests.Session()
+        opened = http.get(launch.stdout.strip().splitlines()[-1], allow_redirects=False, timeout=30)
+        saved = http.post(f"{api}/edit", data=body, headers=headers, timeout=120)
+        assert saved.status_code == 200, saved.text
+        peers.wait_for(
+            lambda: not [d for d in fi.deliveries(server) if d.state == "pending"], 60, what="sent"
+        )
+        with Session(server.engine) as s:
+            reviews = s.exec(select(Review)).all()
+        assert [r.decision for r in reviews] == [ReviewDecision.edited]
+        edited = [r for r in fi.results(server) if r.id != result_id]
+        assert len(edited) == 1
+        assert fi.sop_uids_in(orthanc_clean) == [edited[0].sop_instance_uid]
+        assert not any(staging.glob("edited-*")), "a killed save's staging folder is left"
+        assert fi.leftover_temp_files(server.settings.data_dir) == []
+    finally:
+        server.stop()
