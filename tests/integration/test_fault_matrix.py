@@ -78,13 +78,13 @@ def _config(orthanc: peers.OrthancServer, **extra: Any) -> dict[str, Any]:
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
         "workers": {"max_attempts": 3, "retry_base_s": 1.0, "retry_cap_s": 4.0},
     }
-    return fi_merge(cfg, extra)
+    return _merge(cfg, extra)
 
 
-def fi_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
-        out[k] = fi_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
