@@ -12,6 +12,7 @@ destinations the AI SEG was delivered to.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from radloop.pipelines.writers.seg import write_seg
 logger = logging.getLogger(__name__)
 
 EDITED_SUFFIX = " - reviewed and edited"
+STAGING_PREFIX = "edited-"
+"""Staging folders under ``<data_dir>/tmp``: ``edited-<pid>-<SOPInstanceUID>``."""
 EDITED_SERIES_NUMBER_OFFSET = 10
 """The edited SEG's SeriesNumber: the AI SEG's plus this (9901 → 9911)."""
 
@@ -48,7 +51,8 @@ def store_edited_seg(
 ) -> Result:
     """Write the edited SEG into the store, add its ``result`` row (and deliveries); returns the row."""
     series_instance_uid, sop_instance_uid = new_uid(), new_uid()
-    staging = settings.data_dir / "tmp" / f"edited-{sop_instance_uid}"
+    remove_abandoned_staging(settings.data_dir / "tmp")
+    staging = settings.data_dir / "tmp" / f"{STAGING_PREFIX}{os.getpid()}-{sop_instance_uid}"
     try:
         written = write_seg(
             labelmap,
@@ -84,6 +88,33 @@ def store_edited_seg(
         _queue_like(session, ai_result, result)
     logger.info("stored edited SEG (result %s, from result %s)", result.id, ai_result.id)
     return result
+
+
+def remove_abandoned_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders of saves whose process is gone (killed mid-write); returns them.
+
+    A save stages its SEG in ``edited-<pid>-<SOPInstanceUID>``; the folder of a live process is
+    left alone (it may be writing now), one whose process no longer exists is a leftover.
+    """
+    removed = []
+    for staging in folder.glob(f"{STAGING_PREFIX}*") if folder.is_dir() else ():
+        pid_text = staging.name[len(STAGING_PREFIX) :].partition("-")[0]
+        if pid_text.isdigit() and _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging)
+        logger.warning("removed %s, left by a save that was killed while writing", staging)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _series_number(ai_seg: Dataset) -> int:

@@ -64,8 +64,9 @@ class JobRunner:
             pipeline = self.catalog.get(job.pipeline)
         except ConfigError as e:
             raise PermanentJobError(str(e)) from e
-        workdir = self.settings.data_dir / "jobs" / str(job_id) / f"attempt-{job.attempts}"
-        shutil.rmtree(workdir, ignore_errors=True)
+        job_dir = self.settings.data_dir / "jobs" / str(job_id)
+        shutil.rmtree(job_dir, ignore_errors=True)  # scratch of earlier attempts, even of a killed one
+        workdir = job_dir / f"attempt-{job.attempts}"
         workdir.mkdir(parents=True)
         ctx = OperatorContext(
             job_id=job_id,
@@ -75,8 +76,13 @@ class JobRunner:
             pipeline_version=pipeline.spec.version,
             models=self.models,
         )
-        values = run_steps(pipeline, series_input, ctx, partial(self._recorded_step, job))
-        return self._record_results(job, pipeline, written_objects(values))
+        try:
+            values = run_steps(pipeline, series_input, ctx, partial(self._recorded_step, job))
+            return self._record_results(job, pipeline, written_objects(values))
+        finally:
+            # Scratch only: results were copied into ``results/``; a failed attempt (a full disk)
+            # must not leave half-written objects behind.
+            shutil.rmtree(job_dir, ignore_errors=True)
 
     def _series_input(self, s: Any, job: Job) -> SeriesInput:
         series = s.get(Series, job.series_id)
@@ -160,9 +166,7 @@ class JobRunner:
         sop_uid = str(ds.SOPInstanceUID)
         rel = Path("results") / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{sop_uid}.dcm"
         target = self.settings.data_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target.with_suffix(".tmp"))
-        target.with_suffix(".tmp").replace(target)
+        _copy_atomically(path, target)
         result = s.exec(select(Result).where(Result.sop_instance_uid == sop_uid)).first()
         if result is None:
             assert job.id is not None
@@ -179,6 +183,19 @@ class JobRunner:
             s.add(result)
             s.flush()
         return result  # type: ignore[no-any-return]
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """Copy through a temporary file and a rename: ``target`` is absent or complete, and a failed
+    copy (a full disk) leaves no temporary file behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _ensure_delivery(s: Any, result_id: int, destination: str) -> None:

@@ -52,6 +52,7 @@ from radloop.training_export.state import (
     ExportedCase,
     ExportSettingsRecord,
     ExportState,
+    claim_folder,
     exclusive_folder,
     load_state,
     write_json,
@@ -153,6 +154,7 @@ def _export_locked(
     plan = _plan(select_cases(engine, settings.data_dir, selection), state, selection, ids)
     if not state.cases and not plan.todo:
         raise ExportError(_nothing_to_export(request))
+    claim_folder(root, state)
     _remove_cases(root, fmt, state, plan.removed)
     patients = {c.patient for c in state.cases.values()} | {
         ids.patient(c.patient_key) for c in plan.todo.values()

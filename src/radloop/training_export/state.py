@@ -128,6 +128,18 @@ def load_state(root: Path, requested: ExportSettingsRecord) -> ExportState:
     return state
 
 
+def claim_folder(root: Path, state: ExportState) -> None:
+    """Make the folder resumable before any case is written into it: a new folder gets a state
+    file with the settings and no case yet, so that an export killed half-way is finished by the
+    next run (which converts every case the state does not list) instead of being refused as a
+    folder radloop did not make; and the temporary files of a killed write are removed."""
+    for partial in root.rglob(".*.tmp"):
+        if partial.is_file():
+            partial.unlink()
+    if not (root / STATE_FILE).exists():
+        write_json(root / STATE_FILE, ExportState(settings=state.settings).to_json())
+
+
 @contextmanager
 def exclusive_folder(root: Path) -> Iterator[None]:
     """Hold the folder's lock while an export writes it: a second export into it fails at once.
