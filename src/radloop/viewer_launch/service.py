@@ -2,6 +2,8 @@
 
 Every launch (valid or not), every view and every decision writes an audit row. A session may
 act on the one result its launch named, or on any result when it came from a worklist link.
+Every decision is also written as an assessment SR (IHE AIRA, :mod:`radloop.feedback.assessments`)
+queued for the destinations that received the AI result.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from radloop.core.models import AuditEvent, Result, ReviewDecision, Study
 from radloop.core.settings import Settings
 from radloop.feedback import decisions
 from radloop.feedback.agreement import Agreement, agreement, unchanged
+from radloop.feedback.assessments import store_assessment
 from radloop.feedback.edits import store_edited_seg
 from radloop.feedback.quality import Period, model_quality
 from radloop.pipelines.ports import LabelMap
@@ -261,6 +264,7 @@ class ReviewService:
                     edited_result_id=edited_id,
                 ),
             )
+            store_assessment(self.settings, s, review)  # IHE AIRA: the decision as an SR, to the PACS
             row = decisions.review_row(review)
             if edited_id is not None:
                 edited = s.get(Result, edited_id)
