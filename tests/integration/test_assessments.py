@@ -1,7 +1,8 @@
 """IHE AIRA end to end, no browser: three AI results on the real T1 (SEG + measurement SR each),
 reviewed through the review API (accept, reject with a reason, edit) → three verified
 assessment SRs, sent by the outbox to a real Orthanc, found there in the source study and read
-back with highdicom's SR classes, each referencing the AI result it assesses.
+back with highdicom's SR classes, each referencing the AI result it assesses; with
+`review.iocm_rejection_notes` on, the rejection also sends an IOCM rejection KOS.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def env(
         "ae_title": orthanc.aet,
     }
     env = review_env.make_review_env(
-        tmp_path_factory.mktemp("aira"), t1_series_dir, n_results=3, secret_key="a" * 40, destinations=[pacs]
+        tmp_path_factory.mktemp("aira"),
+        t1_series_dir,
+        n_results=3,
+        secret_key="a" * 40,
+        destinations=[pacs],
+        review={"iocm_rejection_notes": True},
     )
     for result_id, labels in env.results.items():
         _add_measurement_report(env, result_id, labels)
@@ -186,6 +192,26 @@ def test_accept_reject_edit_become_assessment_srs_in_orthanc(
         if i.ValueType == "TEXT"
     )  # type: ignore[union-attr]
     assert reason.TextValue == "mask covers the skull"
+    _check_rejection_note(env, orthanc, expected[reject_id], tmp_path)
+
+
+def _check_rejection_note(
+    env: review_env.ReviewEnv, orthanc: peers.OrthancServer, rejected: dict[str, str], tmp_path: Path
+) -> None:
+    """The optional IOCM KOS of the rejected result: in Orthanc, conformant, naming its SEG and SR."""
+    query = json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": env.study_uid, "Modality": "KO"}})
+    (instance_id,) = json.loads(orthanc.request("POST", "/tools/find", query.encode()))
+    path = tmp_path / "kos.dcm"
+    path.write_bytes(orthanc.instance_file(instance_id))
+    assert peers.dciodvfy(path) == [], peers.dciodvfy_report(path)
+    kos = pydicom.dcmread(path)
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    referenced = {
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in kos.ContentSequence
+        if i.ValueType in ("IMAGE", "COMPOSITE")
+    }
+    assert referenced == set(rejected.values())
 
 
 def _references(items: list[pydicom.Dataset]) -> dict[str, set[tuple[str, int | None]]]:

@@ -163,7 +163,7 @@ def store_assessment(settings: Settings, session: Session, review: Review) -> Re
     gives the same instance.
     """
     assert review.id is not None, "store_assessment needs a flushed review row"
-    ai_result = _result(session, review.result_id)
+    ai_result = result_row(session, review.result_id)
     assessment = _assessment_of(settings, session, review, ai_result)
     series_uid = derived_uid("aira-assessment-series", ai_result.sop_instance_uid, str(review.id))
     sop_uid = derived_uid("aira-assessment", ai_result.sop_instance_uid, str(review.id))
@@ -192,19 +192,19 @@ def store_assessment(settings: Settings, session: Session, review: Review) -> Re
     session.flush()
     review.assessment_result_id = result.id
     session.add(review)
-    _queue_like(settings, session, ai_result, result)
+    queue_like(settings, session, ai_result, result)
     logger.info("stored assessment SR (result %s) of review %s", result.id, review.id)
     return result
 
 
 def _assessment_of(settings: Settings, session: Session, review: Review, ai_result: Result) -> Assessment:
     """What ``review`` decided, with the headers of the objects it is about."""
-    ai_seg = _header(settings, ai_result)
+    ai_seg = result_header(settings, ai_result)
     assessed = [AssessedObject(ai_seg, tuple(int(i.SegmentNumber) for i in ai_seg.SegmentSequence))]
-    assessed += [AssessedObject(_header(settings, r)) for r in _job_reports(session, ai_result)]
+    assessed += [AssessedObject(result_header(settings, r)) for r in job_reports(session, ai_result)]
     modified = None
     if review.edited_result_id is not None:
-        edited = _header(settings, _result(session, review.edited_result_id))
+        edited = result_header(settings, result_row(session, review.edited_result_id))
         modified = AssessedObject(edited, tuple(int(i.SegmentNumber) for i in edited.SegmentSequence))
     return Assessment(
         decision=review.decision,
@@ -227,7 +227,7 @@ def assessment_result_ids(session: Session) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def _job_reports(session: Session, ai_result: Result) -> Sequence[Result]:
+def job_reports(session: Session, ai_result: Result) -> Sequence[Result]:
     """The AI measurement SRs the AI result's job wrote (assessments of earlier decisions left out)."""
     assessments = assessment_result_ids(session)
     rows = session.exec(
@@ -236,30 +236,32 @@ def _job_reports(session: Session, ai_result: Result) -> Sequence[Result]:
     return [r for r in rows if r.id not in assessments]
 
 
-def _result(session: Session, result_id: int) -> Result:
+def result_row(session: Session, result_id: int) -> Result:
+    """The ``result`` row ``result_id``; :class:`NotFoundError` if there is none."""
     row = session.get(Result, result_id)
     if row is None:
         raise NotFoundError(f"no result {result_id}")
     return row
 
 
-def _header(settings: Settings, result: Result) -> Dataset:
+def result_header(settings: Settings, result: Result) -> Dataset:
+    """The stored result's header (no pixel data)."""
     return pydicom.dcmread(settings.data_dir / result.path, stop_before_pixels=True)
 
 
-def _queue_like(settings: Settings, session: Session, ai_result: Result, assessment: Result) -> None:
-    """Deliver ``assessment`` to every destination the AI result went to that takes SRs.
+def queue_like(settings: Settings, session: Session, ai_result: Result, derived: Result) -> None:
+    """Deliver ``derived`` to every destination the AI result went to that takes its kind.
 
     An unconfigured destination still gets its row (the outbox then shows the configuration
     error), as for the job's own results."""
     destinations = session.exec(select(Delivery.destination).where(Delivery.result_id == ai_result.id)).all()
     for destination in sorted(set(destinations)):
         try:
-            takes = settings.destination(destination).takes(ASSESSMENT_KIND)
+            takes = settings.destination(destination).takes(derived.kind)
         except ConfigError:
             takes = True
         if takes:
-            session.add(Delivery(result_id=assessment.id, destination=destination))  # type: ignore[arg-type]
+            session.add(Delivery(result_id=derived.id, destination=destination))  # type: ignore[arg-type]
 
 
 def person_name(reviewer: str) -> str:

@@ -29,6 +29,7 @@ from radloop.feedback import decisions
 from radloop.feedback.agreement import Agreement, agreement, unchanged
 from radloop.feedback.assessments import store_assessment
 from radloop.feedback.edits import store_edited_seg
+from radloop.feedback.iocm import store_rejection_note
 from radloop.feedback.quality import Period, model_quality
 from radloop.pipelines.ports import LabelMap
 from radloop.viewer_launch.conversion import nifti_to_labels
@@ -265,6 +266,8 @@ class ReviewService:
                 ),
             )
             store_assessment(self.settings, s, review)  # IHE AIRA: the decision as an SR, to the PACS
+            if decision == ReviewDecision.rejected and self.settings.review.iocm_rejection_notes:
+                store_rejection_note(self.settings, s, review)  # IOCM: the PACS may hide the result
             row = decisions.review_row(review)
             if edited_id is not None:
                 edited = s.get(Result, edited_id)
