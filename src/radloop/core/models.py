@@ -308,7 +308,8 @@ class ReviewBase(SQLModel):
     """One reviewer's decision on one AI result, with the agreement between the AI mask and the final one.
 
     ``edited_result_id`` is the result row of the edited SEG ("reviewed and edited") when the
-    decision is ``edited``. ``dice`` and the volumes compare the AI mask with the final mask
+    decision is ``edited``; ``assessment_result_id`` the assessment SR (IHE AIRA) the decision
+    was written as. ``dice`` and the volumes compare the AI mask with the final mask
     (the AI mask itself when accepted; none when rejected).
     """
 
@@ -323,6 +324,7 @@ class ReviewBase(SQLModel):
     pipeline: str = ""
     pipeline_version: str = ""
     edited_result_id: int | None = Field(default=None, foreign_key="result.id")
+    assessment_result_id: int | None = Field(default=None, foreign_key="result.id")
     dice: float | None = None
     volume_ai_ml: float | None = None
     volume_final_ml: float | None = None

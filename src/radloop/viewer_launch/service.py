@@ -2,6 +2,8 @@
 
 Every launch (valid or not), every view and every decision writes an audit row. A session may
 act on the one result its launch named, or on any result when it came from a worklist link.
+Every decision is also written as an assessment SR (IHE AIRA, :mod:`radloop.feedback.assessments`)
+queued for the destinations that received the AI result.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from radloop.core.models import AuditEvent, Result, ReviewDecision, Study
 from radloop.core.settings import Settings
 from radloop.feedback import decisions
 from radloop.feedback.agreement import Agreement, agreement, unchanged
+from radloop.feedback.assessments import store_assessment
 from radloop.feedback.edits import store_edited_seg
+from radloop.feedback.iocm import store_rejection_note
 from radloop.feedback.quality import Period, model_quality
 from radloop.pipelines.ports import LabelMap
 from radloop.viewer_launch.conversion import nifti_to_labels
@@ -261,6 +265,9 @@ class ReviewService:
                     edited_result_id=edited_id,
                 ),
             )
+            store_assessment(self.settings, s, review)  # IHE AIRA: the decision as an SR, to the PACS
+            if decision == ReviewDecision.rejected and self.settings.review.iocm_rejection_notes:
+                store_rejection_note(self.settings, s, review)  # IOCM: the PACS may hide the result
             row = decisions.review_row(review)
             if edited_id is not None:
                 edited = s.get(Result, edited_id)

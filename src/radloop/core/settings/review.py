@@ -11,6 +11,7 @@ A PACS workstation opens a *launch URL* (see :mod:`radloop.viewer_launch.signing
       clock_skew_s: 60         # tolerated difference between the PACS's clock and ours
       session_ttl_s: 7200      # how long a review session (cookie) lasts
       deliver_edits: true      # send edited SEGs to the destinations that received the AI SEG
+      iocm_rejection_notes: false  # also send an IOCM rejection KOS for a rejected AI result
       prefetch: true           # `radloop serve` converts new AI results before the first launch
       cache_max_results: 50    # converted review data kept for this many results
 
@@ -46,6 +47,11 @@ class ReviewSettings(StrictModel):
     session_ttl_s: float = Field(7200.0, gt=0, description="Lifetime of a review session cookie.")
     deliver_edits: bool = Field(
         True, description="Send an edited SEG to the destinations the AI SEG was delivered to."
+    )
+    iocm_rejection_notes: bool = Field(
+        False,
+        description="Also send an IOCM rejection note (KOS 'Rejected for Quality Reasons') for a rejected "
+        "AI result, so a PACS that implements IOCM hides it.",
     )
     prefetch: bool = Field(
         True, description="radloop serve converts new AI results for the review app before anyone opens them."

@@ -34,6 +34,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 import radloop
 from radloop.pipelines.ports import Code, LabelMap, Segment, Volume
 from radloop.pipelines.writers.colours import segment_colour
+from radloop.pipelines.writers.equipment import add_contributing_equipment
 from radloop.pipelines.writers.source import (
     SourceSlice,
     copy_patient_and_study,
@@ -68,7 +69,8 @@ def write_rtstruct(
     """Write ``labelmap`` as RT Structure Set ``<out_dir>/<sop_instance_uid>.dcm``; returns its path.
 
     The structure set is a new series in the source study, in the source's Frame of Reference,
-    and references every source image. UIDs come from the caller (stable across retries).
+    and references every source image. UIDs come from the caller (stable across retries). The
+    label map's algorithm is named in the Contributing Equipment Sequence (IHE AIR).
     """
     _check_labelmap(labelmap)
     _check_label(structure_set_label)
@@ -84,6 +86,7 @@ def write_rtstruct(
     _structure_set(ds, labelmap, segments, slices, structure_set_label)
     _roi_contours(ds, labelmap, segments, slices)
     _rt_roi_observations(ds, segments)
+    add_contributing_equipment(ds, labelmap.algorithm, manufacturer)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{sop_instance_uid}.dcm"
     ds.save_as(path, enforce_file_format=True)

@@ -38,6 +38,7 @@ from scipy import ndimage
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import LabelMap, Segment, Volume
 from radloop.pipelines.writers.colours import segment_colour
+from radloop.pipelines.writers.equipment import add_contributing_equipment
 from radloop.pipelines.writers.source import SourceSlice, source_slices
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def _save(
         series_description=series.series_description[:64],
     )
     _describe_derivation(sc, source, labelmap)
+    add_contributing_equipment(sc, labelmap.algorithm, series.manufacturer)
     path = out_dir / f"{sop_uid}.dcm"
     sc.save_as(path)
     return path

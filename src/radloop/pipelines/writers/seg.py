@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag
 import radloop
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import Code, LabelMap, Segment, SourceFrame
+from radloop.pipelines.writers.equipment import add_contributing_equipment
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def write_seg(
     SEMIAUTOMATIC for an edited one, MANUAL drops the algorithm identification). The UIDs come
     from the caller so that a retried job writes the same instance. ``further_source_images``
     are referenced too (per frame where their planes match), e.g. the AI SEG an edited SEG was
-    derived from; ``content_creator_name`` names the person who made the content. Returns the
-    file's path.
+    derived from; ``content_creator_name`` names the person who made the content. Unless the
+    SEG is MANUAL, the label map's algorithm is named in the Contributing Equipment Sequence
+    (IHE AIR, :mod:`radloop.pipelines.writers.equipment`). Returns the file's path.
     """
     if not labelmap.segments:
         raise ValueError("write_seg: labelmap has no segments to write")
@@ -80,6 +82,8 @@ def write_seg(
         further_source_images=list(further_source_images) or None,
         content_creator_name=content_creator_name,
     )
+    if algorithm_type != "MANUAL":  # AIR: the algorithm that made (or proposed) the segments
+        add_contributing_equipment(seg, labelmap.algorithm, manufacturer)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{sop_instance_uid}.dcm"
     seg.save_as(path)

@@ -3,8 +3,8 @@
 Two kinds of content, one document structure (TID 1500 "Imaging Measurement Report"):
 
 * **Segment volumes** (:func:`write_volume_report`): one *Volumetric ROI Measurements* group
-  (TID 1411) per segment, referencing the segment in the SEG instance (and, through it, the
-  source series), with the segment's coded finding type/category, the algorithm, and its
+  (TID 1411) per segment, referencing the segment in the SEG instance and the source images it
+  was derived from (as IHE AIR asks), with the segment's coded finding type/category, the algorithm, and its
   Volume (SNOMED CT 118565006) in mL. The volume is the segment's voxel count × the voxel
   volume of the source grid, i.e. exactly what the SEG holds.
 * **Classifier findings** (:func:`write_findings_report`): one *Measurements* group (TID 1501)
@@ -13,13 +13,14 @@ Two kinds of content, one document structure (TID 1500 "Imaging Measurement Repo
   as the group's sources.
 
 The SR is a new series in the source study; its evidence (Current Requested Procedure Evidence
-Sequence) lists the SEG and the source images, as TID 1500 references require.
+Sequence) lists the SEG and the source images, as TID 1500 references require; the algorithm
+is named in the Contributing Equipment Sequence (IHE AIR, :mod:`.equipment`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pydicom.sr.codedict import codes
 
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import AlgorithmIdentification, Code, Finding, LabelMap, Segment, Volume
+from radloop.pipelines.writers.equipment import add_contributing_equipment
 from radloop.pipelines.writers.source import source_headers
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ def write_volume_report(labelmap: LabelMap, seg: Dataset, out_dir: Path, series:
     """An SR with the volume of each segment of ``labelmap``, which ``seg`` (its SEG header) holds."""
     _check_seg_matches(seg, labelmap)
     volume = labelmap.reference
+    headers = source_headers(volume)
     algorithm_id = _algorithm(labelmap.algorithm)
     groups = [
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -87,7 +90,7 @@ def write_volume_report(labelmap: LabelMap, seg: Dataset, out_dir: Path, series:
                 sop_class_uid=str(seg.SOPClassUID),
                 sop_instance_uid=str(seg.SOPInstanceUID),
                 segment_number=sv.seg_segment_number,
-                source_series=hd.sr.SourceSeriesForSegmentation(volume.series.SeriesInstanceUID),
+                source_images=_segmentation_sources(headers.values()),
             ),
             finding_type=_coded(sv.segment.type),
             finding_category=_coded(sv.segment.category),
@@ -100,7 +103,7 @@ def write_volume_report(labelmap: LabelMap, seg: Dataset, out_dir: Path, series:
         )
         for sv in segment_volumes(labelmap)
     ]
-    evidence = [seg, *source_headers(volume).values()]
+    evidence = [seg, *headers.values()]
     return _write(groups, evidence, labelmap.algorithm, out_dir, series)
 
 
@@ -173,11 +176,17 @@ def _write(
         is_complete=True,
         series_description=series.series_description[:64],
     )
+    add_contributing_equipment(sr, algorithm, series.manufacturer)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{series.sop_instance_uid}.dcm"
     sr.save_as(path)
     logger.info("wrote SR %s with %d measurement groups", path.name, len(groups))
     return path
+
+
+def _segmentation_sources(headers: Iterable[Dataset]) -> list[hd.sr.SourceImageForSegmentation]:
+    """Each source image the segment was derived from (IHE AIR: the group names its source images)."""
+    return [hd.sr.SourceImageForSegmentation.from_source_image(ds) for ds in headers]
 
 
 def _check_seg_matches(seg: Dataset, labelmap: LabelMap) -> None:
