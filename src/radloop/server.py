@@ -66,6 +66,7 @@ class Server:
     def run_forever(self) -> None:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
         self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
+        self.spawn("radloop-worklist", self.runtime.worklist.tick, 0.5)  # jobs → UPS workitems + events
         run_every("assembler", self.runtime.assembler.tick, 1.0, self.stop_event)
         self._shutdown()
 
