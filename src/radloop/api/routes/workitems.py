@@ -39,8 +39,14 @@ router = APIRouter(prefix="/dicomweb", tags=["workitems"])
 DICOM_JSON = "application/dicom+json"
 MAX_BODY_BYTES = 1 << 20  # a workitem is a few kB; refuse anything near a megabyte
 POLL_S = 0.3  # how often a notification channel looks for new events
-_JSON_OK = {"content": {DICOM_JSON: {}}, "description": "DICOM JSON"}
 T = TypeVar("T")
+
+
+def _doc(ok: int, what: str, *codes: int, json_body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: ``ok`` (with a DICOM JSON body if ``json_body``) and problems for ``codes``."""
+    out = responses(*codes, 422)
+    out[ok] = {"description": what, **({"content": {DICOM_JSON: {}}} if json_body else {})}
+    return out
 
 
 def _warning(request: Request | WebSocket, text: str) -> dict[str, str]:
@@ -86,7 +92,7 @@ def _check_ae(ae_title: str) -> Response | None:
     )
 
 
-@router.post("/workitems", status_code=201, responses=responses(400, 409, 415))
+@router.post("/workitems", status_code=201, responses=_doc(201, "Created", 400, 409, 413, 415))
 async def create_workitem(request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """Create a SCHEDULED workitem: ``ScheduledWorkitemCodeSequence`` names the pipeline (scheme
     ``99RADLOOP``), ``InputInformationSequence`` the study; its jobs are queued at once."""
@@ -102,7 +108,9 @@ async def create_workitem(request: Request, ctx: Ctx, _caller: Caller) -> Respon
     return Response(status_code=201, headers={"Content-Location": url, "Location": url})
 
 
-@router.get("/workitems", responses=responses(400, ok=_JSON_OK))
+@router.get(
+    "/workitems", responses={**_doc(200, "Matches", 400, json_body=True), 204: {"description": "None"}}
+)
 async def search_workitems(
     request: Request,
     ctx: Ctx,
@@ -121,7 +129,7 @@ async def search_workitems(
     return _dicom_json([ds.to_json_dict() for ds in found])
 
 
-@router.get("/workitems/{workitem}", responses=responses(404, ok=_JSON_OK))
+@router.get("/workitems/{workitem}", responses=_doc(200, "The workitem", 404, json_body=True))
 async def retrieve_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """One workitem (never its Transaction UID); outputs under
     ``UnifiedProcedureStepPerformedProcedureSequence > OutputInformationSequence``."""
@@ -129,7 +137,7 @@ async def retrieve_workitem(workitem: str, request: Request, ctx: Ctx, _caller: 
     return ds if isinstance(ds, Response) else _dicom_json([ds.to_json_dict()])
 
 
-@router.post("/workitems/{workitem}", responses=responses(400, 404, 409, 415))
+@router.post("/workitems/{workitem}", responses=_doc(200, "Updated", 400, 404, 409, 413, 415))
 async def update_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """Update a workitem; an IN PROGRESS one needs ``?transaction=<Transaction UID>`` (or ``?<UID>``)."""
     ds = await _body(request)
@@ -141,7 +149,7 @@ async def update_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Ca
     return got if isinstance(got, Response) else Response(status_code=200)
 
 
-@router.put("/workitems/{workitem}/state", responses=responses(400, 404, 409, 415))
+@router.put("/workitems/{workitem}/state", responses=_doc(200, "Changed", 400, 404, 409, 413, 415))
 async def change_workitem_state(workitem: str, request: Request, ctx: Ctx, caller: Caller) -> Response:
     """Claim (``IN PROGRESS`` with a new ``TransactionUID``), complete or cancel (with that UID)."""
     ds = await _body(request)
@@ -157,7 +165,11 @@ async def change_workitem_state(workitem: str, request: Request, ctx: Ctx, calle
     return Response(status_code=200)
 
 
-@router.post("/workitems/{workitem}/cancelrequest", status_code=202, responses=responses(400, 404, 409))
+@router.post(
+    "/workitems/{workitem}/cancelrequest",
+    status_code=202,
+    responses=_doc(202, "Accepted", 400, 404, 409, 413, 415),
+)
 async def request_cancellation(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """Ask for a workitem to be canceled: radloop cancels its own jobs; an external owner is told."""
     ds = await _body(request)
@@ -172,7 +184,8 @@ async def request_cancellation(workitem: str, request: Request, ctx: Ctx, _calle
 
 
 @router.post(
-    f"/workitems/{ups.GLOBAL_SUBSCRIPTION_UID}/subscribers/{{aetitle}}/suspend", responses=responses(400, 404)
+    f"/workitems/{ups.GLOBAL_SUBSCRIPTION_UID}/subscribers/{{aetitle}}/suspend",
+    responses=_doc(200, "Suspended", 400, 404),
 )
 async def suspend_subscription(aetitle: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """Stop subscribing ``aetitle`` to new workitems (its existing subscriptions stay)."""
@@ -184,7 +197,9 @@ async def suspend_subscription(aetitle: str, request: Request, ctx: Ctx, _caller
 
 
 @router.post(
-    "/workitems/{workitem}/subscribers/{aetitle}", status_code=201, responses=responses(400, 403, 404)
+    "/workitems/{workitem}/subscribers/{aetitle}",
+    status_code=201,
+    responses=_doc(201, "Subscribed", 400, 403, 404),
 )
 async def subscribe(
     workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Caller, deletionlock: bool = False
@@ -204,7 +219,7 @@ async def subscribe(
     return Response(status_code=201, headers={"Content-Location": channel})
 
 
-@router.delete("/workitems/{workitem}/subscribers/{aetitle}", responses=responses(400, 404))
+@router.delete("/workitems/{workitem}/subscribers/{aetitle}", responses=_doc(200, "Unsubscribed", 400, 404))
 async def unsubscribe(workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
     """Remove ``aetitle``'s subscription (from the global one: all its subscriptions)."""
     bad = _check_ae(aetitle)
