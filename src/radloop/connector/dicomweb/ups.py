@@ -263,13 +263,22 @@ class Worklist:
                 ).all()
                 if not states:
                     continue
-                current = State(row.procedure_step_state)
-                for target in ups.path_to(current, ups.state_of_jobs(JobState(x) for x in states)):
+                changed += self._follow_jobs(s, row, [JobState(x) for x in states])
+        return changed
+
+    def _follow_jobs(self, s: Session, row: Workitem, states: list[JobState]) -> int:
+        """Move a workitem radloop performs along with its jobs; how many states it passed."""
+        current = State(row.procedure_step_state)
+        path = ups.path_to(current, ups.state_of_jobs(states))
+        try:
+            with s.begin_nested():
+                for target in path:
                     row.claimed_by = RADLOOP
                     self._move(s, row, current, target)
                     current = target
-                    changed += 1
-        return changed
+        except ups.WorkitemStateConflictError:
+            return 0  # a client claimed it meanwhile: the next tick sees its new owner
+        return len(path)
 
     def _adopt(self, s: Session, job: Job) -> None:
         """The workitem a routed job performs (its UID derived from the job, so it is stable)."""
