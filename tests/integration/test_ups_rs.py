@@ -265,3 +265,40 @@ def test_a_cancel_request_cancels_a_scheduled_workitem_and_its_job(
     bad = client.post("/workitems", content=json.dumps(_workitem("2.25.9", "brain-extraction", "LOW")),
                       headers={"Content-Type": DICOM_JSON})  # fmt: skip
     assert bad.status_code == 400 and "not in radloop" in bad.text
+
+
+def test_pynetdicom_drives_the_same_worklist_over_dimse(
+    server: RadloopServer, client: httpx.Client, study_uid: str
+) -> None:
+    from pydicom import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import UnifiedProcedureStepPull, UnifiedProcedureStepPush  # type: ignore[attr-defined]
+
+    ds = Dataset.from_json(
+        _workitem(study_uid, "brain-extraction", "LOW", datetime.now(UTC) + timedelta(days=1))[0]
+    )
+    uid, mine = "2.25.31415926535897932384626433832795028841", "2.25.2718281828459045"
+    scu = AE(ae_title="AI_ENGINE")
+    scu.add_requested_context(UnifiedProcedureStepPush)
+    scu.add_requested_context(UnifiedProcedureStepPull)
+    assoc = scu.associate("127.0.0.1", server.port, ae_title=HOLD_AE)
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_create(ds, UnifiedProcedureStepPush, uid)
+        assert status.Status == 0x0000
+        assert _value(_get(client, uid), STATE) == "SCHEDULED"  # the same workitem over UPS-RS
+
+        def action(state: str, transaction_uid: str) -> int:
+            info = Dataset()
+            info.ProcedureStepState, info.TransactionUID = state, transaction_uid
+            status, _ = assoc.send_n_action(info, 1, UnifiedProcedureStepPull, uid)
+            return int(status.Status)
+
+        assert action("IN PROGRESS", mine) == 0x0000
+        assert action("COMPLETED", "2.25.42") == 0xC301  # The correct Transaction UID was not provided
+        assert action("COMPLETED", mine) == 0x0000
+        status, got = assoc.send_n_get([0x00741000], UnifiedProcedureStepPull, uid)
+        assert status.Status == 0x0000 and got.ProcedureStepState == "COMPLETED"
+    finally:
+        assoc.release()
+    assert _jobs(server)[-1].state == JobState.succeeded

@@ -29,6 +29,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.store import InstanceStore, describe
 from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
 from radloop.core.settings import ListenerSettings, Settings
@@ -53,8 +54,16 @@ SeriesCallback = Callable[[set[int], str], None]
 class StorageSCP:
     """Owns the pynetdicom AE and server; ``on_association_end(series_ids, called_ae)`` is notified."""
 
-    def __init__(self, settings: Settings, store: InstanceStore, on_association_end: SeriesCallback) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: InstanceStore,
+        on_association_end: SeriesCallback,
+        ups: UpsHandlers | None = None,
+    ) -> None:
+        """``ups``: also serve the UPS DIMSE services (the AI worklist) on these AE titles."""
         self.settings = settings
+        self.ups = ups
         self.store = store
         self.on_association_end = on_association_end
         self._server: ThreadedAssociationServer | None = None
@@ -75,6 +84,8 @@ class StorageSCP:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        if self.ups is not None:
+            self.ups.add_contexts(ae)
         return ae
 
     def start(self) -> int:
@@ -88,6 +99,8 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
+        if self.ups is not None:
+            handlers += self.ups.handlers()
         server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
         assert server is not None  # non-blocking start returns the server
         self._server = server
