@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from radloop.connector.assembler import Assembler
 from radloop.connector.dicomweb.qido import ReadIndex
+from radloop.connector.dicomweb.ups import Worklist
 from radloop.connector.outbound.outbox import Outbox
 from radloop.connector.pull.puller import Puller
 from radloop.connector.sanity import InstanceLimits
@@ -35,7 +36,17 @@ from radloop.pipelines.operators import builtin_registry
 class Runtime:
     """radloop's shared parts for one process, built from one :class:`Settings`."""
 
-    SHARED_PARTS = ("engine", "catalog", "store", "assembler", "puller", "index", "metrics", "outbox")
+    SHARED_PARTS = (
+        "engine",
+        "catalog",
+        "store",
+        "assembler",
+        "puller",
+        "index",
+        "metrics",
+        "outbox",
+        "worklist",
+    )
 
     def __init__(self, settings: Settings, *, migrated: bool) -> None:
         """Use :meth:`build`; ``migrated`` says the schema was just brought to the newest migration."""
@@ -105,6 +116,11 @@ class Runtime:
     def outbox(self) -> Outbox:
         """Deliveries of results to destinations, retried with backoff."""
         return Outbox(self.settings, self.engine)
+
+    @cached_property
+    def worklist(self) -> Worklist:
+        """The AI worklist: jobs as UPS workitems, for UPS-RS clients."""
+        return Worklist(self.settings, self.engine, self.catalog)
 
     def executor(self) -> LocalExecutor:
         """A new local executor (dispatcher thread + worker processes); the caller starts and stops it."""

@@ -18,6 +18,7 @@ from types import FrameType
 
 from radloop.api.serving import ApiServer
 from radloop.connector.dimse.scp import StorageSCP
+from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.pull.puller import Puller
 from radloop.core.errors import ConfigError, PullError
 from radloop.core.settings import Settings
@@ -66,6 +67,7 @@ class Server:
     def run_forever(self) -> None:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
         self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
+        self.spawn("radloop-worklist", self.runtime.worklist.tick, 0.5)  # jobs → UPS workitems + events
         run_every("assembler", self.runtime.assembler.tick, 1.0, self.stop_event)
         self._shutdown()
 
@@ -95,7 +97,8 @@ def build_server(settings: Settings) -> Server:
     """Validate and wire every part; nothing listens until :meth:`Server.run_forever`'s caller starts it."""
     runtime = Runtime.build(settings, migrate=True).preload()
     check_destinations(settings, runtime.catalog)
-    scp = StorageSCP(settings, runtime.store, runtime.assembler.on_association_end)
+    ups = UpsHandlers(runtime.worklist)  # the AI worklist over DIMSE too
+    scp = StorageSCP(settings, runtime.store, runtime.assembler.on_association_end, ups)
     return Server(runtime, scp, runtime.executor())
 
 

@@ -4,12 +4,15 @@ through), return read models (:mod:`radloop.core.read_models`), and raise radloo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeVar
 
+from pydicom import Dataset
 from sqlalchemy import ColumnElement
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
+from radloop.connector.dicomweb.ups import Event, Worklist, parse_state, transaction_uid_of
 from radloop.connector.pull.puller import Puller
 from radloop.core import jobs as job_states
 from radloop.core import tokens
@@ -54,6 +57,7 @@ from radloop.core.read_models import (
     WorklistItemOut,
 )
 from radloop.core.settings import DicomwebSource, Settings
+from radloop.core.ups import ProcedureStepState
 from radloop.feedback import decisions
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.spec import Pipeline
@@ -442,3 +446,62 @@ def list_sources(settings: Settings, engine: Engine) -> list[SourceOut]:
             )
         )
     return out
+
+
+# --------------------------------------------------------------------------- UPS workitems (AI worklist)
+
+
+def create_workitem(worklist: Worklist, ds: Dataset, workitem_uid: str = "") -> str:
+    """Create a SCHEDULED workitem (queuing its pipeline's jobs on the input study); its UID."""
+    return worklist.create(ds, workitem_uid)
+
+
+def search_workitems(
+    worklist: Worklist, matches: Mapping[str, str], limit: int, offset: int
+) -> list[Dataset]:
+    """Workitems matching attribute values (wildcards ``*``/``?``), newest first."""
+    return worklist.search(matches, limit, offset)
+
+
+def get_workitem(worklist: Worklist, workitem_uid: str) -> Dataset:
+    """One workitem with its state and, once its jobs wrote them, its output instances."""
+    return worklist.retrieve(workitem_uid)
+
+
+def update_workitem(worklist: Worklist, workitem_uid: str, transaction_uid: str, ds: Dataset) -> None:
+    """Replace attributes of a workitem (an IN PROGRESS one only with its Transaction UID)."""
+    worklist.update(workitem_uid, transaction_uid, ds)
+
+
+def change_workitem_state(
+    worklist: Worklist, workitem_uid: str, ds: Dataset, claimant: str
+) -> ProcedureStepState | None:
+    """Claim, complete or cancel a workitem; the state it already was in, if the request changed nothing."""
+    target = parse_state(str(ds.get("ProcedureStepState", "")))
+    already = worklist.change_state(workitem_uid, target, transaction_uid_of(ds), claimant)
+    return target if already else None
+
+
+def request_workitem_cancel(worklist: Worklist, workitem_uid: str, reason: str) -> bool:
+    """Ask for a workitem to be canceled; True if it already was."""
+    return worklist.request_cancel(workitem_uid, reason)
+
+
+def subscribe_workitem(worklist: Worklist, workitem_uid: str, ae_title: str, deletion_lock: bool) -> None:
+    """Subscribe an AE title to a workitem's events (or every workitem's: the global Worklist UID)."""
+    worklist.subscribe(workitem_uid, ae_title, deletion_lock)
+
+
+def unsubscribe_workitem(worklist: Worklist, workitem_uid: str, ae_title: str) -> None:
+    """Remove a subscription (from the global one: all of the AE title's)."""
+    worklist.unsubscribe(workitem_uid, ae_title)
+
+
+def suspend_worklist_subscription(worklist: Worklist, ae_title: str) -> None:
+    """Stop subscribing an AE title to new workitems; its current subscriptions stay."""
+    worklist.suspend(ae_title)
+
+
+def workitem_events(worklist: Worklist, ae_title: str, after_id: int) -> list[Event]:
+    """The next event reports for an AE title's notification channel."""
+    return worklist.events_for(ae_title, after_id)

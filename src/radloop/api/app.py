@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from radloop import __version__
 from radloop.api import middleware, problems
-from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies
+from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies, workitems
 from radloop.core.settings import Settings
 from radloop.runtime import Runtime
 from radloop.viewer_launch import routes as review
@@ -44,6 +44,7 @@ def create_app(source: Runtime | Settings) -> FastAPI:
     # review app: signed launch URLs, then cookie sessions
     routers += [reviews.router, review.router]
     routers.append(exports.router)  # training datasets from reviewed results
+    routers.append(workitems.router)  # UPS-RS AI worklist (IHE AIW-I Task Manager)
     if not public:
         routers.append(health.docs_router)
     for router in routers:

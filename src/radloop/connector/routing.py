@@ -8,6 +8,7 @@ non-match rather than a silent drop.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from sqlmodel import Session, select
 
@@ -48,6 +49,35 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
     return jobs
 
 
+def request_pipeline(
+    session: Session,
+    series: Series,
+    settings: Settings,
+    catalog: PipelineCatalog,
+    pipeline: str,
+    *,
+    request_key: str,
+    priority: Priority | None = None,
+    not_before: datetime | None = None,
+) -> Job | str:
+    """A job for ``pipeline`` on a complete series because a client asked for it (a UPS workitem).
+
+    The listener's pipeline list does not apply; the pipeline's match rules do: returns why not
+    (e.g. ``Modality CT not in [MR]``) instead of a job when they refuse the series. One job per
+    ``request_key`` and series revision; ``not_before`` holds it in the queue until then.
+    """
+    if pipeline not in catalog:
+        return f"no such pipeline is loaded: {pipeline}"
+    spec = catalog.get(pipeline).spec
+    why_not = spec.match.explain_mismatch(series)
+    if why_not:
+        return why_not
+    study = session.get(Study, series.study_id)
+    key = f"{pipeline}:{series.series_instance_uid}:{series.revision}:{request_key}"
+    chosen = priority or spec.priority
+    return _queue_job(session, series, study, pipeline, spec.version, chosen, settings, key, not_before)
+
+
 def _queue_job(
     session: Session,
     series: Series,
@@ -56,8 +86,10 @@ def _queue_job(
     version: str,
     priority: Priority,
     settings: Settings,
+    key: str = "",
+    not_before: datetime | None = None,
 ) -> Job:
-    key = f"{pipeline}:{series.series_instance_uid}:{series.revision}"
+    key = key or f"{pipeline}:{series.series_instance_uid}:{series.revision}"
     existing = session.exec(select(Job).where(Job.idempotency_key == key)).first()
     if existing is not None:
         return existing
@@ -73,6 +105,8 @@ def _queue_job(
         priority_rank=priority.rank,
         max_attempts=settings.workers.max_attempts,
     )
+    if not_before is not None:
+        job.next_attempt_at = not_before
     session.add(job)
     session.flush()
     log.info("job %s queued: pipeline %s for series %s", job.id, pipeline, series.id)

@@ -339,3 +339,67 @@ class Review(ReviewBase, table=True):
     __tablename__ = "review"
 
     id: int | None = Field(default=None, primary_key=True)
+
+
+class WorkitemBase(SQLModel):
+    """A Unified Procedure Step (UPS) workitem of the AI worklist (PS3.4 Annex CC, PS3.18 §11).
+
+    ``dataset`` is the workitem's attributes as DICOM JSON (PS3.18 Annex F), as created and
+    updated by clients; state, Transaction UID and the outputs of radloop's own jobs are columns
+    and rows, merged in when the workitem is shown (:mod:`radloop.core.ups`).
+    """
+
+    sop_instance_uid: str = Field(max_length=64, unique=True, index=True)
+    procedure_step_state: str = Field(default="SCHEDULED", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    cancel_requested_at: datetime | None = None
+
+
+class Workitem(WorkitemBase, table=True):
+    """A UPS workitem; ``transaction_uid`` is the owner's (never shown), ``claimed_by`` who holds it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset: dict[str, object] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+    transaction_uid: str = Field(default="", max_length=64)
+    claimed_by: str = ""  # "" (nobody), "radloop" (its own workers) or the claimant's token name
+
+
+class WorkitemJob(SQLModel, table=True):
+    """The radloop job(s) that perform a workitem; each job performs exactly one workitem."""
+
+    __tablename__ = "workitem_job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    workitem_id: int = Field(foreign_key="workitem.id", index=True)
+    job_id: int = Field(foreign_key="job.id", unique=True)
+
+
+class WorkitemSubscription(SQLModel, table=True):
+    """An Application Entity's subscription to one workitem, or to all (the global Worklist UID)."""
+
+    __tablename__ = "workitem_subscription"
+    __table_args__ = (UniqueConstraint("ae_title", "workitem_uid"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    ae_title: str = Field(max_length=16, index=True)
+    workitem_uid: str = Field(max_length=64)
+    deletion_lock: bool = False
+    from_event_id: int = 0  # events after this one are reported to the subscriber
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkitemEvent(SQLModel, table=True):
+    """A UPS Event Report (PS3.4 CC.2.4) waiting in order for subscribers' notification channels."""
+
+    __tablename__ = "workitem_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    workitem_uid: str = Field(max_length=64, index=True)
+    event_type_id: int
+    report: dict[str, object] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
+    )
+    created_at: datetime = Field(default_factory=utcnow)

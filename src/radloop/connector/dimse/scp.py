@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from radloop.connector.dimse import status
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
+from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.ingest import IngestSession
 from radloop.connector.peer_text import escape_library_logs, shown
 from radloop.connector.sanity import check_instance
@@ -53,8 +54,16 @@ SeriesCallback = Callable[[set[int], str], None]
 class StorageSCP:
     """Owns the pynetdicom AE and server; ``on_association_end(series_ids, called_ae)`` is notified."""
 
-    def __init__(self, settings: Settings, store: InstanceStore, on_association_end: SeriesCallback) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: InstanceStore,
+        on_association_end: SeriesCallback,
+        ups: UpsHandlers | None = None,
+    ) -> None:
+        """``ups``: also serve the UPS DIMSE services (the AI worklist) on these AE titles."""
         self.settings = settings
+        self.ups = ups
         self.store = store
         self.on_association_end = on_association_end
         self.limits = store.limits
@@ -80,6 +89,8 @@ class StorageSCP:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        if self.ups is not None:
+            self.ups.add_contexts(ae)
         return ae
 
     def start(self) -> int:
@@ -93,6 +104,8 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
+        if self.ups is not None:
+            handlers += self.ups.handlers()
         self._server = start_guarded_server(self.ae, (cfg.host, cfg.port), self.guard, handlers)
         port = int(self._server.server_address[1])
         log.info(
