@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from radloop.core.errors import InvalidInstanceError
+from radloop.connector.peer_text import shown
+from radloop.core.errors import PARSE_ERRORS, InvalidInstanceError
 from radloop.core.settings import DicomSettings
 
 __all__ = [
@@ -433,6 +434,8 @@ def check_instance(encoded: bytes | memoryview, transfer_syntax_uid: str, limits
     subclass naming the rule broken.
     """
     ts = UID(transfer_syntax_uid)
+    if not ts.is_transfer_syntax:
+        raise MalformedInstanceError("transfer-syntax", f"{shown(ts)} is not a transfer syntax")
     explicit, little = not ts.is_implicit_VR, ts.is_little_endian
     facts = _Facts()
     if not ts.is_deflated and len(encoded) > limits.max_instance_bytes:
@@ -472,7 +475,7 @@ def _looks_explicit(encoded: bytes | memoryview) -> bool:
 def _parse_header(head: bytes, ts: UID) -> Dataset:
     try:
         return read_dataset(io.BytesIO(head), ts.is_implicit_VR, ts.is_little_endian)
-    except (ValueError, EOFError, KeyError, struct.error) as e:
+    except PARSE_ERRORS as e:
         raise MalformedInstanceError("header", f"cannot read the header: {type(e).__name__}: {e}") from e
 
 
@@ -496,8 +499,14 @@ def check_part10(data: bytes | memoryview, limits: InstanceLimits) -> Dataset:
             meta_end = reader.position
     except EOFError as e:
         raise MalformedInstanceError("part10", "the File Meta Information is truncated") from e
-    meta = FileMetaDataset(read_dataset(io.BytesIO(bytes(view[start : start + meta_end])), False, True))
-    ts = str(meta.get("TransferSyntaxUID", "") or "").strip()
+    try:
+        meta = FileMetaDataset(read_dataset(io.BytesIO(bytes(view[start : start + meta_end])), False, True))
+        ts = str(meta.get("TransferSyntaxUID", "") or "").strip()
+        for _element in meta:  # decode every (small) meta element now, not later in a caller
+            pass
+    except PARSE_ERRORS as e:
+        msg = f"cannot read the File Meta Information: {type(e).__name__}: {e}"
+        raise MalformedInstanceError("part10", msg) from e
     if not ts:
         raise MalformedInstanceError("part10", "the File Meta Information has no TransferSyntaxUID")
     header = check_instance(view[start + meta_end :], ts, limits)

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from radloop.connector.sanity import InstanceLimits, check_part10
-from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
+from radloop.core.errors import PARSE_ERRORS, DiskFullError, InvalidInstanceError, StoreError
 from radloop.core.models import Instance, RoutingStatus, Series, SeriesState, Study, utcnow
 from radloop.core.refs import is_valid_uid
 
@@ -90,7 +90,7 @@ def describe(
     """Pull the identifying UIDs out of a data set, refusing objects that lack valid ones."""
 
     def uid(keyword: str) -> str:
-        value = str(ds.get(keyword, "") or "").strip()
+        value = str(_get(ds, keyword) or "").strip()
         if not is_valid_uid(value):
             shown = repr(value) if value else "empty"
             raise InvalidInstanceError(
@@ -170,7 +170,7 @@ class InstanceStore:
                         sop_instance_uid=info.sop_instance_uid,
                         sop_class_uid=info.sop_class_uid,
                         transfer_syntax_uid=info.transfer_syntax_uid,
-                        instance_number=_int_or_none(ds.get("InstanceNumber")),
+                        instance_number=_int_or_none(_get(ds, "InstanceNumber")),
                         path=relative,
                         size_bytes=size,
                         received_at=now,
@@ -346,7 +346,7 @@ def _get_or_create_series(conn: Connection, study_id: int, info: ReceivedInstanc
             series_instance_uid=info.series_instance_uid,
             modality=_text(ds, "Modality"),
             series_description=_text(ds, "SeriesDescription"),
-            series_number=_int_or_none(ds.get("SeriesNumber")),
+            series_number=_int_or_none(_get(ds, "SeriesNumber")),
             sop_class_uid=info.sop_class_uid,
             called_ae=info.called_ae,
             calling_ae=info.calling_ae,
@@ -378,8 +378,16 @@ def _reopen_if_complete(conn: Connection, series_id: int) -> bool:
     return bool(res.rowcount)
 
 
+def _get(ds: Dataset, keyword: str) -> object:
+    """``ds.get(keyword)``; a value pydicom cannot decode is the sender's error, not ours."""
+    try:
+        return ds.get(keyword, "")
+    except PARSE_ERRORS as e:
+        raise InvalidInstanceError(f"{keyword} cannot be decoded: {type(e).__name__}: {e}") from e
+
+
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
+    value = _get(ds, keyword)
     return "" if value is None else str(value).strip()
 
 

@@ -7,6 +7,10 @@ an HTTP problem, a CLI message or a job's ``error`` column.
 
 from __future__ import annotations
 
+import struct
+
+from pydicom.errors import BytesLengthException
+
 
 class RadloopError(Exception):
     """Base class of every error radloop raises on purpose."""
@@ -82,3 +86,17 @@ class PullError(RadloopError):
 
 class ExportError(RadloopError):
     """A training dataset could not be exported (an incompatible export folder, an unreadable case)."""
+
+
+# What pydicom raises on bytes it cannot make sense of (found by fuzzing the header path): every
+# one of them means "cannot understand this object", never a server error.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    EOFError,
+    OverflowError,
+    NotImplementedError,
+    struct.error,
+    BytesLengthException,
+)

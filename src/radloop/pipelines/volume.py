@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import pixel_array as decode_pixel_array
 
-from radloop.core.errors import InputDataError
+from radloop.core.errors import PARSE_ERRORS, InputDataError
 from radloop.core.refs import SeriesRef
 from radloop.pipelines.ports import SourceFrame, Volume
 
@@ -107,9 +107,12 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
 def _read_header(path: Path) -> Dataset:
     """Parse ``path`` (tolerantly: no preamble needed); large values such as pixel data stay on disk."""
     try:
-        return pydicom.dcmread(path, force=True, defer_size="64 KB")
-    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-        raise InputDataError(f"{path.name}: not a readable DICOM file ({e})") from e
+        ds = pydicom.dcmread(path, force=True, defer_size="64 KB")
+        for _element in ds:  # decode every top-level value now: a bad one fails here, by name
+            pass
+        return ds
+    except (InvalidDicomError, OSError) + PARSE_ERRORS as e:
+        raise InputDataError(f"{path.name}: not a readable DICOM file ({type(e).__name__}: {e})") from e
 
 
 def _check_image_object(ds: Dataset, path: Path, series: SeriesRef) -> None:

@@ -95,6 +95,11 @@ def _peer(dul: DULServiceProvider) -> str:
     return shown(info.address if info is not None else "?")
 
 
+# Events a local user (our acceptor thread) raises: A-ASSOCIATE accept/reject, P-DATA, A-RELEASE
+# request/response, A-ABORT request (PS3.8 Table 9-10, Evt7-Evt15).
+_LOCAL_EVENTS = frozenset({"Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+
+
 class GuardedDUL(DULServiceProvider):
     """The DICOM upper layer with bounded PDU reads (deadline, declared-length cap)."""
 
@@ -104,6 +109,18 @@ class GuardedDUL(DULServiceProvider):
         self.opened_at = time.monotonic()
         self._refused = False
         self._drain_left = _DRAIN_BYTES
+        self._do_action = self.state_machine.do_action
+        self.state_machine.do_action = self._do_action_closing  # type: ignore[method-assign]
+
+    def _do_action_closing(self, event: str) -> None:
+        """The state machine's step, except that a local response (accept, reject, data) that
+        crosses our own A-ABORT is dropped: once in Sta13 the connection only waits to close.
+        pynetdicom raises InvalidEventError there, which kills the DUL's reactor thread (found by
+        fuzzing: an A-ASSOCIATE-RQ refused by the guard while the acceptor was answering it)."""
+        if self.state_machine.current_state == "Sta13" and event in _LOCAL_EVENTS:
+            log.debug("%s after A-ABORT from %s: dropped", event, _peer(self))
+            return
+        self._do_action(event)
 
     def idle_timer_expired(self) -> bool:
         """The idle timeout (``network_timeout_s``), or the total-duration bound, has passed."""
