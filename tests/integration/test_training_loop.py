@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 from typer.testing import CliRunner
 
 import helpers_reviews as hr
@@ -33,6 +33,7 @@ import tiny_models
 from helpers_data import ellipsoid
 from radloop.cli import app
 from radloop.connector.store import InstanceStore
+from radloop.core.db import session_scope
 from radloop.core.models import AuditEvent, Delivery, Job, JobState, Result, ReviewDecision
 from radloop.core.settings import Settings, load_settings
 from radloop.inference.store import ModelStore
@@ -84,8 +85,6 @@ def _ct_series(folder: Path, seed: int, patient: str) -> list[Path]:
 
 
 def _job(engine: Engine, series: hr.StoredSeries, key: str) -> int:
-    from radloop.core.db import session_scope
-
     with session_scope(engine) as s:
         job = Job(
             pipeline="ct-organ-seg",
@@ -193,7 +192,7 @@ def test_same_export_seed_and_base_give_the_same_weights(loop: Loop, tmp_path: P
             "1",
             loop.store.get("ct_organs", "1").spec.model_dump(),
         )
-        config = TrainConfig(epochs=2, learning_rate=0.01, seed=5)
+        config = TrainConfig(epochs=1, learning_rate=0.01, seed=5)
         stored, _ = train_version(store, TrainRequest("ct_organs", "1", loop.export, config))
         weights.append(torch.jit.load(str(stored.path)).state_dict())
     assert weights[0].keys() == weights[1].keys()
@@ -213,25 +212,24 @@ def test_shadow_runs_beside_production_is_never_delivered_then_promote_and_rollb
     def run_new_series(n: int) -> list[Result]:
         series = hr.ingest(store, _ct_series(tmp_path / f"new{n}", 100 + n, f"NEW-{n}"))
         ids = runner.run(_job(loop.engine, series, f"new-{n}"))
-        with loop.engine.connect():
-            from radloop.core.db import session_scope
-
-            with session_scope(loop.engine) as s:
-                results = list(s.exec(select(Result).where(Result.id.in_(ids))).all())  # type: ignore[union-attr]
-                for r in results:
-                    deliveries = s.exec(select(Delivery).where(Delivery.result_id == r.id)).all()
-                    assert (len(deliveries) == 0) == (r.kind == "shadow-seg"), (r.kind, deliveries)
-                    s.expunge(r)
-                return results
+        with session_scope(loop.engine) as s:
+            results = list(s.exec(select(Result).where(col(Result.id).in_(ids))).all())
+            for r in results:
+                deliveries = s.exec(select(Delivery).where(Delivery.result_id == r.id)).all()
+                assert (len(deliveries) == 0) == (r.kind == "shadow-seg"), (r.kind, deliveries)
+                s.expunge(r)
+            return results
 
     def algorithm_version(result: Result) -> str:
         ds = pydicom.dcmread(loop.settings.data_dir / result.path, stop_before_pixels=True)
-        return str(ds.SegmentSequence[0].SegmentAlgorithmName) + "@" + str(ds.SoftwareVersions)
+        return str(ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion)
 
     first = run_new_series(1)
     kinds = sorted(r.kind for r in first)
     assert kinds == ["SEG", "shadow-seg"], kinds
     shadow = next(r for r in first if r.kind == "shadow-seg")
+    production = next(r for r in first if r.kind == "SEG")
+    assert (algorithm_version(production), algorithm_version(shadow)) == ("1", "2")
     assert "SHADOW ct_organs@2" in str(
         pydicom.dcmread(loop.settings.data_dir / shadow.path).SeriesDescription
     )
@@ -251,10 +249,10 @@ def test_shadow_runs_beside_production_is_never_delivered_then_promote_and_rollb
     assert loop.store.serving_version("ct_organs") == "2"
     second = run_new_series(2)
     assert [r.kind for r in second] == ["SEG"]  # 2 left shadow when it became production
+    assert algorithm_version(second[0]) == "2"
     _cli(loop, "models", "rollback", "ct_organs", "--by", "lead@hospital.example")
     assert loop.store.serving_version("ct_organs") == "1"
-    from radloop.core.db import session_scope
-
+    assert [algorithm_version(r) for r in run_new_series(3)] == ["1"]
     with session_scope(loop.engine) as s:
         actions = [e.action for e in s.exec(select(AuditEvent)).all()]
     assert {"model.stage.shadow", "model.stage.production", "model.rollback"} <= set(actions)
