@@ -91,13 +91,34 @@ def fine_tune(
     during epochs stops the loop with the best weights so far (``stopped == "interrupted"``).
     """
     import torch
-    from monai.losses.dice import DiceCELoss
 
     if spec.task != "segmentation":
         raise ConfigError(
             f"model {spec.name}: fine-tuning a classifier is not supported (exports hold masks)"
         )
-    _deterministic(config.seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True)
+    try:
+        outcome, best = _epochs(module, spec, training, validation, config, on_epoch)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)  # a process-wide switch: put it back
+    module.load_state_dict(best)
+    return outcome
+
+
+def _epochs(
+    module: Any,
+    spec: ModelSpec,
+    training: tuple[TrainingCase, ...],
+    validation: tuple[TrainingCase, ...],
+    config: TrainConfig,
+    on_epoch: EpochCallback | None,
+) -> tuple[TrainOutcome, dict[str, Any]]:
+    """The epochs of :func:`fine_tune`: the outcome and the best epoch's weights."""
+    import torch
+    from monai.losses.dice import DiceCELoss
+
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     start = time.perf_counter()
@@ -136,9 +157,8 @@ def fine_tune(
                     break
     except KeyboardInterrupt:
         outcome.stopped = "interrupted"
-    module.load_state_dict(best)
     outcome.wall_time_s = round(time.perf_counter() - start, 3)
-    return outcome
+    return outcome, best
 
 
 def predict(module: Any, spec: ModelSpec, image: npt.NDArray[np.float32], device: str) -> IntArray:
@@ -177,13 +197,6 @@ def mean_dice(module: Any, spec: ModelSpec, cases: tuple[TrainingCase, ...], dev
     if not cases:
         return float("nan")
     return float(np.mean([dice(predict(module, spec, c.image, device), c.label) for c in cases]))
-
-
-def _deterministic(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
 
 
 def _state(module: Any) -> dict[str, Any]:
