@@ -27,6 +27,7 @@ from radloop.cli import (
     serve,
     studies,
     tokens,
+    train,
     triton,
     xnat,
 )
@@ -57,6 +58,7 @@ app.command("serve")(serve.serve)
 app.command("send")(send.send)
 app.command("pull")(pulls.pull)
 app.command("review-url")(review.review_url)
+app.command("train")(train.train)
 
 
 def main() -> None:

@@ -87,6 +87,16 @@ def build_backend(name: str, config: ModelBackendSettings, store: ModelStore) ->
     return BACKENDS[type(config)](name, config, store)
 
 
+def build_in_process(
+    stored: StoredModel,
+    config: AutoBackendSettings | OnnxRuntimeBackendSettings | TorchScriptBackendSettings,
+) -> InferenceBackend:
+    """One given stored version (e.g. a shadow version) in process, with the runtime its file needs."""
+    if stored.spec.format == "onnx":
+        return _onnx(stored)
+    return _torchscript(stored, getattr(config, "device", "cpu"))
+
+
 def raise_not_found(name: str, root: Path) -> NoReturn:
     """Raise :class:`ModelNotFoundError` for ``name`` with the command that adds it."""
     raise ModelNotFoundError(not_found_message(name, root, None, []))

@@ -4,15 +4,18 @@
 
 * ``triton``: a :class:`~radloop.inference.triton.TritonBackend` for the server at ``url``;
   the model need not be in the local store (the server has it), but its spec is used when it is.
-* ``auto`` / ``onnxruntime`` / ``torchscript``: the newest version in the model store (or a
-  model shipped in a package, such as deepbet's), run in this process with the runtime its
-  file needs.
+* ``auto`` / ``onnxruntime`` / ``torchscript``: the version staged ``production`` in the model
+  store, else the newest (or a model shipped in a package, such as deepbet's), run in this
+  process with the runtime its file needs. Versions staged ``shadow`` are resolved by
+  :meth:`ModelResolver.shadows` (in process only), to run beside production.
 
 The builder of each backend is registered in :mod:`radloop.inference.registry`.
 
-Backends are built once per resolver and reused (a worker process keeps one resolver, so a
-TorchScript model loads once, not once per job). A model that cannot be found raises
-:class:`~radloop.core.errors.ModelNotFoundError` (the job fails at once, saying how to add it).
+Backends are built once per resolver and version and reused (a worker process keeps one
+resolver, so a TorchScript model loads once, not once per job); the serving version is read
+from the store on every resolve, so a promotion or rollback reaches the next job. A model that
+cannot be found raises :class:`~radloop.core.errors.ModelNotFoundError` (the job fails at once,
+saying how to add it).
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import threading
 from dataclasses import dataclass
 
 from radloop.core.errors import PermanentJobError
-from radloop.core.settings import InferenceSettings, ModelBackendSettings, Settings
+from radloop.core.settings import (
+    InferenceSettings,
+    ModelBackendSettings,
+    Settings,
+    TritonBackendSettings,
+)
 from radloop.inference.backend import InferenceBackend
 from radloop.inference.model_spec import ModelSpec
-from radloop.inference.registry import build_backend
+from radloop.inference.registry import build_backend, build_in_process
 from radloop.inference.store import ModelStore
 
 
@@ -54,7 +62,7 @@ class ModelResolver:
     def __init__(self, settings: InferenceSettings, store: ModelStore) -> None:
         self.settings = settings
         self.store = store
-        self._cache: dict[str, ResolvedModel] = {}
+        self._cache: dict[tuple[str, str | None], ResolvedModel] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -64,15 +72,32 @@ class ModelResolver:
 
     def resolve(self, name: str) -> ResolvedModel:
         """The backend that runs ``name`` (cached); see the module docstring."""
+        key = (name, self.store.serving_version(name))
         with self._lock:
-            if name not in self._cache:
-                self._cache[name] = self._build(name)
-            return self._cache[name]
+            if key not in self._cache:
+                self._cache[key] = self._build(name)
+            return self._cache[key]
+
+    def shadows(self, name: str) -> list[ResolvedModel]:
+        """The versions of ``name`` staged ``shadow``, each run in process (a Triton model has none)."""
+        cfg = self.settings.backend_for(name)
+        if isinstance(cfg, TritonBackendSettings):
+            return []
+        found = []
+        for version in self.store.shadow_versions(name):
+            key = (name, f"shadow:{version}")
+            with self._lock:
+                if key not in self._cache:
+                    stored = self.store.get(name, version)
+                    self._cache[key] = ResolvedModel(name, build_in_process(stored, cfg), stored.spec, cfg)
+                found.append(self._cache[key])
+        return found
 
     def forget(self, name: str) -> None:
-        """Drop a cached backend (e.g. after a new version was added)."""
+        """Drop the cached backends of ``name`` (e.g. after a version was replaced)."""
         with self._lock:
-            self._cache.pop(name, None)
+            for key in [k for k in self._cache if k[0] == name]:
+                del self._cache[key]
 
     def _build(self, name: str) -> ResolvedModel:
         cfg = self.settings.backend_for(name)

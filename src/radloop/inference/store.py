@@ -5,10 +5,14 @@ Layout (``inference.models_dir``, default ``<data_dir>/models``)::
     <store>/<name>/<version>/model.json     the spec (radloop.inference.model_spec)
     <store>/<name>/<version>/model.onnx     or model.ts: the network, copied in
     <store>/<name>/<version>/bundle/        a MONAI bundle's configs/ and docs/, for reference
+    <store>/<name>/<version>/training.json  a fine-tuned version's provenance (radloop.training)
+    <store>/<name>/stages.json              which version is production / shadow / retired
+    <store>/<name>/evaluations/*.json       ``radloop models compare`` results (promotion evidence)
 
 A version is written into a hidden temporary folder and renamed into place, so a reader never
 sees half a model, and a version once added is never changed (add a new version instead, or
 ``replace=True`` to overwrite deliberately). No database table: the folder is the truth.
+Pipelines use the ``production`` version (:mod:`radloop.inference.stages`), else the newest.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from radloop.core.errors import ConfigError, ModelNotFoundError
 from radloop.inference import model_import
 from radloop.inference.model_spec import SPEC_FILE, ModelSpec, read_spec, validate_spec, write_spec
 from radloop.inference.packaged import PackagedModel, packaged_models
+from radloop.inference.stages import ModelStages, Stage, read_stages, write_stages
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +86,19 @@ class ModelStore:
         spec = packaged.spec.model_copy(update={"sha256": _sha256(packaged.path)})
         return self._write(spec, packaged.path, None, replace)
 
-    def _write(self, spec: ModelSpec, network: Path, bundle: Path | None, replace: bool) -> StoredModel:
+    def add_trained(self, spec: ModelSpec, network: Path, files: Mapping[str, str]) -> StoredModel:
+        """Add a fine-tuned network as a new version, with extra text ``files`` (its provenance)."""
+        spec = spec.model_copy(update={"sha256": _sha256(network)})
+        return self._write(spec, network, None, False, files)
+
+    def _write(
+        self,
+        spec: ModelSpec,
+        network: Path,
+        bundle: Path | None,
+        replace: bool,
+        files: Mapping[str, str] | None = None,
+    ) -> StoredModel:
         target = self.root / spec.name / spec.version
         if target.exists() and not replace:
             raise ConfigError(
@@ -95,6 +112,8 @@ class ModelStore:
             if bundle is not None:
                 shutil.copytree(bundle / "configs", staging / "bundle" / "configs")
             write_spec(spec, staging / SPEC_FILE)
+            for file_name, text in (files or {}).items():
+                (staging / file_name).write_text(text)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -131,11 +150,44 @@ class ModelStore:
         return [self.get(name, v) for name in self.names() for v in self.versions(name)]
 
     def find(self, name: str) -> StoredModel | None:
-        """The newest version of ``name`` in the store, else the packaged model of that name, else None."""
+        """The version pipelines use (production, else the newest) of ``name`` in the store, else
+        the packaged model of that name, else None."""
         if self.versions(name):
-            return self.get(name)
+            return self.get(name, self.serving_version(name))
         packaged = packaged_models().get(name)
         return None if packaged is None else StoredModel(packaged.spec, packaged.path)
+
+    def stages(self, name: str) -> ModelStages:
+        """The stages of ``name``'s versions."""
+        return read_stages(self.root / name)
+
+    def serving_version(self, name: str) -> str | None:
+        """The version pipelines use: production if one is staged, else the newest (None: no version)."""
+        versions = self.versions(name)
+        production = self.stages(name).production
+        if production is not None and production in versions:
+            return production
+        return versions[-1] if versions else None
+
+    def shadow_versions(self, name: str) -> list[str]:
+        """The versions staged ``shadow`` that are still in the store."""
+        versions = self.versions(name)
+        return [v for v in self.stages(name).shadow if v in versions]
+
+    def set_stage(self, name: str, version: str, stage: Stage, actor: str) -> ModelStages:
+        """Move ``version`` of ``name`` to ``stage``; :class:`ModelNotFoundError` if it is not stored."""
+        self.get(name, version)
+        stages = self.stages(name).with_stage(version, stage, actor)
+        write_stages(self.root / name, stages)
+        logger.info("model %s version %s is now %s (%s)", name, version, stage.value, actor)
+        return stages
+
+    def rollback(self, name: str, actor: str) -> tuple[str, ModelStages]:
+        """Make the previous production version production again; returns it and the new stages."""
+        previous = self.stages(name).previous_production()
+        if previous is None or previous not in self.versions(name):
+            raise ConfigError(f"model {name!r} has no earlier production version to roll back to")
+        return previous, self.set_stage(name, previous, Stage.production, actor)
 
 
 def not_found_message(name: str, root: Path, version: str | None, versions: list[str]) -> str:

@@ -1,6 +1,7 @@
 """Runs one job: its pipeline's operators in order (the step loop of :mod:`.steps`), each timed,
 with its stage timings and log lines, into ``job_step`` rows; then records the DICOM objects
-written as results and queues their deliveries (the outbox).
+written as results and queues their deliveries (the outbox). SEGs of model versions staged
+``shadow`` (:mod:`.shadow`) are stored as results of kind ``shadow-seg`` with no delivery.
 
 Results are idempotent: writers take their UIDs from the job's idempotency key, so a retried
 or resumed job rewrites the same SOP Instance UIDs and finds its result and delivery rows
@@ -32,6 +33,7 @@ from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.ports import DicomObjects, SeriesInput
 from radloop.pipelines.registry import OperatorContext
+from radloop.pipelines.shadow import SHADOW_KIND, shadow_files
 from radloop.pipelines.spec import BoundStep, Pipeline
 from radloop.pipelines.steps import run_steps, written_objects
 
@@ -78,11 +80,20 @@ class JobRunner:
         )
         try:
             values = run_steps(pipeline, series_input, ctx, partial(self._recorded_step, job))
-            return self._record_results(job, pipeline, written_objects(values))
+            results = self._record_results(job, pipeline, written_objects(values))
+            return results + self._record_shadow(job, workdir)
         finally:
             # Scratch only: results were copied into ``results/``; a failed attempt (a full disk)
             # must not leave half-written objects behind.
             shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _record_shadow(self, job: Job, workdir: Path) -> list[int]:
+        """Store the SEGs of shadow model versions as results, with no delivery (never sent)."""
+        with session_scope(self.engine) as s:
+            return [
+                self._store_result(s, job, SHADOW_KIND, path).id  # type: ignore[misc]
+                for path in shadow_files(workdir)
+            ]
 
     def _series_input(self, s: Any, job: Job) -> SeriesInput:
         series = s.get(Series, job.series_id)

@@ -38,6 +38,7 @@ from radloop.pipelines.ports import (
     Volume,
 )
 from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.shadow import run_shadows
 from radloop.pipelines.timing import StageTimer
 
 WindowMode = Literal["auto", "always", "never"]
@@ -95,6 +96,7 @@ class InferSegment(Operator[SegmentOptions]):
         model = load_model(ctx, options.model, timer)
         labels = segment(model, volume, options.sliding_window, timer, options.sw_batch_size, options.overlap)
         spec = model.require_spec()
+        run_shadows(ctx, options.model, volume, options.sliding_window)  # stored, never delivered
         ctx.logger.info(
             "%s %s: %s voxels labelled; %s",
             self.name,
