@@ -122,8 +122,19 @@ def _epoch(at: datetime | None) -> float:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
+def _seg_sent(server: RadloopServer, uid: str) -> bool:
+    """Whether the outbox has recorded the SEG's delivery (it may lag Orthanc's store by a commit)."""
+    with Session(server.engine) as s:
+        job = s.exec(select(Job).where(Job.study_instance_uid == uid)).one()
+        sent = s.exec(
+            select(Delivery.sent_at).join(Result).where(Result.job_id == job.id, Result.kind == "SEG")
+        ).all()
+    return bool(sent) and all(at is not None for at in sent)
+
+
 def fill_split(study: Study, server: RadloopServer, uid: str) -> None:
     """The study's split from its series, job, step and delivery rows."""
+    peers.wait_for(lambda: _seg_sent(server, uid), 10, interval=0.05, what="the SEG delivery's sent_at")
     with Session(server.engine) as s:
         job = s.exec(select(Job).where(Job.study_instance_uid == uid)).one()
         series = s.get(Series, job.series_id)

@@ -134,6 +134,7 @@ class LocalExecutor:
                 "job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts
             )
             future = self._pool.submit(_run_in_worker, job.id, self.worker_id)
+            future.add_done_callback(lambda _: self.wakeup.notify())  # reap it and start the next now
             self._running[job.id] = _Running(future, time.monotonic())
 
     def _renew_leases(self) -> None:

@@ -8,6 +8,9 @@ The inference operators resolve models through :func:`resolve_model`, which uses
 when the job's resolver has the same inference settings and model store (always, in a worker),
 and the job's own resolver otherwise (tests, ``radloop run-pipeline``).
 
+The first SEG a process writes also pays a one-off second or so inside highdicom (its tables of
+IODs and modules load on first use), so :func:`warm_models` writes one tiny SEG in memory too.
+
 A model's memory is estimated from its weights file (TorchScript and ONNX weights load at about
 their file size); a model served by Triton costs nothing here. A job that needs a model larger
 than the whole budget still gets it: the cache then holds that model alone.
@@ -20,6 +23,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 from pydantic import BaseModel
 
 from radloop.core.errors import ModelNotFoundError, RadloopError
@@ -126,7 +130,64 @@ def warm_models(settings: Settings, catalog: PipelineCatalog) -> ModelCache | No
         except RadloopError as e:
             log.warning("model %s not warmed: %s", name, e)
     log.info("warm models: %s", warm_summary() or "none")
+    prime_seg_writer()
     return cache
+
+
+def prime_seg_writer() -> None:
+    """Build (in memory) a SEG of a tiny synthetic two-slice MR series, so that highdicom's lazily
+    loaded tables are ready before the first job's SEG."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    sources = []
+    for z in range(2):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID, ds.Modality = frame_of_reference, "MR"
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "0", "Warm^Up", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = (
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
+        ds.SeriesNumber, ds.InstanceNumber = 1, z + 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, z], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
+        ds.Rows = ds.Columns = 4
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        sources.append(ds)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="warm-up",
+        segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
+        segmented_property_type=hd.sr.CodedConcept("12738006", "SCT", "Brain"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    mask = np.zeros((2, 4, 4), dtype=np.uint8)
+    mask[:, 1:3, 1:3] = 1
+    hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="radloop",
+        manufacturer_model_name="radloop",
+        software_versions="0",
+        device_serial_number="0",
+    )
 
 
 def warm_summary() -> str:
