@@ -49,6 +49,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from radloop.core.errors import InputDataError
 from radloop.core.refs import SeriesRef
+from radloop.pipelines import headers
 from radloop.pipelines.ports import SourceFrame, Volume
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     """
     if not paths:
         raise InputDataError(f"series {series.SeriesInstanceUID}: no files to build a volume from")
-    datasets = [_read_header(Path(p)) for p in paths]
+    read = [_read_header(Path(p)) for p in paths]
+    datasets = [ds for ds, _ in read]
     frames: list[_Frame] = []
     for index, (path, ds) in enumerate(zip(paths, datasets, strict=True)):
         _check_image_object(ds, Path(path), series)
@@ -108,8 +110,10 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     _check_same_grid(frames)
     frames = _sort_along_normal(frames)
     step = _slice_step(frames, datasets)
+    array = _decode_frames(frames, datasets)
+    _hand_headers_to_writers(paths, read)
     return Volume(
-        array=_decode_frames(frames, datasets),
+        array=array,
         affine=_affine(frames[0], step),
         frame_of_reference_uid=frame_of_reference_uid,
         series=series,
@@ -119,16 +123,24 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     )
 
 
-def _read_header(path: Path) -> Dataset:
+def _hand_headers_to_writers(paths: Sequence[Path], read: Sequence[tuple[Dataset, bool]]) -> None:
+    """Leave the headers read as groups 0002-0028 (the fast path) for the result writers."""
+    for path, (ds, partial) in zip(paths, read, strict=True):
+        if partial:
+            del ds.PixelData
+            headers.remember(Path(path), ds)
+
+
+def _read_header(path: Path) -> tuple[Dataset, bool]:
     """Parse ``path`` (tolerantly: no preamble needed), opening it once: groups 0002-0028 and the
-    pixel data where the fast path applies (module docstring), else the whole file."""
+    pixel data where the fast path applies (module docstring; then True), else the whole file."""
     try:
         with path.open("rb") as fp:
             ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
-            if not _attach_native_pixel_data(ds, fp):
-                fp.seek(0)
-                ds = pydicom.dcmread(fp, force=True)
-        return ds
+            if _attach_native_pixel_data(ds, fp):
+                return ds, True
+            fp.seek(0)
+            return pydicom.dcmread(fp, force=True), False
     except (InvalidDicomError, OSError, ValueError, EOFError, struct.error) as e:
         raise InputDataError(f"{path.name}: not a readable DICOM file ({e})") from e
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
+from radloop.pipelines import headers
 from radloop.pipelines.ports import SourceFrame, Volume
 
 PATIENT_AND_STUDY_KEYWORDS = (
@@ -69,18 +70,26 @@ def read_source_header(path: Path, *, full: bool = True) -> Dataset:
 
     ``full=False`` reads groups 0002-0028 only: every attribute a writer takes from each source
     image (SOP, patient, study, series, equipment, frame of reference, plane and pixel modules)
-    lies there, and skipping the private groups after them (most of a Philips header) is what
-    makes reading a long series' headers fast. Scanners often send Type 3 sequences with zero
+    lies there (the volume reader has usually read them already), and skipping the private groups
+    after them (most of a Philips header) is what makes reading a long series' headers fast. Scanners often send Type 3 sequences with zero
     items (e.g. ProcedureCodeSequence); copied into a result they are invalid there (dciodvfy:
     "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
     """
-    if full:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    else:
-        with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+    ds: Dataset = (
+        pydicom.dcmread(path, stop_before_pixels=True, force=True) if full else read_partial_header(path)
+    )
     _drop_empty_sequences(ds)
     return ds
+
+
+def read_partial_header(path: Path) -> Dataset:
+    """Groups 0002-0028 of ``path``: as the volume reader left them (:mod:`radloop.pipelines.
+    headers`), else read now."""
+    cached = headers.recall(path)
+    if cached is not None:
+        return cached
+    with path.open("rb") as fp:
+        return read_partial(fp, stop_when=_after_image_pixel_module, force=True)
 
 
 def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:
