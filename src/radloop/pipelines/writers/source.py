@@ -71,9 +71,10 @@ def read_source_header(path: Path, *, full: bool = True) -> Dataset:
     ``full=False`` reads groups 0002-0028 only: every attribute a writer takes from each source
     image (SOP, patient, study, series, equipment, frame of reference, plane and pixel modules)
     lies there (the volume reader has usually read them already), and skipping the private groups
-    after them (most of a Philips header) is what makes reading a long series' headers fast. Scanners often send Type 3 sequences with zero
-    items (e.g. ProcedureCodeSequence); copied into a result they are invalid there (dciodvfy:
-    "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
+    after them (most of a Philips header) is what makes reading a long series' headers fast.
+    Scanners often send Type 3 sequences with zero items (e.g. ProcedureCodeSequence); copied into
+    a result they are invalid there (dciodvfy: "Bad Sequence number of Items 0"), so they are
+    dropped from this in-memory copy.
     """
     ds: Dataset = (
         pydicom.dcmread(path, stop_before_pixels=True, force=True) if full else read_partial_header(path)
