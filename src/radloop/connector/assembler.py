@@ -20,6 +20,7 @@ from radloop.core.db import session_scope
 from radloop.core.models import Series, SeriesState, utcnow
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
+from radloop.pipelines.wakeup import JOBS_QUEUED
 
 log = logging.getLogger(__name__)
 DEFAULT_QUIET_PERIOD_S = 10.0
@@ -81,4 +82,5 @@ class Assembler:
                 series.instance_count,
                 len(jobs),
             )
-            return True
+        JOBS_QUEUED.notify()  # committed: the dispatcher claims them now, not at its next poll
+        return True

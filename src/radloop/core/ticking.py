@@ -9,12 +9,20 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-def run_every(name: str, tick: Callable[[], object], interval_s: float, stop: threading.Event) -> None:
+def run_every(
+    name: str,
+    tick: Callable[[], object],
+    interval_s: float,
+    stop: threading.Event,
+    wait: Callable[[float], object] | None = None,
+) -> None:
     """Call ``tick`` now and then every ``interval_s`` seconds until ``stop`` is set.
 
     Blocks the calling thread; :meth:`radloop.server.Server.spawn` runs it in a thread of its own.
-    A tick that raises is logged with its traceback and the next tick retries.
+    A tick that raises is logged with its traceback and the next tick retries. ``wait`` (default
+    ``stop.wait``) may end the pause early, e.g. when new work is queued.
     """
+    pause = wait or stop.wait
     while not stop.is_set():
         try:
             tick()
@@ -24,4 +32,4 @@ def run_every(name: str, tick: Callable[[], object], interval_s: float, stop: th
             # (a database hiccup, a peer that is down) loses nothing and the next tick retries;
             # letting it propagate would end the thread and silently stop that work for good.
             log.exception("%s tick failed", name)
-        stop.wait(interval_s)
+        pause(interval_s)

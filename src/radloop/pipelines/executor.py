@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -28,6 +28,8 @@ from radloop.core.errors import JobError
 from radloop.core.logging import configure_logging
 from radloop.core.settings import Settings
 from radloop.core.ticking import run_every
+from radloop.pipelines.wakeup import JOBS_QUEUED, Wakeup
+from radloop.pipelines.warm import warm_models, warm_summary
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,10 @@ class _Running:
 class LocalExecutor:
     """Claims jobs from the database and runs them in worker processes."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, wakeup: Wakeup = JOBS_QUEUED) -> None:
         self.settings = settings
         self.engine = engine
+        self.wakeup = wakeup
         self.worker_id = f"{worker_prefix()}:{os.getpid()}"
         self._stop = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -64,20 +67,56 @@ class LocalExecutor:
         )
 
     def start(self) -> None:
-        """Re-queue what a previous incarnation left running, then start dispatching."""
+        """Re-queue what a previous incarnation left running, start the worker processes (each
+        loads its models) and wait for them, then start dispatching."""
         requeued = jobs.requeue_all_running(self.engine, worker_prefix())
         if requeued:
             log.warning("re-queued %d job(s) left running by a previous server: %s", len(requeued), requeued)
+        self._start_workers()
         self._thread.start()
+
+    def _start_workers(self) -> None:
+        """Make every worker process start now, not at the first job, and log what each has warm.
+
+        A process pool starts its processes as work arrives: no-op calls are submitted until each
+        process has answered one (its initializer, which loads the models, runs first), bounded by
+        ``workers.start_timeout_s``; past that, dispatching starts anyway and the log says so.
+        """
+        cfg = self.settings.workers
+        start = time.monotonic()
+        deadline = start + cfg.start_timeout_s
+        answered: dict[int, str] = {}
+        while len(answered) < cfg.processes and time.monotonic() < deadline:
+            pending = [self._pool.submit(_worker_started) for _ in range(cfg.processes - len(answered))]
+            done, _ = wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            for future in done:
+                pid, warm = future.result()
+                answered[pid] = warm
+        for pid, warm in sorted(answered.items()):
+            log.info("worker process %d started; warm models: %s", pid, warm or "none")
+        if len(answered) < cfg.processes:
+            log.warning(
+                "%d of %d worker processes started within %.0f s; dispatching anyway",
+                len(answered),
+                cfg.processes,
+                cfg.start_timeout_s,
+            )
+        else:
+            log.info("%d worker process(es) ready in %.1f s", cfg.processes, time.monotonic() - start)
 
     def stop(self, wait: bool = True) -> None:
         self._stop.set()
+        self.wakeup.notify()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _loop(self) -> None:
-        run_every("dispatcher", self._tick, self.settings.workers.poll_interval_s, self._stop)
+        # woken the moment a job is queued in this process; the interval catches the rest
+        # (jobs queued by other processes, retries falling due, finished jobs to reap)
+        run_every(
+            "dispatcher", self._tick, self.settings.workers.poll_interval_s, self._stop, self.wakeup.wait
+        )
 
     def _tick(self) -> None:
         jobs.requeue_expired(self.engine)
@@ -94,6 +133,7 @@ class LocalExecutor:
                 "job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts
             )
             future = self._pool.submit(_run_in_worker, job.id, self.worker_id)
+            future.add_done_callback(lambda _: self.wakeup.notify())  # reap it and start the next now
             self._running[job.id] = _Running(future, time.monotonic())
 
     def _renew_leases(self) -> None:
@@ -121,6 +161,7 @@ class LocalExecutor:
             log.error("worker pool broken (a worker process died); starting a new pool")
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
+            self._start_workers()
 
     def _record_failure(self, job_id: int, error: str, *, transient: bool) -> None:
         cfg = self.settings.workers
@@ -155,8 +196,14 @@ def _init_worker(settings_json: str) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
     runtime = Runtime.build(settings, migrate=False)
     _WORKER["runner"] = JobRunner(settings, runtime.engine, runtime.catalog)
+    warm_models(settings, runtime.catalog)
     _WORKER["settings"] = settings
     _WORKER["engine"] = runtime.engine
+
+
+def _worker_started() -> tuple[int, str]:
+    """A no-op run in a worker process once its initializer is done: its pid and warm models."""
+    return os.getpid(), warm_summary()
 
 
 def _run_in_worker(job_id: int, worker_id: str) -> str:

@@ -17,12 +17,22 @@ orientation and pixel spacing, distinct positions, uniform slice spacing), other
   (RescaleSlope/RescaleIntercept, per frame for Enhanced objects; 1 and 0 when absent).
 * The slice step is measured from the positions, never taken from SliceThickness. For a single
   frame, SpacingBetweenSlices, then SliceThickness, then 1 mm stands in for it.
+
+Speed: each file is opened once. A classic single-frame image (ImagePositionPatient at the top
+level) in an uncompressed little-endian transfer syntax is read as groups 0002–0028 (every
+attribute used here) plus its pixel data, taken from the end of the file when the last element
+there is Pixel Data of exactly the length Rows × Columns × … says; the private groups between
+them (most of a Philips header) are never parsed. Anything else (compressed, Enhanced, trailing
+elements) is read whole. Compressed frames are decoded on a few threads (the codecs are C).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +42,14 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.pixels.utils import pixel_array as decode_pixel_array
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from radloop.core.errors import PARSE_ERRORS, InputDataError
 from radloop.core.refs import SeriesRef
+from radloop.pipelines import headers
 from radloop.pipelines.ports import SourceFrame, Volume
 
 logger = logging.getLogger(__name__)
@@ -56,6 +70,8 @@ SEGMENTATION_SOP_CLASSES = frozenset(
 """Objects with pixel data that are results about images, not images to build a volume from."""
 
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+_DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,8 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     """
     if not paths:
         raise InputDataError(f"series {series.SeriesInstanceUID}: no files to build a volume from")
-    datasets = [_read_header(Path(p)) for p in paths]
+    read = [_read_header(Path(p)) for p in paths]
+    datasets = [ds for ds, _ in read]
     frames: list[_Frame] = []
     for index, (path, ds) in enumerate(zip(paths, datasets, strict=True)):
         _check_image_object(ds, Path(path), series)
@@ -93,8 +110,10 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     _check_same_grid(frames)
     frames = _sort_along_normal(frames)
     step = _slice_step(frames, datasets)
+    array = _decode_frames(frames, datasets)
+    _hand_headers_to_writers(paths, read)
     return Volume(
-        array=_decode_frames(frames, datasets),
+        array=array,
         affine=_affine(frames[0], step),
         frame_of_reference_uid=frame_of_reference_uid,
         series=series,
@@ -104,15 +123,64 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     )
 
 
-def _read_header(path: Path) -> Dataset:
-    """Parse ``path`` (tolerantly: no preamble needed); large values such as pixel data stay on disk."""
+def _hand_headers_to_writers(paths: Sequence[Path], read: Sequence[tuple[Dataset, bool]]) -> None:
+    """Leave the headers read as groups 0002-0028 (the fast path) for the result writers."""
+    for path, (ds, partial) in zip(paths, read, strict=True):
+        if partial:
+            del ds.PixelData
+            headers.remember(Path(path), ds)
+
+
+def _read_header(path: Path) -> tuple[Dataset, bool]:
+    """Parse ``path`` (tolerantly: no preamble needed), opening it once: groups 0002-0028 and the
+    pixel data where the fast path applies (module docstring; then True), else the whole file."""
     try:
-        ds = pydicom.dcmread(path, force=True, defer_size="64 KB")
+        with path.open("rb") as fp:
+            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+            partial = _attach_native_pixel_data(ds, fp)
+            if not partial:
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, force=True)
         for _element in ds:  # decode every top-level value now: a bad one fails here, by name
             pass
-        return ds
+        return ds, partial
     except (InvalidDicomError, OSError) + PARSE_ERRORS as e:
         raise InputDataError(f"{path.name}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+
+
+def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:
+    """Stop after group 0028: the patient, study, series, plane and pixel-module attributes."""
+    return tag.group > 0x0028
+
+
+def _attach_native_pixel_data(ds: Dataset, fp: Any) -> bool:
+    """Add the pixel data of a classic single-frame, uncompressed little-endian image from the end
+    of ``fp``; False (``ds`` untouched) when the file is not laid out that way."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or "ImagePositionPatient" not in ds:
+        return False
+    try:
+        bits = int(ds.BitsAllocated)
+        length = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+    except (AttributeError, TypeError, ValueError):
+        return False
+    if bits % 8 or length <= 0 or _number_of_frames(ds) != 1:
+        return False
+    length += length % 2  # values have even length
+    explicit = syntax == ExplicitVRLittleEndian
+    header_size = 12 if explicit else 8
+    size = fp.seek(0, os.SEEK_END)
+    if size < length + header_size:
+        return False
+    fp.seek(size - length - header_size)
+    header = fp.read(header_size)
+    if header[:4] != _PIXEL_DATA_TAG or struct.unpack("<I", header[-4:])[0] != length:
+        return False
+    vr = header[4:6].decode("ascii", "replace") if explicit else ("OB" if bits == 8 else "OW")
+    if explicit and (vr not in ("OB", "OW") or header[6:8] != b"\0\0"):
+        return False
+    ds.add_new(0x7FE00010, vr, fp.read(length))
+    return True
 
 
 def _check_image_object(ds: Dataset, path: Path, series: SeriesRef) -> None:
@@ -367,11 +435,16 @@ def _decode_frames(frames: Sequence[_Frame], datasets: Sequence[Dataset]) -> npt
     targets: dict[int, list[tuple[int, _Frame]]] = {}
     for index, frame in enumerate(frames):
         targets.setdefault(frame.dataset_index, []).append((index, frame))
-    for dataset_index, placed in targets.items():
-        stored = _decode(datasets[dataset_index], placed[0][1])
-        for index, frame in placed:
-            np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
-            out[index] += np.float32(frame.intercept)
+
+    def decode(dataset_index: int) -> npt.NDArray[Any]:
+        return _decode(datasets[dataset_index], targets[dataset_index][0][1])
+
+    with ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="decode") as pool:
+        decoded = pool.map(decode, targets)  # in order of ``targets``
+        for (_, placed), stored in zip(targets.items(), decoded, strict=True):
+            for index, frame in placed:
+                np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
+                out[index] += np.float32(frame.intercept)
     return out
 
 

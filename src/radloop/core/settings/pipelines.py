@@ -23,6 +23,16 @@ class WorkerSettings(StrictModel):
     retry_cap_s: float = Field(600.0, gt=0)
     poll_interval_s: float = Field(0.5, gt=0)
     torch_threads: int = Field(0, ge=0, description="Threads per worker for torch; 0 = torch's default.")
+    # warm workers and dispatch
+    warm_models: bool = Field(
+        True, description="Worker processes load their pipelines' models at start, not at the first job."
+    )
+    model_memory_mb: int = Field(
+        4096, ge=0, description="Memory budget per worker for loaded models; least recently used are evicted."
+    )
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="How long `radloop serve` waits for its worker processes to start and warm."
+    )
 
 
 class PipelineSettings(StrictModel):

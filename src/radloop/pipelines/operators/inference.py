@@ -40,6 +40,7 @@ from radloop.pipelines.ports import (
 from radloop.pipelines.registry import Operator, OperatorContext
 from radloop.pipelines.shadow import run_shadows
 from radloop.pipelines.timing import StageTimer
+from radloop.pipelines.warm import resolve_model
 
 WindowMode = Literal["auto", "always", "never"]
 
@@ -190,9 +191,10 @@ def resolver(ctx: OperatorContext) -> ModelResolver:
 
 
 def load_model(ctx: OperatorContext, name: str, timer: StageTimer) -> ResolvedModel:
-    """The model ``name`` resolved through the job's model store, timed as stage ``load``."""
+    """The model ``name`` resolved through the job's model store (or this worker's warm models),
+    timed as stage ``load``."""
     with timer.stage("load"):
-        return resolver(ctx).resolve(name)
+        return resolve_model(resolver(ctx), name)
 
 
 def segment(

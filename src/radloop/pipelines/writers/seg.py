@@ -21,13 +21,12 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag
 
 import radloop
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import Code, LabelMap, Segment, SourceFrame
 from radloop.pipelines.writers.equipment import add_contributing_equipment
+from radloop.pipelines.writers.source import read_partial_header
 
 logger = logging.getLogger(__name__)
 
@@ -168,14 +167,6 @@ def _source_images(labelmap: LabelMap) -> tuple[list[Dataset], list[int]]:
     return _multi_frame_source(frames, headers)
 
 
-def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:
-    """Stop reading after group 0028: highdicom reads only SOP, series, frame-of-reference, plane
-    and pixel-module attributes from every source image but the first (which is read whole: it
-    gives the Patient and Study modules). Skipping the private groups that follow (seconds of
-    nested sequences on a 170-slice Philips series) is what makes the SEG writer fast."""
-    return tag.group > 0x0028
-
-
 def _read_source_header(path: Path, *, full: bool) -> Dataset:
     """A source image's header (whole if ``full``, else the attributes highdicom reads per image),
     without empty top-level sequences.
@@ -185,11 +176,12 @@ def _read_source_header(path: Path, *, full: bool) -> Dataset:
     (dciodvfy: "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
     Only sequence elements are decoded to find them (``Dataset.elements`` leaves the rest raw).
     """
-    if full:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    else:  # every attribute highdicom reads per image lies in groups 0008-0028: stop after them
-        with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+    # every attribute highdicom reads per image but the first lies in groups 0008-0028; skipping
+    # the private groups after them (seconds of nested sequences on a 170-slice Philips series)
+    # is what makes the SEG writer fast, and the volume reader has usually read them already
+    ds: Dataset = (
+        pydicom.dcmread(path, stop_before_pixels=True, force=True) if full else read_partial_header(path)
+    )
     empty = [e.tag for e in ds.elements() if e.VR == "SQ" and len(ds[e.tag].value) == 0]
     for tag in empty:
         del ds[tag]

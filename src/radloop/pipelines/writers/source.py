@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
+from radloop.pipelines import headers
 from radloop.pipelines.ports import SourceFrame, Volume
 
 PATIENT_AND_STUDY_KEYWORDS = (
@@ -61,22 +65,62 @@ class SourceSlice:
     header: Dataset
 
 
-def read_source_header(path: Path) -> Dataset:
+def read_source_header(path: Path, *, full: bool = True) -> Dataset:
     """A source image's header without pixel data and without empty top-level sequences.
 
-    Scanners often send Type 3 sequences with zero items (e.g. ProcedureCodeSequence); copied
-    into a result they are invalid there (dciodvfy: "Bad Sequence number of Items 0").
+    ``full=False`` reads groups 0002-0028 only: every attribute a writer takes from each source
+    image (SOP, patient, study, series, equipment, frame of reference, plane and pixel modules)
+    lies there (the volume reader has usually read them already), and skipping the private groups
+    after them (most of a Philips header) is what makes reading a long series' headers fast.
+    Scanners often send Type 3 sequences with zero items (e.g. ProcedureCodeSequence); copied into
+    a result they are invalid there (dciodvfy: "Bad Sequence number of Items 0"), so they are
+    dropped from this in-memory copy.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    for element in list(ds):
-        if element.VR == "SQ" and len(element.value) == 0:
-            del ds[element.tag]
+    ds: Dataset = (
+        pydicom.dcmread(path, stop_before_pixels=True, force=True) if full else read_partial_header(path)
+    )
+    _drop_empty_sequences(ds)
     return ds
 
 
+def read_partial_header(path: Path) -> Dataset:
+    """Groups 0002-0028 of ``path``: as the volume reader left them (:mod:`radloop.pipelines.
+    headers`), else read now."""
+    cached = headers.recall(path)
+    if cached is not None:
+        return cached
+    with path.open("rb") as fp:
+        return read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+
+
+def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group > 0x0028
+
+
+def _drop_empty_sequences(ds: Dataset) -> None:
+    """Delete top-level sequences with no items, decoding only the elements that are sequences."""
+    empty = [
+        e.tag for e in ds.elements() if (e.VR or _dictionary_vr(e.tag)) == "SQ" and len(ds[e.tag].value) == 0
+    ]
+    for tag in empty:
+        del ds[tag]
+
+
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    """The VR the data dictionary gives ``tag`` (implicit VR files carry none); None if unknown."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
 def source_headers(volume: Volume) -> dict[str, Dataset]:
-    """The volume's source headers by SOPInstanceUID; :class:`ValueError` if one is missing."""
-    headers = {str(ds.SOPInstanceUID): ds for ds in (read_source_header(p) for p in volume.source_paths)}
+    """The volume's source headers by SOPInstanceUID (the first whole, the others groups 0002-0028:
+    see :func:`read_source_header`); :class:`ValueError` if one is missing."""
+    paths = volume.source_paths
+    headers = {
+        str(ds.SOPInstanceUID): ds for ds in (read_source_header(p, full=i == 0) for i, p in enumerate(paths))
+    }
     missing = {f.sop_instance_uid for f in volume.source_frames} - headers.keys()
     if missing:
         raise ValueError(f"the volume's source_paths lack the instances {sorted(missing)}")

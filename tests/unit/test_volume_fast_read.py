@@ -1,0 +1,56 @@
+"""The volume reader's fast path (groups 0002-0028 plus trailing pixel data) gives the same
+volume as reading every file whole, and files laid out otherwise are read whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+
+from helpers_data import series_ref_of, t1_series_paths
+from radloop.pipelines.volume import load_volume
+
+
+@pytest.fixture(scope="module")
+def t1_few(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return t1_series_paths(tmp_path_factory.mktemp("t1"))[60:66]
+
+
+def _whole_file_slices(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Each file's rescaled slice as pydicom decodes it from the whole file, by SOPInstanceUID."""
+    slices = {}
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        scaled = (ds.pixel_array * float(ds.get("RescaleSlope", 1))).astype(np.float32)
+        slices[str(ds.SOPInstanceUID)] = scaled + np.float32(float(ds.get("RescaleIntercept", 0)))
+    return slices
+
+
+def _rewrite(paths: list[Path], folder: Path, change: str) -> list[Path]:
+    folder.mkdir()
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        if change == "implicit":
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        elif change == "trailing":
+            ds.add_new(0xFFFCFFFC, "OB", b"\0\0")  # Data Set Trailing Padding after the pixel data
+        target = folder / path.name
+        ds.save_as(target, enforce_file_format=True, implicit_vr=change == "implicit")
+        out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("change", ["none", "implicit", "trailing"])
+def test_fast_and_whole_file_reads_give_the_same_volume(
+    t1_few: list[Path], tmp_path: Path, change: str
+) -> None:
+    paths = t1_few if change == "none" else _rewrite(t1_few, tmp_path / change, change)
+    volume = load_volume(paths, series_ref_of(paths[0]))
+    expected = _whole_file_slices(paths)
+    assert len(volume.source_frames) == len(paths)
+    for index, frame in enumerate(volume.source_frames):
+        assert np.array_equal(volume.array[index], expected[frame.sop_instance_uid]), frame

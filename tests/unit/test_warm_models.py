@@ -1,0 +1,47 @@
+"""Warm models: which models a worker loads at start, and the least-recently-used cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from radloop.core.inference_settings import InferenceSettings
+from radloop.core.settings import load_settings
+from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK
+from radloop.inference.resolve import ModelResolver
+from radloop.inference.store import ModelStore
+from radloop.pipelines.catalog import PipelineCatalog
+from radloop.pipelines.operators import builtin_registry
+from radloop.pipelines.warm import ModelCache, models_to_warm
+
+
+def test_models_to_warm_lists_the_listeners_pipelines_first(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=str(tmp_path))
+    catalog = PipelineCatalog.load(settings, builtin_registry())
+    names = models_to_warm(settings, catalog)
+    assert names[:2] == [DEEPBET_BBOX, DEEPBET_MASK]  # RADLOOP_BRAIN's brain-extraction, listed by default
+    assert len(names) == len(set(names))
+
+
+def test_cache_keeps_models_within_its_budget_evicting_the_least_recently_used(tmp_path: Path) -> None:
+    resolver = ModelResolver(InferenceSettings(), ModelStore(tmp_path / "models"))
+    probe = ModelCache(resolver, 0)
+    one_model = max(probe.estimate_bytes(DEEPBET_BBOX), probe.estimate_bytes(DEEPBET_MASK))
+    assert one_model > 0
+    cache = ModelCache(resolver, one_model + 1)
+
+    assert cache.warm(DEEPBET_BBOX)
+    assert not cache.warm(DEEPBET_MASK)  # warming never evicts
+    assert cache.names() == [DEEPBET_BBOX]
+
+    mask = cache.get(DEEPBET_MASK)  # a job needs it: the least recently used model makes room
+    assert mask.name == DEEPBET_MASK
+    assert cache.names() == [DEEPBET_MASK]
+    assert cache.used_bytes <= cache.budget_bytes
+    assert cache.get(DEEPBET_MASK) is mask  # held: not loaded again
+
+
+def test_cache_serves_only_resolvers_with_the_same_settings_and_store(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    cache = ModelCache(ModelResolver(InferenceSettings(), store), 1 << 30)
+    assert cache.serves(ModelResolver(InferenceSettings(), ModelStore(tmp_path / "models")))
+    assert not cache.serves(ModelResolver(InferenceSettings(), ModelStore(tmp_path / "other")))
