@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from radloop.core.inference_settings import InferenceSettings
+
 from radloop.core.settings import load_settings
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK
 from radloop.inference.resolve import ModelResolver
