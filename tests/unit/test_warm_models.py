@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radloop.core.inference_settings import InferenceSettings
-
-from radloop.core.settings import load_settings
+from radloop.core.settings import InferenceSettings, load_settings
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK
 from radloop.inference.resolve import ModelResolver
 from radloop.inference.store import ModelStore
