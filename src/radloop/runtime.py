@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from radloop.connector.assembler import Assembler
 from radloop.connector.dicomweb.qido import ReadIndex
 from radloop.connector.outbound.outbox import Outbox
+from radloop.connector.pull.priors import PriorFinder
 from radloop.connector.pull.puller import Puller
 from radloop.connector.store import InstanceStore
 from radloop.core import db
@@ -87,6 +88,11 @@ class Runtime:
     def puller(self) -> Puller:
         """Pulls studies from PACS sources into :attr:`store`, completing series with :attr:`assembler`."""
         return Puller(self.settings, self.engine, self.store, self.assembler.on_association_end)
+
+    @cached_property
+    def priors(self) -> PriorFinder:
+        """Finds and retrieves the prior studies that study-level jobs ask for, through :attr:`puller`."""
+        return PriorFinder(self.engine, self.puller)
 
     @cached_property
     def index(self) -> ReadIndex:

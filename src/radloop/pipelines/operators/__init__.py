@@ -7,6 +7,7 @@ from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
 from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
 from radloop.pipelines.operators.projection import ProjectionImage
 from radloop.pipelines.operators.roi import LabelMapPaste, RoiCrop
+from radloop.pipelines.operators.study import SrChangeWriter
 from radloop.pipelines.operators.writers import (
     FindingsSrWriter,
     RtstructWriter,
@@ -29,6 +30,7 @@ BUILTIN_OPERATORS = (
     InferClassify,
     RoiCrop,
     LabelMapPaste,
+    SrChangeWriter,
 )
 
 
