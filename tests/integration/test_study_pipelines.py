@@ -140,7 +140,7 @@ def test_brain_volume_change_against_a_prior_fetched_from_the_pacs(
     prior_date = (current_date - timedelta(days=365)).strftime("%Y%m%d")
     prior = write_prior(t1_series_dir, tmp_path / "prior", prior_date, scale=1.02)
     assert peers.storescu(prior, "127.0.0.1", orthanc.dicom_port, orthanc.aet).returncode == 0
-    ae = "RADLOOP_BRAIN_CHANGE"
+    ae = "RADLOOP_BRAINCHG"
     config = {
         "dicom": {
             "listeners": [{"ae_title": ae, "pipelines": ["brain-volume-change"], "quiet_period_s": 60}]
