@@ -43,6 +43,11 @@ def run_steps(
     pipeline: Pipeline, series_input: PipelineInputs, ctx: OperatorContext, hook: StepHook
 ) -> Values:
     """Run every step of ``pipeline`` on ``series_input`` in order, each inside ``hook``."""
+    if isinstance(series_input, SeriesInput) and pipeline.spec.trigger == "study":
+        raise PermanentJobError(
+            f"{pipeline.name} is a study-level pipeline: it takes its inputs "
+            f"{sorted(pipeline.spec.inputs)} by name, not one series"
+        )
     named = {"series": series_input} if isinstance(series_input, SeriesInput) else dict(series_input)
     values: Values = {PIPELINE_INPUT: named}
     for bound in pipeline.steps:
