@@ -217,3 +217,72 @@ def _measurements(sr: pydicom.Dataset) -> dict[str, float]:
                     key = f"{tracking[0] if tracking else ''}/{m.ConceptNameCodeSequence[0].CodeMeaning}"
                     values[key] = float(m.MeasuredValueSequence[0].NumericValue)
     return values
+
+
+WITH_PRIOR = """\
+name: with-prior
+version: "1"
+trigger: study
+inputs:
+  ct: {modality: [CT], min_instances: 8}
+  prior_ct:
+    prior: {source: web, modality: CT, min_instances: 8, max_age_days: 800}
+    required: false
+operators:
+  - id: ct-volume
+    use: dicom.series_to_volume
+    inputs: {series: input.ct}
+  - id: prior-volume
+    use: dicom.series_to_volume
+    inputs: {series: input.prior_ct}
+"""
+
+
+def test_prior_over_dicomweb_is_found_retrieved_not_routed_and_optional(
+    orthanc_clean: peers.OrthancServer, synthetic_ct_dir: Path, tmp_path: Path
+) -> None:
+    orthanc = orthanc_clean
+    prior = write_prior(synthetic_ct_dir, tmp_path / "prior", "20230101")
+    assert peers.storescu(prior, "127.0.0.1", orthanc.dicom_port, orthanc.aet).returncode == 0
+    lonely = write_prior(synthetic_ct_dir, tmp_path / "lonely", "20240101")
+    for f in lonely.iterdir():  # another patient: Orthanc has no prior of theirs
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "NO-PRIOR"
+        ds.save_as(f)
+    pipelines = _dir(tmp_path / "pipelines")
+    (pipelines / "with-prior.yaml").write_text(WITH_PRIOR)
+    ae = "STUDY_PRIOR"
+    config = {
+        "dicom": {"listeners": [{"ae_title": ae, "pipelines": ["with-prior"], "quiet_period_s": 60}]},
+        "pipelines": {"dirs": [str(pipelines)], "include_reference": False},
+        "sources": [
+            {"name": "web", "kind": "dicomweb", "url": orthanc.dicomweb_url, "listener_ae_title": ae}
+        ],
+    }
+    with RadloopServer(_dir(tmp_path / "server"), config) as server:
+        _send(server, ae, synthetic_ct_dir)
+        (job,) = peers.wait_for(
+            lambda: [j for j in _rows(server, Job) if j.state == JobState.succeeded], 60, what="the job"
+        )
+        inputs = {i.name: i for i in _rows(server, JobInput) if i.job_id == job.id}
+        assert set(inputs) == {"ct", "prior_ct"} and inputs["prior_ct"].study_instance_uid == _study_uid(
+            prior
+        )
+        steps = {s.operator_id: s.state for s in _rows(server, JobStep) if s.job_id == job.id}
+        assert steps == {"ct-volume": "succeeded", "prior-volume": "succeeded"}
+        (prior_series,) = [
+            s
+            for s in _rows(server, Series)
+            if s.series_instance_uid == inputs["prior_ct"].series_instance_uid
+        ]
+        assert prior_series.instance_count == 16 and "retrieved as a prior" in prior_series.routing_note
+
+        _send(server, ae, lonely)  # no prior → the prior branch is skipped, the job succeeds
+        jobs = peers.wait_for(
+            lambda: [j for j in _rows(server, Job) if j.state == JobState.succeeded and j.id != job.id], 60
+        )
+        assert len(jobs) == 1 and jobs[0].study_instance_uid == _study_uid(lonely)
+        assert [i.name for i in _rows(server, JobInput) if i.job_id == jobs[0].id] == ["ct"]
+        steps = {s.operator_id: s.state for s in _rows(server, JobStep) if s.job_id == jobs[0].id}
+        assert steps == {"ct-volume": "succeeded"}
+        assert len(_rows(server, Job)) == 2  # the prior study itself started nothing
