@@ -26,6 +26,9 @@ from radloop.core.models import Job, JobInput, JobState, JobStep, Series, StudyT
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.peers]
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 TWO_SERIES = """\
 name: {name}
@@ -171,12 +174,15 @@ def test_brain_volume_change_against_a_prior_fetched_from_the_pacs(
         orthanc.add_modality("radloop", ae, "127.0.0.1", server.port)
         _send(server, ae, t1_series_dir)
 
+        kinds = {SEG_STORAGE: "SEG", SR_STORAGE: "SR", SC_STORAGE: "SC"}
+
         def results() -> dict[str, str]:
-            found = {orthanc.instance_tags(i).get("Modality"): i for i in orthanc.instances()}
-            return found if {"SEG", "SR"} <= found.keys() else {}
+            tags = {i: orthanc.instance_tags(i).get("SOPClassUID") for i in orthanc.instances()}
+            found = {kinds[c]: i for i, c in tags.items() if c in kinds}
+            return found if len(found) == len(kinds) else {}
 
         found = peers.wait_for(
-            results, 300, interval=1.0, what=f"SEG and SR in Orthanc (log {server.log_path})"
+            results, 300, interval=1.0, what=f"SEG, SR and SC in Orthanc (log {server.log_path})"
         )
         (job,) = _rows(server, Job)
         assert job.state == JobState.succeeded and job.pipeline == "brain-volume-change"
@@ -192,7 +198,7 @@ def test_brain_volume_change_against_a_prior_fetched_from_the_pacs(
             prior_series[0].instance_count == 170 and "retrieved as a prior" in prior_series[0].routing_note
         )
 
-    for kind in ("SEG", "SR"):
+    for kind in ("SEG", "SR", "SC"):
         path = tmp_path / f"{kind}.dcm"
         path.write_bytes(orthanc.instance_file(found[kind]))
         assert peers.dciodvfy(path) == [], peers.dciodvfy_report(path)

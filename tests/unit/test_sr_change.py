@@ -11,13 +11,14 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from helpers_data import ellipsoid, series_ref_of
 from helpers_study import volume_ratio, write_prior
 from peers import dciodvfy, dciodvfy_report
-from radloop.pipelines.operators.study import SrChangeWriter
+from radloop.pipelines.operators.study import ScCompareWriter, SrChangeWriter
 from radloop.pipelines.ports import AlgorithmIdentification, Code, DicomObjects, LabelMap, Segment, Volume
 from radloop.pipelines.registry import OperatorContext
 from radloop.pipelines.volume import load_volume
@@ -97,3 +98,22 @@ def test_without_a_prior_the_report_holds_the_current_volume(synthetic_ct_dir: P
     sr = _report(_labels(_volume(synthetic_ct_dir)), None, tmp_path)
     assert list(_values(sr)) == ["Brain (current)/Volume"]
     assert "PertinentOtherEvidenceSequence" not in sr
+
+
+def test_side_by_side_capture_of_current_and_prior(synthetic_ct_dir: Path, tmp_path: Path) -> None:
+    current = _labels(_volume(synthetic_ct_dir))
+    prior = _labels(_volume(write_prior(synthetic_ct_dir, tmp_path / "prior", "20230101", 1.02)))
+    ctx = OperatorContext(job_id=1, idempotency_key="job-sc", workdir=tmp_path)
+
+    (path,) = (
+        ScCompareWriter(ScCompareWriter.Options())
+        .run(ctx, {"labelmap": current, "prior_labelmap": prior})["sc"]
+        .paths
+    )
+
+    assert dciodvfy(path) == [], dciodvfy_report(path)
+    sc = pydicom.dcmread(path)
+    rows, columns = current.array.shape[1:]
+    assert (sc.Rows, sc.Columns) == (rows + 18, 2 * columns + 8)
+    assert sc.StudyInstanceUID == current.reference.series.StudyInstanceUID and sc.BurnedInAnnotation == "YES"
+    assert len(sc.SourceImageSequence) == 2

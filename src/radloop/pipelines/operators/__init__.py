@@ -7,7 +7,7 @@ from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
 from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
 from radloop.pipelines.operators.projection import ProjectionImage
 from radloop.pipelines.operators.roi import LabelMapPaste, RoiCrop
-from radloop.pipelines.operators.study import SrChangeWriter
+from radloop.pipelines.operators.study import ScCompareWriter, SrChangeWriter
 from radloop.pipelines.operators.writers import (
     FindingsSrWriter,
     RtstructWriter,
@@ -31,6 +31,7 @@ BUILTIN_OPERATORS = (
     RoiCrop,
     LabelMapPaste,
     SrChangeWriter,
+    ScCompareWriter,
 )
 
 

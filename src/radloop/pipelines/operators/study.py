@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from radloop.pipelines.ports import DicomObjects, LabelMap
 from radloop.pipelines.registry import Operator, OperatorContext
+from radloop.pipelines.writers.sc_compare import write_comparison_capture
+from radloop.pipelines.writers.secondary_capture import CaptureSeries
 from radloop.pipelines.writers.sr import ReportSeries
 from radloop.pipelines.writers.sr_change import write_change_report
 
@@ -55,3 +57,30 @@ class SrChangeWriter(Operator[SrChangeWriterOptions]):
             ctx.logger.info("no prior: the report holds the current volume only")
         path = write_change_report(inputs["labelmap"], prior, header, ctx.workdir / "sr_change", series)
         return {"sr": DicomObjects(paths=(path,), kind="SR")}
+
+
+class ScCompareWriterOptions(BaseModel):
+    """``with:`` block of ``writer.sc_compare``: the new Secondary Capture series in the current study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series_description: str = Field(default="AI now vs prior - NOT FOR DIAGNOSIS", max_length=64)
+    series_number: int = Field(default=9906, ge=0, le=2**31 - 1)
+
+
+class ScCompareWriter(Operator[ScCompareWriterOptions]):
+    """Write one image with a slice of the current and of the prior study side by side, masks outlined."""
+
+    name: ClassVar[str] = "writer.sc_compare"
+    inputs: ClassVar[Mapping[str, type]] = {"labelmap": LabelMap, "prior_labelmap": LabelMap}
+    outputs: ClassVar[Mapping[str, type]] = {"sc": DicomObjects}
+
+    def run(self, ctx: OperatorContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Write ``<workdir>/sc_compare/<SOPInstanceUID>.dcm``."""
+        series = CaptureSeries(
+            ctx.uid("sc_compare", "series"), self.options.series_number, self.options.series_description
+        )
+        path = write_comparison_capture(
+            inputs["labelmap"], inputs["prior_labelmap"], ctx.workdir / "sc_compare", series
+        )
+        return {"sc": DicomObjects(paths=(path,), kind="SC")}
