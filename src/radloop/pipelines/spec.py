@@ -333,6 +333,8 @@ def _check_wiring(
     for port, want in cls.inputs.items():
         loc = ("operators", i, "inputs", port)
         source = step.inputs.get(port)
+        if source is None and port in cls.optional_inputs:
+            continue  # an optional input may stay unwired (None)
         if source is None:
             raise fail(("operators", i, "inputs"), f"input {port!r} of {step.use} is not wired")
         src_id, _, src_port = source.partition(".")

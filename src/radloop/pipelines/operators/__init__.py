@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from radloop.pipelines.operators.brain_extraction import BrainExtraction
+from radloop.pipelines.operators.channels import InferSegmentChannels, ResampleTo
 from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
 from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
 from radloop.pipelines.operators.projection import ProjectionImage
@@ -32,6 +33,8 @@ BUILTIN_OPERATORS = (
     LabelMapPaste,
     SrChangeWriter,
     ScCompareWriter,
+    ResampleTo,
+    InferSegmentChannels,
 )
 
 
