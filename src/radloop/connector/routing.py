@@ -32,6 +32,7 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
         return []
     jobs: list[Job] = []
     notes: list[str] = []
+    taken_by_study = False  # an input of a study-level pipeline takes this series
     for name in names:
         if name not in catalog:
             notes.append(f"{name}: no such pipeline is loaded")
@@ -42,6 +43,7 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
                 n for n, r in pipeline.spec.series_inputs().items() if r.explain_mismatch(series) is None
             ]
             if study is not None and taken:
+                taken_by_study = True
                 job = route_study(session, study, pipeline, settings)
                 jobs += [job] if job is not None else []
                 notes.append(f"{name}: study-level input {', '.join(taken)}")
@@ -56,7 +58,6 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
             _queue_job(session, series, study, name, pipeline.spec.version, pipeline.spec.priority, settings)
         )
         notes.append(f"{name}: matched")
-    taken_by_study = any(": study-level input" in note for note in notes)
     series.routing_status = RoutingStatus.routed if jobs or taken_by_study else RoutingStatus.unmatched
     series.routing_note = "; ".join(notes) if notes else "no pipeline configured for this AE title"
     session.add(series)
