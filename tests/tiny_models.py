@@ -38,6 +38,23 @@ class SmoothThreshold(torch.nn.Module):
         return torch.cat([torch.zeros_like(smooth), smooth], dim=1) * 10.0
 
 
+class TwoChannelThreshold(torch.nn.Module):
+    """(N, 2, D, H, W) → (N, 2, D, H, W) logits: [0, mean₃ₓ₃ₓ₃(x₀) − ½·mean₃ₓ₃ₓ₃(x₁) − cut/2]: a
+    2-input network (two series as channels) with fixed weights."""
+
+    def __init__(self, cut: float = SCORE_CUT, kernel: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 1, kernel, padding=kernel // 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight[:, 0] = 1.0 / kernel**3
+            self.conv.weight[:, 1] = -0.5 / kernel**3
+        self.cut = cut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = self.conv(x) - self.cut / 2
+        return torch.cat([torch.zeros_like(score), score], dim=1) * 10.0
+
+
 class PooledScores(torch.nn.Module):
     """(N, 1, H, W) → (N, 3) logits from the image's mean, centre mean and spread (fixed weights)."""
 

@@ -22,6 +22,7 @@ from radloop.connector.assembler import Assembler
 from radloop.connector.dicomweb.qido import ReadIndex
 from radloop.connector.dicomweb.ups import Worklist
 from radloop.connector.outbound.outbox import Outbox
+from radloop.connector.pull.priors import PriorFinder
 from radloop.connector.pull.puller import Puller
 from radloop.connector.sanity import InstanceLimits
 from radloop.connector.store import InstanceStore
@@ -101,6 +102,11 @@ class Runtime:
     def puller(self) -> Puller:
         """Pulls studies from PACS sources into :attr:`store`, completing series with :attr:`assembler`."""
         return Puller(self.settings, self.engine, self.store, self.assembler.on_association_end)
+
+    @cached_property
+    def priors(self) -> PriorFinder:
+        """Finds and retrieves the prior studies that study-level jobs ask for, through :attr:`puller`."""
+        return PriorFinder(self.engine, self.puller)
 
     @cached_property
     def index(self) -> ReadIndex:

@@ -26,6 +26,8 @@ from sqlmodel import Session, col, select
 
 import peers
 import tiny_models as tm
+from helpers_data import series_ref_of
+from helpers_study import write_derived_series
 from radloop.core.errors import InferenceError
 from radloop.core.models import Job, JobState, JobStep
 from radloop.core.settings import (
@@ -41,9 +43,11 @@ from radloop.inference.triton import TritonBackend
 from radloop.inference.triton_local import DEFAULT_VENV, LocalTriton, LocalTritonError, ensure_venv
 from radloop.inference.triton_repo import build_repository
 from radloop.pipelines.operators.brain_extraction import BrainExtraction, BrainExtractionOptions
+from radloop.pipelines.operators.channels import InferSegmentChannels, resample_to
 from radloop.pipelines.operators.inference import InferSegment, SegmentOptions
 from radloop.pipelines.ports import LabelMap, Volume
 from radloop.pipelines.registry import OperatorContext
+from radloop.pipelines.volume import load_volume
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.slow]
@@ -72,6 +76,8 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonSetup]:
     store.add(tm.make_bundle(folder / "bundle"), "ct_spleen", "0.1.0")
     onnx = tm.save_onnx(tm.SmoothThreshold(), torch.zeros(1, 1, 8, 8, 8), folder / "seg.onnx")
     store.add(onnx, "ct_organs", "1", tm.segmenter_spec())
+    two = tm.save_onnx(tm.TwoChannelThreshold(), torch.zeros(1, 2, 8, 8, 8), folder / "two.onnx")
+    store.add(two, "two_channel", "1", tm.segmenter_spec(name="two_channel"))  # a 2-input network
     build_repository(store, folder / "repo", "python")
     venv = Path(os.environ.get("RADLOOP_TRITON_VENV", DEFAULT_VENV))
     try:
@@ -130,6 +136,24 @@ def test_monai_bundle_and_onnx_model_on_triton_match_in_process(
             dice = _dice(remote.array, local.array)
             print(f"\n{model} via {url}: Dice {dice:.6f} against in process")
             assert dice >= 0.999, (model, url, dice)
+
+
+def test_two_input_network_on_triton_gives_the_in_process_labels(
+    triton: TritonSetup, synthetic_ct_dir: Path, tmp_path: Path
+) -> None:
+    """Two series of one study as the two channels of one network: identical labels on Triton."""
+    contrast_dir = write_derived_series(synthetic_ct_dir, tmp_path / "contrast", "Post CONTRAST")
+    ct, contrast = (
+        load_volume(sorted(d.iterdir()), series_ref_of(sorted(d.iterdir())[0]))
+        for d in (synthetic_ct_dir, contrast_dir)
+    )
+    channels = {"volume": ct, "channel_2": resample_to(contrast, ct)}
+    operator = InferSegmentChannels(SegmentOptions(model="two_channel"))
+    local = operator.run(_ctx(tmp_path, triton.resolver(None)), channels)["labelmap"]
+    assert 0.001 < float((local.array == 1).mean()) < 0.9
+    for url in (triton.server.http_url, triton.server.grpc_url):
+        remote = operator.run(_ctx(tmp_path, triton.resolver(url)), channels)["labelmap"]
+        assert np.array_equal(remote.array, local.array), url
 
 
 def test_metadata_comes_from_the_server(triton: TritonSetup) -> None:

@@ -4,6 +4,9 @@ A series is complete after a quiet period with no new instance (per listener AE 
 where the listener says so, when the association that carried it is released. Completion is a
 conditional row update (``open → complete``, revision + 1), so the two triggers never double-route.
 After a restart, open series get a fresh quiet period: the sender may be resending.
+Each tick also gives up waiting on studies whose study-level pipeline's ``wait_s`` has passed
+(:func:`~radloop.connector.study_routing.due_triggers`): they are queued without their optional
+inputs or marked ``unmatched``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlmodel import col, select
 
 from radloop.connector.routing import route_series
+from radloop.connector.study_routing import due_triggers, route_study
 from radloop.core.db import session_scope
-from radloop.core.models import Series, SeriesState, utcnow
+from radloop.core.models import Series, SeriesState, Study, utcnow
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.wakeup import JOBS_QUEUED
@@ -55,7 +59,18 @@ class Assembler:
         with session_scope(self.engine) as s:
             open_series = s.exec(select(Series).where(Series.state == SeriesState.open)).all()
         due = [x.id for x in open_series if x.id is not None and x.last_received_at + self._quiet(x) <= now]
-        return sum(self.complete(sid, reason="quiet period elapsed") for sid in due)
+        completed = sum(self.complete(sid, reason="quiet period elapsed") for sid in due)
+        self._finish_waiting_studies()
+        return completed
+
+    def _finish_waiting_studies(self) -> None:
+        """Study-level pipelines whose ``wait_s`` passed: queue the job or mark the study unmatched."""
+        with session_scope(self.engine) as s:
+            for trigger in due_triggers(s):
+                study = s.get(Study, trigger.study_id)
+                if study is None or trigger.pipeline not in self.catalog:
+                    continue
+                route_study(s, study, self.catalog.get(trigger.pipeline), self.settings, deadline_passed=True)
 
     def _quiet(self, series: Series) -> timedelta:
         listener = self.settings.listener(series.called_ae) if series.called_ae else None

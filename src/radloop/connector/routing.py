@@ -2,7 +2,8 @@
 
 A series that no pipeline accepts is marked ``unmatched`` with a note that says, per pipeline,
 which rule failed (e.g. ``brain-extraction: Modality CT not in [MR]``): a visible, explained
-non-match rather than a silent drop.
+non-match rather than a silent drop. Study-level pipelines (``trigger: study``) are evaluated on
+the whole study instead (:mod:`.study_routing`); a study retrieved as a prior is not routed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from radloop.connector.study_routing import is_prior_study, route_study
 from radloop.core.models import Job, Priority, RoutingStatus, Series, Study
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
@@ -24,13 +26,31 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
     listener = settings.listener(series.called_ae) if series.called_ae else None
     names = listener.pipelines if listener and listener.pipelines else catalog.names()
     study = session.get(Study, series.study_id)
+    if study is not None and is_prior_study(session, study.study_instance_uid):
+        series.routing_status = RoutingStatus.routed
+        series.routing_note = "retrieved as a prior for a study-level job; not routed"
+        session.add(series)
+        return []
     jobs: list[Job] = []
     notes: list[str] = []
+    taken_by_study = False  # an input of a study-level pipeline takes this series
     for name in names:
         if name not in catalog:
             notes.append(f"{name}: no such pipeline is loaded")
             continue
         pipeline = catalog.get(name)
+        if pipeline.spec.trigger == "study":
+            taken = [
+                n for n, r in pipeline.spec.series_inputs().items() if r.explain_mismatch(series) is None
+            ]
+            if study is not None and taken:
+                taken_by_study = True
+                job = route_study(session, study, pipeline, settings)
+                jobs += [job] if job is not None else []
+                notes.append(f"{name}: study-level input {', '.join(taken)}")
+            else:
+                notes.append(f"{name}: no study-level input takes this series")
+            continue
         why_not = pipeline.spec.match.explain_mismatch(series)
         if why_not:
             notes.append(f"{name}: {why_not}")
@@ -39,7 +59,7 @@ def route_series(session: Session, series: Series, settings: Settings, catalog: 
             _queue_job(session, series, study, name, pipeline.spec.version, pipeline.spec.priority, settings)
         )
         notes.append(f"{name}: matched")
-    series.routing_status = RoutingStatus.routed if jobs else RoutingStatus.unmatched
+    series.routing_status = RoutingStatus.routed if jobs or taken_by_study else RoutingStatus.unmatched
     series.routing_note = "; ".join(notes) if notes else "no pipeline configured for this AE title"
     session.add(series)
     if not jobs:

@@ -403,3 +403,57 @@ class WorkitemEvent(SQLModel, table=True):
         default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}")
     )
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class StudyTriggerState(StrEnum):
+    """Where a study-level pipeline stands with one study: waiting for series, queued, or unmatched."""
+
+    waiting = "waiting"
+    queued = "queued"
+    unmatched = "unmatched"
+
+
+class StudyTriggerBase(SQLModel):
+    """What a study-level pipeline (``trigger: study``) made of one study, and why (``note``).
+
+    ``waiting``: a required input has no series yet and ``wait_s`` has not passed (``deadline``);
+    ``queued``: the job was queued (``job_id``), once per study; ``unmatched``: the deadline passed
+    with a required input still missing, named in ``note``. A series arriving later is evaluated again.
+    """
+
+    pipeline: str = Field(index=True)
+    study_instance_uid: str = Field(default="", max_length=64)
+    state: str = Field(default=StudyTriggerState.waiting.value, index=True)
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    deadline: datetime | None = None
+    job_id: int | None = Field(default=None, foreign_key="job.id")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StudyTrigger(StudyTriggerBase, table=True):
+    """What a study-level pipeline made of one study (see :class:`StudyTriggerBase`)."""
+
+    __tablename__ = "study_trigger"
+    __table_args__ = (UniqueConstraint("study_id", "pipeline"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_id: int = Field(foreign_key="study.id", index=True)
+
+
+class JobInput(SQLModel, table=True):
+    """One named input of a study-level job: input name → the series chosen for it.
+
+    Series-level jobs have none (their one series is ``job.series_id``). Priors are added by the
+    job when it has retrieved them; a prior that was not found has no row.
+    """
+
+    __tablename__ = "job_input"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    name: str
+    series_id: int = Field(foreign_key="series.id", index=True)
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    prior: bool = False

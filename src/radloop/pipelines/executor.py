@@ -195,7 +195,7 @@ def _init_worker(settings_json: str) -> None:
     if settings.workers.torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
     runtime = Runtime.build(settings, migrate=False)
-    _WORKER["runner"] = JobRunner(settings, runtime.engine, runtime.catalog)
+    _WORKER["runner"] = JobRunner(settings, runtime.engine, runtime.catalog, priors=runtime.priors)
     warm_models(settings, runtime.catalog)
     _WORKER["settings"] = settings
     _WORKER["engine"] = runtime.engine

@@ -73,6 +73,9 @@ class Operator(ABC, Generic[OptionsT]):
     inputs: ClassVar[Mapping[str, type]]
     outputs: ClassVar[Mapping[str, type]]
     Options: ClassVar[type[BaseModel]] = NoOptions
+    optional_inputs: ClassVar[frozenset[str]] = frozenset()
+    """Inputs that may be None (an optional study input that found no series, e.g. no prior):
+    the operator runs anyway. Any other input being None skips the operator (its outputs are None)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -3,6 +3,10 @@ with its stage timings and log lines, into ``job_step`` rows; then records the D
 written as results and queues their deliveries (the outbox). SEGs of model versions staged
 ``shadow`` (:mod:`.shadow`) are stored as results of kind ``shadow-seg`` with no delivery.
 
+A study-level job (``trigger: study``) gets its series by input name from its ``job_input`` rows;
+its ``prior`` inputs are searched and retrieved here, through the :class:`~radloop.pipelines.priors.
+PriorLookup` the runtime hands in, and recorded as ``job_input`` rows too (a retry reuses them).
+
 Results are idempotent: writers take their UIDs from the job's idempotency key, so a retried
 or resumed job rewrites the same SOP Instance UIDs and finds its result and delivery rows
 already there instead of adding new ones.
@@ -25,17 +29,29 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from radloop.core.db import session_scope
-from radloop.core.errors import ConfigError, JobError, PermanentJobError
-from radloop.core.models import Delivery, Instance, Job, JobState, JobStep, Result, Series, utcnow
+from radloop.core.errors import ConfigError, JobError, NotFoundError, PermanentJobError
+from radloop.core.models import (
+    Delivery,
+    Instance,
+    Job,
+    JobInput,
+    JobState,
+    JobStep,
+    Result,
+    Series,
+    Study,
+    utcnow,
+)
 from radloop.core.refs import SeriesRef
 from radloop.core.settings import Settings
 from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.ports import DicomObjects, SeriesInput
+from radloop.pipelines.priors import PriorLookup
 from radloop.pipelines.registry import OperatorContext
 from radloop.pipelines.shadow import SHADOW_KIND, shadow_files
 from radloop.pipelines.spec import BoundStep, Pipeline
-from radloop.pipelines.steps import run_steps, written_objects
+from radloop.pipelines.steps import PipelineInputs, run_steps, written_objects
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +65,13 @@ class JobCancelled(JobError):
 class JobRunner:
     """Executes jobs of the pipelines in ``catalog`` against the store and database."""
 
-    def __init__(self, settings: Settings, engine: Engine, catalog: PipelineCatalog) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, catalog: PipelineCatalog, priors: PriorLookup | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.catalog = catalog
+        self.priors = priors
         self.models = ModelResolver.from_settings(settings)  # backends outlive jobs: a model loads once
 
     def run(self, job_id: int) -> list[int]:
@@ -61,11 +80,11 @@ class JobRunner:
             job = s.get(Job, job_id)
             if job is None:
                 raise PermanentJobError(f"job {job_id} does not exist")
-            series_input = self._series_input(s, job)
         try:
             pipeline = self.catalog.get(job.pipeline)
         except ConfigError as e:
             raise PermanentJobError(str(e)) from e
+        series_input = self._inputs(job, pipeline)
         job_dir = self.settings.data_dir / "jobs" / str(job_id)
         shutil.rmtree(job_dir, ignore_errors=True)  # scratch of earlier attempts, even of a killed one
         workdir = job_dir / f"attempt-{job.attempts}"
@@ -95,10 +114,62 @@ class JobRunner:
                 for path in shadow_files(workdir)
             ]
 
-    def _series_input(self, s: Any, job: Job) -> SeriesInput:
-        series = s.get(Series, job.series_id)
+    def _inputs(self, job: Job, pipeline: Pipeline) -> PipelineInputs:
+        """``input.series`` of a series-level job; the named inputs (None if absent) of a study-level one."""
+        if pipeline.spec.trigger == "series":
+            with session_scope(self.engine) as s:
+                return self._series_input(s, job, job.series_id)
+        self._resolve_priors(job, pipeline)
+        with session_scope(self.engine) as s:
+            rows = {r.name: r for r in s.exec(select(JobInput).where(JobInput.job_id == job.id)).all()}
+            named: dict[str, SeriesInput | None] = {name: None for name in pipeline.spec.inputs}
+            for name, row in rows.items():
+                if name in named:
+                    named[name] = self._series_input(s, job, row.series_id)
+        missing = [n for n, r in pipeline.spec.inputs.items() if r.required and named[n] is None]
+        if missing:
+            raise PermanentJobError(f"job {job.id}: required input(s) {missing} have no series")
+        return named
+
+    def _resolve_priors(self, job: Job, pipeline: Pipeline) -> None:
+        """Find and retrieve each prior input not found by an earlier attempt; record it as a job_input."""
+        for name, rule in pipeline.spec.prior_inputs().items():
+            assert rule.prior is not None
+            with session_scope(self.engine) as s:
+                done = s.exec(
+                    select(JobInput).where(JobInput.job_id == job.id, JobInput.name == name)
+                ).first()
+            if done is not None:
+                continue
+            if self.priors is None:
+                log.warning("job %s: no prior lookup configured; input %s is absent", job.id, name)
+                continue
+            try:
+                series_id = self.priors.find_prior(job.study_instance_uid, rule.prior)
+            except NotFoundError as e:  # the pipeline names a source that is not configured
+                raise PermanentJobError(f"input {name}: {e}") from e
+            if series_id is None:
+                log.info("job %s: no prior found for input %s (source %s)", job.id, name, rule.prior.source)
+                continue
+            with session_scope(self.engine) as s:
+                series = s.get(Series, series_id)
+                study = s.get(Study, series.study_id) if series else None
+                s.add(
+                    JobInput(
+                        job_id=job.id,  # type: ignore[arg-type]
+                        name=name,
+                        series_id=series_id,
+                        study_instance_uid=study.study_instance_uid if study else "",
+                        series_instance_uid=series.series_instance_uid if series else "",
+                        prior=True,
+                    )
+                )
+
+    def _series_input(self, s: Any, job: Job, series_id: int) -> SeriesInput:
+        series = s.get(Series, series_id)
         if series is None:
-            raise PermanentJobError(f"series {job.series_id} of job {job.id} no longer exists")
+            raise PermanentJobError(f"series {series_id} of job {job.id} no longer exists")
+        study = s.get(Study, series.study_id)
         instances = s.exec(
             select(Instance)
             .where(Instance.series_id == series.id)
@@ -107,7 +178,9 @@ class JobRunner:
         if not instances:
             raise PermanentJobError(f"series {series.series_instance_uid} has no stored instances")
         return SeriesInput(
-            ref=SeriesRef(job.study_instance_uid, series.series_instance_uid),
+            ref=SeriesRef(
+                study.study_instance_uid if study else job.study_instance_uid, series.series_instance_uid
+            ),
             modality=series.modality,
             paths=tuple(self.settings.data_dir / i.path for i in instances),
             series_description=series.series_description,

@@ -2,6 +2,8 @@
 
 A pipeline file names its operators (``id``, ``use``, ``with`` options, ``inputs`` wired as
 ``<operator id>.<output port>`` or ``input.series`` for the series that triggered the job).
+A study-level pipeline (``trigger: study``) declares named ``inputs`` instead, each a series
+selection rule (or a ``prior`` to find at a pull source), wired as ``input.<name>``.
 :func:`load_pipeline` rejects unknown operators, bad options, unwired or unknown inputs, type
 mismatches and cycles with a :class:`ConfigError` naming the file, the line and the field.
 """
@@ -12,7 +14,7 @@ import re
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,15 +42,7 @@ class MatchRules(BaseModel):
     calling_ae: list[str] = Field(default_factory=list)
     min_instances: int = Field(1, ge=1)
 
-    @field_validator("series_description")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"not a valid regular expression: {e}") from e
-        return v
+    _regex = field_validator("series_description")(classmethod(lambda cls, v: _check_regex(v)))
 
     def explain_mismatch(self, series: Series) -> str | None:
         """None if ``series`` satisfies every rule, else the first rule it breaks, in words."""
@@ -66,6 +60,58 @@ class MatchRules(BaseModel):
         if series.instance_count < self.min_instances:
             return f"{series.instance_count} instances, fewer than the {self.min_instances} required"
         return None
+
+
+class PriorRule(BaseModel):
+    """Where and how to find the same patient's previous study for a ``prior`` input.
+
+    The source is searched (C-FIND / QIDO-RS, study level) by PatientID, ModalitiesInStudy and
+    a StudyDate range ending on the current study's date; the newest other study is retrieved
+    and its series are selected by ``series_description`` and ``min_instances``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, description="Name of a configured pull source.")
+    modality: str = ""
+    series_description: str | None = Field(
+        None, description="Regular expression searched in SeriesDescription."
+    )
+    min_instances: int = Field(1, ge=1)
+    max_age_days: int = Field(3650, ge=1, description="Oldest prior considered, in days before the study.")
+    prefer: Literal["most_instances", "latest"] = "most_instances"
+
+    _regex = field_validator("series_description")(classmethod(lambda cls, v: _check_regex(v)))
+
+
+class InputRule(MatchRules):
+    """One named input of a study-level pipeline: which series of the study it takes.
+
+    The selection rules are those of ``match``; of several matching series ``prefer`` picks the
+    one with the most instances or the latest received. A ``prior`` input instead names where to
+    find the patient's previous study; priors are never required (no prior → the input is None).
+    """
+
+    required: bool = True
+    prefer: Literal["most_instances", "latest"] = "most_instances"
+    prior: PriorRule | None = None
+
+    @model_validator(mode="after")
+    def _prior_not_required(self) -> InputRule:
+        if self.prior is not None and "required" in self.model_fields_set and self.required:
+            raise ValueError("a prior input cannot be required (no prior → the input is None)")
+        if self.prior is not None:
+            self.required = False
+        return self
+
+
+def _check_regex(v: str | None) -> str | None:
+    if v is not None:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from e
+    return v
 
 
 class OperatorStep(BaseModel):
@@ -106,6 +152,16 @@ class PipelineSpec(BaseModel):
     version: str
     description: str = ""
     match: MatchRules = Field(default_factory=lambda: MatchRules())
+    trigger: Literal["series", "study"] = Field(
+        "series",
+        description="'series': a job per matching series; 'study': a job per study, with named inputs.",
+    )
+    inputs: dict[str, InputRule] = Field(
+        default_factory=dict, description="Named inputs of a study-level pipeline (wired as input.<name>)."
+    )
+    wait_s: float = Field(
+        0.0, ge=0, le=86400, description="How long a study waits for a missing input before it is unmatched."
+    )
     priority: Priority = Priority.normal
     operators: list[OperatorStep] = Field(min_length=1)
     destinations: list[str] = Field(default_factory=list)
@@ -132,6 +188,14 @@ class PipelineSpec(BaseModel):
         if unknown:
             raise ValueError(f"destination_kinds names {unknown}, not in destinations {self.destinations}")
         return self
+
+    def series_inputs(self) -> dict[str, InputRule]:
+        """The inputs chosen among the study's own series (every input but the priors)."""
+        return {name: rule for name, rule in self.inputs.items() if rule.prior is None}
+
+    def prior_inputs(self) -> dict[str, InputRule]:
+        """The inputs found at a pull source (the patient's previous study)."""
+        return {name: rule for name, rule in self.inputs.items() if rule.prior is not None}
 
     def sends(self, kind: str, destination: str) -> bool:
         """Whether this pipeline sends its results of ``kind`` to ``destination``."""
@@ -197,6 +261,7 @@ def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _Li
     def fail(loc: tuple[str | int, ...], msg: str) -> ConfigError:
         return ConfigError(f"{path}:{lines.line(loc)}: {_dotted(loc)}: {msg}")
 
+    _check_inputs(spec, fail)
     bound: dict[str, BoundStep] = {}
     for i, step in enumerate(spec.operators):
         if step.id in bound:
@@ -214,7 +279,7 @@ def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _Li
             raise fail(("operators", i, "with", *err["loc"]), err["msg"]) from e
         bound[step.id] = BoundStep(step, cls, options)
     for i, step in enumerate(spec.operators):
-        _check_wiring(i, step, bound, fail)
+        _check_wiring(i, step, bound, fail, _input_names(spec))
     graph = {
         sid: {src.split(".")[0] for src in b.step.inputs.values()} - {PIPELINE_INPUT}
         for sid, b in bound.items()
@@ -229,7 +294,35 @@ def _bind(spec: PipelineSpec, path: Path, registry: OperatorRegistry, lines: _Li
     return Pipeline(spec=spec, steps=tuple(bound[sid] for sid in order), source=path)
 
 
-def _check_wiring(i: int, step: OperatorStep, bound: dict[str, BoundStep], fail: Any) -> None:
+def _input_names(spec: PipelineSpec) -> list[str]:
+    """What ``input.<name>`` may name: ``series`` for series-level pipelines, else the declared inputs."""
+    return list(spec.inputs) if spec.trigger == "study" else ["series"]
+
+
+def _check_inputs(spec: PipelineSpec, fail: Any) -> None:
+    """Study-level pipelines declare named inputs, at least one of them required; series-level ones none."""
+    if spec.trigger == "series":
+        if spec.inputs:
+            raise fail(
+                ("inputs",), "named inputs need 'trigger: study' (a series-level pipeline has input.series)"
+            )
+        return
+    if not spec.inputs:
+        raise fail(("trigger",), "a study-level pipeline declares its named inputs under 'inputs'")
+    if "match" in spec.model_fields_set:
+        raise fail(
+            ("match",), "a study-level pipeline selects series per input: put the rules under 'inputs'"
+        )
+    for name in spec.inputs:
+        if not _ID_RE.match(name):
+            raise fail(("inputs", name), f"input name {name!r} must be lower-case letters, digits, '-', '_'")
+    if not any(rule.required for rule in spec.series_inputs().values()):
+        raise fail(("inputs",), "a study-level pipeline needs at least one required (non-prior) input")
+
+
+def _check_wiring(
+    i: int, step: OperatorStep, bound: dict[str, BoundStep], fail: Any, input_names: list[str]
+) -> None:
     cls = bound[step.id].operator
     for port in step.inputs:
         if port not in cls.inputs:
@@ -240,13 +333,16 @@ def _check_wiring(i: int, step: OperatorStep, bound: dict[str, BoundStep], fail:
     for port, want in cls.inputs.items():
         loc = ("operators", i, "inputs", port)
         source = step.inputs.get(port)
+        if source is None and port in cls.optional_inputs:
+            continue  # an optional input may stay unwired (None)
         if source is None:
             raise fail(("operators", i, "inputs"), f"input {port!r} of {step.use} is not wired")
         src_id, _, src_port = source.partition(".")
         if src_id == PIPELINE_INPUT:
             have: type = SeriesInput
-            if src_port != "series":
-                raise fail(loc, f"the pipeline input is 'input.series', not {source!r}")
+            if src_port not in input_names:
+                known = ", ".join(f"input.{n}" for n in input_names)
+                raise fail(loc, f"{source!r} names no input of this pipeline (has: {known})")
         elif src_id not in bound:
             raise fail(loc, f"{source!r} names no operator of this pipeline")
         elif src_port not in bound[src_id].operator.outputs:

@@ -64,6 +64,17 @@ class Puller:
         self.store = store
         self.on_end = on_end
 
+    def source(self, name: str) -> DicomwebSource | DimseSource:
+        """The configured pull source ``name``; :class:`NotFoundError` if there is none."""
+        return self._source(name)
+
+    def retrieve_prior(
+        self, source: DicomwebSource | DimseSource, retriever: Retriever, match: StudyMatch
+    ) -> PulledStudy:
+        """Retrieve ``match`` as a prior for a study-level job: recorded with trigger ``prior``, so
+        routing leaves its series alone (they are inputs of that job, not new work)."""
+        return self._retrieve(source, retriever, match, "prior")
+
     def _source(self, name: str) -> DicomwebSource | DimseSource:
         for src in self.settings.sources:
             if src.name == name:

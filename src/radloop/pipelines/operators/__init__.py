@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from radloop.pipelines.operators.brain_extraction import BrainExtraction
+from radloop.pipelines.operators.channels import InferSegmentChannels, ResampleTo
 from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
 from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
 from radloop.pipelines.operators.projection import ProjectionImage
 from radloop.pipelines.operators.roi import LabelMapPaste, RoiCrop
+from radloop.pipelines.operators.study import ScCompareWriter, SrChangeWriter
 from radloop.pipelines.operators.writers import (
     FindingsSrWriter,
     RtstructWriter,
@@ -29,6 +31,10 @@ BUILTIN_OPERATORS = (
     InferClassify,
     RoiCrop,
     LabelMapPaste,
+    SrChangeWriter,
+    ScCompareWriter,
+    ResampleTo,
+    InferSegmentChannels,
 )
 
 
