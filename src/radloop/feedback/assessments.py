@@ -20,9 +20,9 @@ in the outbox for every destination the AI result went to that takes SRs.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import highdicom as hd
@@ -32,10 +32,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
 from sqlmodel import Session, col, select
 
-from radloop.core.errors import ConfigError, NotFoundError
-from radloop.core.models import Delivery, Result, Review, ReviewDecision, utcnow
+from radloop.core.errors import NotFoundError
+from radloop.core.models import Result, Review, ReviewDecision
 from radloop.core.settings import Settings
 from radloop.core.uids import derived_uid
+from radloop.feedback.derived import person_name, queue_like, store_derived
 from radloop.pipelines.ports import AlgorithmIdentification, Code
 from radloop.pipelines.writers import ihe_codes
 from radloop.pipelines.writers.equipment import add_contributing_equipment
@@ -167,29 +168,17 @@ def store_assessment(settings: Settings, session: Session, review: Review) -> Re
     assessment = _assessment_of(settings, session, review, ai_result)
     series_uid = derived_uid("aira-assessment-series", ai_result.sop_instance_uid, str(review.id))
     sop_uid = derived_uid("aira-assessment", ai_result.sop_instance_uid, str(review.id))
-    relative = Path("results") / ai_result.study_instance_uid / series_uid / f"{sop_uid}.dcm"
-    staging = settings.data_dir / "tmp" / f"assessment-{sop_uid}"
-    try:
-        written = write_assessment(
-            assessment, staging, series_instance_uid=series_uid, sop_instance_uid=sop_uid
-        )
-        target = settings.data_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    result = Result(
-        job_id=ai_result.job_id,
+    result = store_derived(
+        settings,
+        session,
+        ai_result,
+        partial(write_assessment, assessment, series_instance_uid=series_uid, sop_instance_uid=sop_uid),
+        staging=settings.data_dir / "tmp" / f"assessment-{sop_uid}",
         kind=ASSESSMENT_KIND,
         sop_class_uid=str(ComprehensiveSRStorage),
-        sop_instance_uid=sop_uid,
         series_instance_uid=series_uid,
-        study_instance_uid=ai_result.study_instance_uid,
-        path=str(relative),
-        created_at=utcnow(),
+        sop_instance_uid=sop_uid,
     )
-    session.add(result)
-    session.flush()
     review.assessment_result_id = result.id
     session.add(review)
     queue_like(settings, session, ai_result, result)
@@ -247,27 +236,6 @@ def result_row(session: Session, result_id: int) -> Result:
 def result_header(settings: Settings, result: Result) -> Dataset:
     """The stored result's header (no pixel data)."""
     return pydicom.dcmread(settings.data_dir / result.path, stop_before_pixels=True)
-
-
-def queue_like(settings: Settings, session: Session, ai_result: Result, derived: Result) -> None:
-    """Deliver ``derived`` to every destination the AI result went to that takes its kind.
-
-    An unconfigured destination still gets its row (the outbox then shows the configuration
-    error), as for the job's own results."""
-    destinations = session.exec(select(Delivery.destination).where(Delivery.result_id == ai_result.id)).all()
-    for destination in sorted(set(destinations)):
-        try:
-            takes = settings.destination(destination).takes(derived.kind)
-        except ConfigError:
-            takes = True
-        if takes:
-            session.add(Delivery(result_id=derived.id, destination=destination))  # type: ignore[arg-type]
-
-
-def person_name(reviewer: str) -> str:
-    """The reviewer as a DICOM PN: a user ID without ``^`` becomes a family name (``jdoe^``)."""
-    cleaned = reviewer.replace("\\", " ")[:64]
-    return cleaned if "^" in cleaned else f"{cleaned}^"
 
 
 def _coded(code: Code) -> hd.sr.CodedConcept:

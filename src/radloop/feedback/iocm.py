@@ -11,7 +11,6 @@ so the record of the decision stays visible.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import highdicom as hd
@@ -19,16 +18,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 from sqlmodel import Session
 
-from radloop.core.models import Result, Review, ReviewDecision, utcnow
+from radloop.core.models import Result, Review, ReviewDecision
 from radloop.core.settings import Settings
 from radloop.core.uids import derived_uid
-from radloop.feedback.assessments import (
-    job_reports,
-    person_name,
-    queue_like,
-    result_header,
-    result_row,
-)
+from radloop.feedback.assessments import job_reports, result_header, result_row
+from radloop.feedback.derived import person_name, queue_like, store_derived
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +59,22 @@ def store_rejection_note(settings: Settings, session: Session, review: Review) -
         instance_number=1,
         manufacturer="radloop",
     )
-    relative = Path("results") / ai_result.study_instance_uid / series_uid / f"{sop_uid}.dcm"
-    staging = settings.data_dir / "tmp" / f"rejection-{sop_uid}"
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
+
+    def write(staging: Path) -> Path:
         kos.save_as(staging / "kos.dcm")
-        target = settings.data_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (staging / "kos.dcm").replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    result = Result(
-        job_id=ai_result.job_id,
+        return staging / "kos.dcm"
+
+    result = store_derived(
+        settings,
+        session,
+        ai_result,
+        write,
+        staging=settings.data_dir / "tmp" / f"rejection-{sop_uid}",
         kind=REJECTION_NOTE_KIND,
         sop_class_uid=str(KeyObjectSelectionDocumentStorage),
-        sop_instance_uid=sop_uid,
         series_instance_uid=series_uid,
-        study_instance_uid=ai_result.study_instance_uid,
-        path=str(relative),
-        created_at=utcnow(),
+        sop_instance_uid=sop_uid,
     )
-    session.add(result)
-    session.flush()
     queue_like(settings, session, ai_result, result)
     logger.info("stored IOCM rejection note (result %s) of review %s", result.id, review.id)
     return result
