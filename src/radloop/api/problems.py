@@ -29,6 +29,7 @@ from radloop.core.errors import (
     UnsupportedMediaTypeError,
 )
 from radloop.core.jobs import JobTransitionError
+from radloop.core.roles import PermissionDeniedError, UnknownRoleError
 from radloop.core.tokens import AuthenticationError, TokenNameError
 from radloop.viewer_launch.signing import LaunchDeniedError
 
@@ -38,6 +39,7 @@ PROBLEM = "application/problem+json"
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (AuthenticationError, 401),
+    (PermissionDeniedError, 403),  # a valid token or session without the role the route needs
     (LaunchDeniedError, 403),  # a review link or session that is missing, forged, expired or elsewhere
     (NotFoundError, 404),
     (JobTransitionError, 409),
@@ -47,6 +49,7 @@ STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (PayloadTooLargeError, 413),
     (DiskFullError, 507),
     (InvalidInstanceError, 400),
+    (UnknownRoleError, 400),
     (RequestError, 400),
     (PullError, 502),
     (ConfigError, 400),

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from radloop import services
-from radloop.api.deps import Caller, Ctx
+from radloop.api.auth import Operator, Viewer
+from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.core import audit
 from radloop.core.db import MAX_ROW_ID, session_scope
@@ -46,7 +47,7 @@ class ReviewUrlOut(BaseModel):
 @router.get("/reviews", response_model=list[ReviewOut], responses=responses(422))
 def get_reviews(
     ctx: Ctx,
-    _caller: Caller,
+    _caller: Viewer,
     result_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     limit: Limit = 100,
 ) -> list[ReviewOut]:
@@ -55,21 +56,21 @@ def get_reviews(
 
 
 @router.get("/reviews/pending", response_model=list[WorklistItemOut], responses=responses(422))
-def get_pending(ctx: Ctx, _caller: Caller, limit: Limit = 200) -> list[WorklistItemOut]:
+def get_pending(ctx: Ctx, _caller: Viewer, limit: Limit = 200) -> list[WorklistItemOut]:
     """AI SEG results nobody has decided on yet (the worklist)."""
     return services.pending_reviews(ctx.engine, limit)
 
 
 @router.get("/quality", response_model=list[ModelQuality], responses=responses(422))
 def get_quality(
-    ctx: Ctx, _caller: Caller, period: Literal["day", "week", "month"] = "week"
+    ctx: Ctx, _caller: Viewer, period: Literal["day", "week", "month"] = "week"
 ) -> list[ModelQuality]:
     """Per model (name, version): acceptance rate, mean Dice of edits, per period and overall."""
     return model_quality(ctx.engine, period=period)
 
 
 @router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(422))
-def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> ReviewUrlOut:
+def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Operator) -> ReviewUrlOut:
     """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
     settings = ctx.settings
     ttl = body.ttl_s if body.ttl_s is not None else settings.review.link_ttl_s

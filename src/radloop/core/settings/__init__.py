@@ -17,7 +17,16 @@ One module per section of the config file; import any name from here
 """
 
 from radloop.core.settings.api import ApiSettings
-from radloop.core.settings.common import REVEAL_SECRETS, Secret, StrictModel, check_ae_title
+from radloop.core.settings.common import (
+    REVEAL_SECRETS,
+    Key,
+    Secret,
+    StrictModel,
+    check_ae_title,
+    key_weakness,
+    mask_url_password,
+    redacted,
+)
 from radloop.core.settings.destinations import (
     Destination,
     DestinationSettings,
@@ -72,6 +81,7 @@ __all__ = [
     "DimseSource",
     "FolderDestination",
     "InferenceSettings",
+    "Key",
     "LabelSource",
     "ListenerSettings",
     "LocalTritonSettings",
@@ -96,5 +106,8 @@ __all__ = [
     "XnatSettings",
     "XnatWatchSettings",
     "check_ae_title",
+    "key_weakness",
     "load_settings",
+    "mask_url_password",
+    "redacted",
 ]
