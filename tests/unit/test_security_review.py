@@ -199,6 +199,13 @@ def test_one_time_links_open_one_session(client: TestClient, env: review_env.Rev
     assert client.get(f"/review/launch?{query}").status_code == 303
     again = client.get(f"/review/launch?{query}")
     assert again.status_code == 403 and "already used" in again.text
+    operator = _token(env, "one-time-minter", "operator")
+    body = {"reviewer": "jdoe", "study": env.study_uid, "one_time": True}
+    url = client.post("/api/v1/review-urls", headers=operator, json=body).json()["url"]
+    path = url.split("radloop.example", 1)[1]
+    assert [client.get(path).status_code for _ in range(2)] == [303, 403]
+    too_long = client.post("/api/v1/review-urls", headers=operator, json={**body, "ttl_s": 7 * 86400})
+    assert too_long.status_code == 400 and "max_link_lifetime_s" in too_long.text
     reusable = _query(env)  # no nonce, review.one_time_links off: usable while valid
     assert [client.get(f"/review/launch?{reusable}").status_code for _ in range(2)] == [303, 303]
 

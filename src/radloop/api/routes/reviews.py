@@ -19,6 +19,7 @@ from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.core import audit
 from radloop.core.db import MAX_ROW_ID, session_scope
+from radloop.core.errors import RequestError
 from radloop.core.read_models import ReviewOut, WorklistItemOut
 from radloop.feedback.quality import ModelQuality, model_quality
 from radloop.viewer_launch.signing import launch_url
@@ -35,6 +36,7 @@ class ReviewUrlRequest(BaseModel):
     accession: str = Field("", max_length=64)
     result: str = Field("", description="SeriesInstanceUID or SOPInstanceUID of the SEG to review")
     ttl_s: float | None = Field(None, gt=0, le=30 * 86400, description="Validity; default review.link_ttl_s")
+    one_time: bool = Field(False, description="The link opens one session only (it carries a nonce).")
 
 
 class ReviewUrlOut(BaseModel):
@@ -74,6 +76,10 @@ def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Operator) -> Rev
     """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
     settings = ctx.settings
     ttl = body.ttl_s if body.ttl_s is not None else settings.review.link_ttl_s
+    if ttl > settings.review.max_link_lifetime_s:
+        raise RequestError(
+            f"ttl_s is longer than review.max_link_lifetime_s ({settings.review.max_link_lifetime_s:.0f})"
+        )
     now = int(time.time())
     url = launch_url(
         settings,
@@ -83,6 +89,7 @@ def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Operator) -> Rev
         result=body.result,
         ttl_s=ttl,
         now=now,
+        one_time=body.one_time,
     )
     with session_scope(ctx.engine) as s:
         audit.record(s, f"token:{caller.name}", "review.url_created", "", {"reviewer": body.reviewer})
