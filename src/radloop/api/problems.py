@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from radloop.api.oidc import LoginError
 from radloop.api.schemas import Problem
 from radloop.core.errors import (
     ConfigError,
@@ -40,6 +41,7 @@ PROBLEM = "application/problem+json"
 STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),  # a valid token or session without the role the route needs
+    (LoginError, 403),  # a sign-on that failed: state, nonce, ID token
     (LaunchDeniedError, 403),  # a review link or session that is missing, forged, expired or elsewhere
     (NotFoundError, 404),
     (JobTransitionError, 409),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi import Path as UrlPath
@@ -56,6 +57,7 @@ _DENIED_TITLES = {
     "expired": "Review link expired",
     "not-yet-valid": "Review link not valid yet",
     "used": "Review link already used",
+    "wrong-user": "Review link for another reviewer",
 }
 
 
@@ -151,8 +153,15 @@ class DecisionIn(BaseModel):
 @router.get("/launch", response_class=HTMLResponse, include_in_schema=False, dependencies=[PUBLIC])
 def launch(service: Service, request: Request) -> Response:
     """Verify a PACS launch URL, open a session (cookie) and go to the result or the worklist."""
+    raw_query = request.scope.get("query_string", b"").decode("latin-1")
+    signed_in = None
+    if service.settings.review.require_login:
+        signed_in = _signed_in(service, request)
+        if signed_in is None:  # sign in first, then come back to this very link
+            target = quote(f"/review/launch?{raw_query}", safe="")
+            return RedirectResponse(f"/auth/login?next={target}", status_code=303)
     try:
-        launched = service.launch(request.scope.get("query_string", b"").decode("latin-1"))
+        launched = service.launch(raw_query, signed_in=signed_in)
     except LaunchDeniedError as e:
         title = _DENIED_TITLES.get(e.reason, "Review not allowed")
         return _html(pages.message_page(title, str(e), "Open the result again from the PACS."), 403)
@@ -168,7 +177,7 @@ def launch(service: Service, request: Request) -> Response:
         path="/review",
         httponly=True,
         samesite="lax",
-        secure=_is_https(request, settings),
+        secure=is_https(request, settings),
     )
     return response
 
@@ -280,7 +289,16 @@ def get_quality(service: Service, session: SessionDep, period: Period = "week") 
     return service.quality(session, period)
 
 
-def _is_https(request: Request, settings: Settings) -> bool:
+def _signed_in(service: ReviewService, request: Request) -> ReviewSession | None:
+    """The user's sign-on session (``oidc``) in the review cookie, or None."""
+    try:
+        session = service.session(request.cookies.get(COOKIE))
+    except LaunchDeniedError:
+        return None
+    return session if session.login == "oidc" else None
+
+
+def is_https(request: Request, settings: Settings) -> bool:
     """Whether browsers reach radloop over https: the request itself, ``review.base_url``, or a
     TLS-terminating proxy listed in ``review.trusted_proxies`` saying so in X-Forwarded-Proto."""
     if request.url.scheme == "https" or settings.review.base_url.startswith("https://"):

@@ -68,8 +68,13 @@ class ReviewService:
 
     # ------------------------------------------------------------------ launch and session
 
-    def launch(self, raw_query: str, *, now: float | None = None) -> Launched:
-        """Verify a launch URL's query and open a session; denials are audited and re-raised."""
+    def launch(
+        self, raw_query: str, *, now: float | None = None, signed_in: ReviewSession | None = None
+    ) -> Launched:
+        """Verify a launch URL's query and open a session; denials are audited and re-raised.
+
+        ``signed_in``: the user's sign-on session when ``review.require_login`` is on; the link
+        must name that user as its reviewer."""
         moment = time.time() if now is None else now
         cfg = self.settings.review
         try:
@@ -84,6 +89,9 @@ class ReviewService:
         except LaunchDeniedError as e:
             self._audit_denial(e.reason, moment)
             raise
+        if signed_in is not None and signed_in.reviewer != claims.reviewer:
+            self._audit(signed_in.reviewer, "review.launch_wrong_user", "", link_reviewer=claims.reviewer)
+            raise LaunchDeniedError("wrong-user", "this link is for another reviewer than the one signed in")
         if claims.nonce or cfg.one_time_links:
             self._use_once(claims)
         try:
@@ -91,7 +99,7 @@ class ReviewService:
         except NotFoundError:
             self._audit(claims.reviewer, "review.launch_not_found", "", result=claims.result)
             raise
-        session = new_session(claims, result_id, now=moment, ttl_s=cfg.session_ttl_s)
+        session = new_session(claims, result_id, now=moment, ttl_s=cfg.session_ttl_s, signed_in=signed_in)
         subject = f"result:{result_id}" if result_id is not None else "worklist"
         self._audit(claims.reviewer, "review.launch", subject, session=session.session_id)
         if result_id is not None:

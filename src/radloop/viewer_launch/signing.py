@@ -86,6 +86,7 @@ class ReviewSession:
     issued_at: int
     expires_at: int
     roles: tuple[str, ...] = (Role.radiologist.value,)
+    login: str = ""  # "oidc" when the user signed in with the identity provider
 
     def allows(self, result_id: int) -> bool:
         """Whether this session may view and decide on ``result_id``."""
@@ -276,8 +277,16 @@ def _unix_seconds(params: dict[str, str], name: str) -> int | None:
     return int(value)
 
 
-def new_session(claims: LaunchClaims, result_id: int | None, *, now: float, ttl_s: float) -> ReviewSession:
-    """A fresh session for a verified launch (``result_id`` None for a worklist launch)."""
+def new_session(
+    claims: LaunchClaims,
+    result_id: int | None,
+    *,
+    now: float,
+    ttl_s: float,
+    signed_in: ReviewSession | None = None,
+) -> ReviewSession:
+    """A fresh session for a verified launch (``result_id`` None for a worklist launch); with
+    ``signed_in`` (the user's sign-on session) it keeps that user's roles and login."""
     issued = int(now)
     return ReviewSession(
         session_id=secrets.token_hex(16),
@@ -285,6 +294,8 @@ def new_session(claims: LaunchClaims, result_id: int | None, *, now: float, ttl_
         result_id=result_id,
         issued_at=issued,
         expires_at=issued + int(ttl_s),
+        roles=signed_in.roles if signed_in is not None else (Role.radiologist.value,),
+        login=signed_in.login if signed_in is not None else "",
     )
 
 

@@ -61,6 +61,10 @@ class ReviewSettings(StrictModel):
     max_link_lifetime_s: float = Field(
         86400.0, gt=0, description="A launch URL whose exp − ts is longer than this is refused."
     )
+    require_login: bool = Field(
+        False,
+        description="A launch URL opens the app only for a user signed in (oidc) as the link's reviewer.",
+    )
     one_time_links: bool = Field(
         False,
         description="A launch URL opens one session only: its signature is recorded on first use "

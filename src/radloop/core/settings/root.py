@@ -30,6 +30,7 @@ from radloop.core.settings.destinations import Destination, DestinationSettings,
 from radloop.core.settings.dicom import DicomSettings, ListenerSettings
 from radloop.core.settings.export import TrainingExportSettings
 from radloop.core.settings.inference import InferenceSettings
+from radloop.core.settings.oidc import OidcSettings
 from radloop.core.settings.pipelines import PipelineSettings, WorkerSettings
 from radloop.core.settings.review import ReviewSettings
 from radloop.core.settings.sources import PullSource
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     sources: list[PullSource] = Field(default_factory=list, description="PACS radloop pulls studies from.")
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
     xnat: XnatSettings = Field(default_factory=XnatSettings)
     training_export: TrainingExportSettings = Field(default_factory=TrainingExportSettings)
 
