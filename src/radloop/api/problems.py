@@ -106,10 +106,11 @@ def install(app: FastAPI) -> None:
 
 
 def responses(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses``: problem details for these statuses and 401, and ``ok`` for 200 if given."""
+    """OpenAPI ``responses``: problem details for these statuses, 401 and 403 (a token without the
+    route's role), and ``ok`` for 200 if given."""
     schema = {"$ref": "#/components/schemas/Problem"}
     out: dict[int | str, dict[str, Any]] = {}
-    for code in (401, *codes):
+    for code in dict.fromkeys((401, 403, *codes)):
         out[code] = {
             "model": Problem,
             "description": HTTPStatus(code).phrase,

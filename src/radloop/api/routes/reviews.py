@@ -71,7 +71,7 @@ def get_quality(
     return model_quality(ctx.engine, period=period)
 
 
-@router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(422))
+@router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(400, 422))
 def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Operator) -> ReviewUrlOut:
     """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
     settings = ctx.settings
