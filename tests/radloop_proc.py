@@ -93,9 +93,10 @@ class RadloopServer:
         """Root URL of the HTTP API (REST under /api/v1, DICOMweb under /dicomweb)."""
         return f"http://127.0.0.1:{self.api_port}"
 
-    def create_token(self, name: str = "tests") -> str:
-        """An API token made with ``radloop tokens create`` (the CLI prints it on its last line)."""
-        done = self.cli("tokens", "create", name)
+    def create_token(self, name: str = "tests", role: str = "admin") -> str:
+        """An API token made with ``radloop tokens create --role ROLE`` (the CLI prints it on its
+        last line); tests that are not about roles use ``admin``."""
+        done = self.cli("tokens", "create", name, "--role", role)
         if done.returncode != 0:
             raise RuntimeError(f"radloop tokens create failed: {done.stderr}")
         return done.stdout.strip().splitlines()[-1]

@@ -13,7 +13,9 @@ start, before any thread shares them.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
@@ -32,6 +34,33 @@ from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.executor import LocalExecutor
 from radloop.pipelines.operators import builtin_registry
+
+OWNER_ONLY_UMASK = 0o077
+GROUP_UMASK = 0o007
+
+
+def restrict_permissions(settings: Settings) -> None:
+    """Make every file and folder this process creates owner-only (or owner + group).
+
+    Set once per process, before anything is written: data_dir holds PHI (instances, results,
+    job folders, the review cache, exports, the SQLite database with its -wal and -shm), and
+    a umask is the one setting no code path that creates a file can forget. Folders become
+    0700 (0770 with ``data_dir_group_access``), files 0600 (0660).
+    """
+    os.umask(GROUP_UMASK if settings.data_dir_group_access else OWNER_ONLY_UMASK)
+
+
+def _tighten(settings: Settings) -> None:
+    """Bring an existing data_dir and SQLite database made before the umask to the same modes."""
+    group = settings.data_dir_group_access
+    dir_mode, file_mode = (0o770, 0o660) if group else (0o700, 0o600)
+    if settings.data_dir.is_dir() and settings.data_dir.stat().st_uid == os.getuid():
+        settings.data_dir.chmod(dir_mode)
+    if settings.database_url.startswith("sqlite:///"):
+        db_file = Path(settings.database_url.removeprefix("sqlite:///"))
+        for path in (db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-shm")):
+            if path.is_file() and path.stat().st_uid == os.getuid():
+                path.chmod(file_mode)
 
 
 class Runtime:
@@ -63,9 +92,11 @@ class Runtime:
         changes nothing: opening the database refuses one that is missing or not migrated, saying
         to run ``radloop db upgrade`` (:func:`radloop.core.db.require_current`).
         """
+        restrict_permissions(settings)
         if migrate:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             db.upgrade(settings)
+            _tighten(settings)
         return cls(settings, migrated=migrate)
 
     def preload(self) -> Runtime:

@@ -4,7 +4,7 @@ through), return read models (:mod:`radloop.core.read_models`), and raise radloo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from pydicom import Dataset
@@ -56,6 +56,7 @@ from radloop.core.read_models import (
     TokenOut,
     WorklistItemOut,
 )
+from radloop.core.roles import DEFAULT_TOKEN_ROLES
 from radloop.core.settings import DicomwebSource, Settings
 from radloop.core.ups import ProcedureStepState
 from radloop.feedback import decisions
@@ -371,9 +372,11 @@ def health(engine: Engine) -> Health:
 # --------------------------------------------------------------------------- API tokens
 
 
-def create_token(engine: Engine, name: str) -> TokenCreated:
-    """A new API token: the row plus ``token`` (shown once; only its hash is stored)."""
-    row, token = tokens.create(engine, name)
+def create_token(
+    engine: Engine, name: str, roles: Sequence[str] = tuple(DEFAULT_TOKEN_ROLES)
+) -> TokenCreated:
+    """A new API token holding ``roles``: the row plus ``token`` (shown once; only its hash is stored)."""
+    row, token = tokens.create(engine, name, roles)
     return TokenCreated.model_validate(row, update={"active": row.revoked_at is None, "token": token})
 
 

@@ -55,7 +55,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def token(app: FastAPI) -> str:
-    return services.create_token(app.state.radloop.engine, "api-tests").token
+    return services.create_token(app.state.radloop.engine, "api-tests", ["admin"]).token
 
 
 def _auth(token: str) -> dict[str, str]:

@@ -53,7 +53,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def client(app: FastAPI) -> Iterator[TestClient]:
-    token = services.create_token(app.state.radloop.engine, "hostile").token
+    token = services.create_token(app.state.radloop.engine, "hostile", ["operator"]).token
     with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
 

@@ -574,7 +574,9 @@ def test_cli_and_api_export_the_same_dataset(site: Site, tmp_path: Path) -> None
     assert "validation" in done.stdout and "total" in done.stdout
 
     client = TestClient(create_app(site.settings))
-    auth = {"Authorization": f"Bearer {services.create_token(site.engine, 'export-test').token}"}
+    auth = {
+        "Authorization": f"Bearer {services.create_token(site.engine, 'export-test', ['data-steward']).token}"
+    }
     body = {
         "name": "brain-accepted",
         "pipeline": hr.PIPELINE,

@@ -119,7 +119,7 @@ def test_services_return_read_models_without_internal_columns(
 
 def test_api_and_cli_show_the_same_json(site: tuple[Settings, Engine, dict[str, int]]) -> None:
     settings, engine, ids = site
-    token = services.create_token(engine, "read-models").token
+    token = services.create_token(engine, "read-models", ["operator"]).token
     auth = {"Authorization": f"Bearer {token}"}
     with TestClient(create_app(settings)) as client:
         for path, command in [

@@ -40,7 +40,11 @@ HEADERS = {"X-Radloop-Review": "1"}
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, t1_series_dir: Path) -> review_env.ReviewEnv:
     return review_env.make_review_env(
-        tmp_path_factory.mktemp("review"), t1_series_dir, n_results=4, secret_key="s" * 40
+        tmp_path_factory.mktemp("review"),
+        t1_series_dir,
+        n_results=4,
+        secret_key="s" * 40,
+        review={"denied_audit_interval_s": 0},  # every denial audited (aggregation: test_security)
     )
 
 
@@ -280,7 +284,7 @@ def test_static_assets_are_served_and_confined(client: TestClient) -> None:
 def test_mounted_in_the_api_app_with_token_endpoints(env: review_env.ReviewEnv) -> None:
     from radloop.core import tokens
 
-    _, token = tokens.create(env.engine, "review-unit-tests")
+    _, token = tokens.create(env.engine, "review-unit-tests", ["operator"])
     with TestClient(create_app(env.settings), base_url="http://127.0.0.1", follow_redirects=False) as api:
         assert api.get(f"/review/launch?{_query(env, study=env.study_uid)}x").status_code == 403
         assert api.get("/api/v1/quality").status_code == 401

@@ -48,7 +48,86 @@ def test_invalid_settings_name_file_and_field(tmp_path: Path) -> None:
 def test_production_refuses_the_default_secret() -> None:
     with pytest.raises(ConfigError, match="secret_key must be set"):
         load_settings(environment="production")
-    assert load_settings(environment="production", secret_key="s3cret-from-vault").environment == "production"
+    strong = "kqf-cqvFWfw9ew7J3WkVlrK3SIDVRT6OPQW8ZFPL9jY"  # secrets.token_urlsafe(32)
+    assert load_settings(environment="production", secret_key=strong).environment == "production"
+
+
+# --- issue 16: weak keys, secrets in `config show` ---------------------------------------------
+
+_STRONG = "kqf-cqvFWfw9ew7J3WkVlrK3SIDVRT6OPQW8ZFPL9jY"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "why"),
+    [
+        ({"secret_key": ""}, "secret_key", "empty"),
+        ({"secret_key": "x"}, "secret_key", "shorter than 32"),
+        ({"secret_key": "s3cret-from-vault"}, "secret_key", "shorter than 32"),
+        ({"secret_key": "ab" * 20}, "secret_key", "low-entropy"),
+        ({"review": {"launch_key": "launch" * 6}}, "review.launch_key", "low-entropy"),
+        ({"review": {"launch_key": DEV_SECRET}}, "review.launch_key", "development default"),
+        ({"training_export": {"pseudonym_key": ""}}, None, None),  # empty optional key: falls back
+        ({"training_export": {"pseudonym_key": "p" * 40}}, "training_export.pseudonym_key", "low-entropy"),
+    ],
+)
+def test_production_refuses_every_weak_key(
+    overrides: dict[str, object], field: str | None, why: str | None
+) -> None:
+    settings: dict[str, object] = {"secret_key": _STRONG, **overrides}
+    if field is None:
+        assert load_settings(environment="production", **settings).environment == "production"
+        return
+    with pytest.raises(ConfigError, match=rf"{field} is too weak for production: .*{why}"):
+        load_settings(environment="production", **settings)
+    load_settings(environment="development", **{k: v for k, v in settings.items() if k != "review"})
+
+
+def test_strong_random_keys_pass_in_production() -> None:
+    import secrets
+
+    for _ in range(20):
+        s = load_settings(
+            environment="production",
+            secret_key=secrets.token_urlsafe(32),
+            review={"launch_key": secrets.token_hex(32)},
+            training_export={"pseudonym_key": secrets.token_urlsafe(32)},
+        )
+        assert s.environment == "production"
+
+
+def test_config_show_masks_every_secret_by_type(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from radloop.cli import app
+
+    cfg = tmp_path / "radloop.yaml"
+    cfg.write_text(
+        "secret_key: SECRET-KEY-VALUE-0123456789-abcdefghijkl\n"
+        "database: {url: 'postgresql://radloop:DB-PASSWORD@db.example:5432/radloop'}\n"
+        "review: {launch_key: LAUNCH-KEY-VALUE-0123456789-abcdefghijk}\n"
+        "sources:\n"
+        "  - {kind: dicomweb, name: pacs, url: 'https://svc:URL-PASSWORD@pacs/dicom-web',\n"
+        "     listener_ae_title: RADLOOP,\n"
+        "     headers: {Authorization: 'Bearer HEADER-TOKEN', X-Custom: CUSTOM-SECRET}}\n"
+        "destinations:\n"
+        "  - {kind: dicomweb, name: arch, url: 'http://u:DEST-URL-PASSWORD@arch/dw',\n"
+        "     auth: bearer, token: DEST-TOKEN}\n"
+    )
+    done = CliRunner().invoke(app, ["config", "show", "--config", str(cfg)])
+    assert done.exit_code == 0, done.output
+    for secret in (
+        "SECRET-KEY",
+        "DB-PASSWORD",
+        "LAUNCH-KEY",
+        "URL-PASSWORD",
+        "HEADER-TOKEN",
+        "CUSTOM-SECRET",
+        "DEST-URL-PASSWORD",
+        "DEST-TOKEN",
+    ):
+        assert secret not in done.output, secret
+    assert "postgresql://radloop:***@db.example:5432/radloop" in done.output
+    assert "Authorization: '***'" in done.output and "X-Custom: '***'" in done.output
 
 
 def test_default_database_is_sqlite_in_data_dir(tmp_path: Path) -> None:
@@ -171,7 +250,9 @@ def test_a_spawned_worker_process_gets_the_real_secrets() -> None:
 
 def test_production_refuses_the_default_secret_from_the_worker_json_too() -> None:
     masked = load_settings(None, environment="production", secret_key=DEV_SECRET + "x").model_dump_json()
-    assert Settings.from_worker_json(masked).secret_key.get_secret_value() == "**********"
+    # the masked key ("**********") is itself too weak: masked settings can never start in production
+    with pytest.raises(ValidationError, match="secret_key is too weak"):
+        Settings.from_worker_json(masked)
     with pytest.raises(ValidationError, match="secret_key must be set"):
         Settings.from_worker_json(
             load_settings(None, secret_key=DEV_SECRET)

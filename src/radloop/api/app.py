@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from radloop import __version__
-from radloop.api import middleware, problems
+from radloop.api import middleware, oidc, problems
 from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies, workitems
 from radloop.core.settings import Settings
 from radloop.runtime import Runtime
@@ -45,6 +45,7 @@ def create_app(source: Runtime | Settings) -> FastAPI:
     routers += [reviews.router, review.router]
     routers.append(exports.router)  # training datasets from reviewed results
     routers.append(workitems.router)  # UPS-RS AI worklist (IHE AIW-I Task Manager)
+    routers.append(oidc.router)  # sign-on for people (oidc.issuer)
     if not public:
         routers.append(health.docs_router)
     for router in routers:

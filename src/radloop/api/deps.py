@@ -12,7 +12,7 @@ from radloop.core import tokens
 from radloop.core.db import MAX_ROW_ID
 from radloop.runtime import Runtime
 
-_bearer = HTTPBearer(auto_error=False, description="An API token from `radloop tokens create NAME`.")
+bearer = HTTPBearer(auto_error=False, description="An API token from `radloop tokens create NAME`.")
 
 
 def get_context(request: Request) -> Runtime:
@@ -26,7 +26,7 @@ Ctx = Annotated[Runtime, Depends(get_context)]
 
 
 async def get_caller(
-    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> tokens.Caller:
     """The token's owner; :class:`~radloop.core.tokens.AuthenticationError` (401) if none is valid."""
     token = credentials.credentials if credentials is not None else None
@@ -35,6 +35,7 @@ async def get_caller(
 
 
 Caller = Annotated[tokens.Caller, Depends(get_caller)]
+"""Any valid token, whatever its roles. Routes declare a role instead (:mod:`radloop.api.auth`)."""
 
 
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="A row id (job, delivery).")]

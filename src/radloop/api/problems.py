@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from radloop.api.oidc import LoginError
 from radloop.api.schemas import Problem
 from radloop.core.errors import (
     ConfigError,
@@ -29,6 +30,7 @@ from radloop.core.errors import (
     UnsupportedMediaTypeError,
 )
 from radloop.core.jobs import JobTransitionError
+from radloop.core.roles import PermissionDeniedError, UnknownRoleError
 from radloop.core.tokens import AuthenticationError, TokenNameError
 from radloop.viewer_launch.signing import LaunchDeniedError
 
@@ -38,6 +40,8 @@ PROBLEM = "application/problem+json"
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (AuthenticationError, 401),
+    (PermissionDeniedError, 403),  # a valid token or session without the role the route needs
+    (LoginError, 403),  # a sign-on that failed: state, nonce, ID token
     (LaunchDeniedError, 403),  # a review link or session that is missing, forged, expired or elsewhere
     (NotFoundError, 404),
     (JobTransitionError, 409),
@@ -47,6 +51,7 @@ STATUS_OF: list[tuple[type[RadloopError], int]] = [
     (PayloadTooLargeError, 413),
     (DiskFullError, 507),
     (InvalidInstanceError, 400),
+    (UnknownRoleError, 400),
     (RequestError, 400),
     (PullError, 502),
     (ConfigError, 400),
@@ -101,10 +106,11 @@ def install(app: FastAPI) -> None:
 
 
 def responses(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses``: problem details for these statuses and 401, and ``ok`` for 200 if given."""
+    """OpenAPI ``responses``: problem details for these statuses, 401 and 403 (a token without the
+    route's role), and ``ok`` for 200 if given."""
     schema = {"$ref": "#/components/schemas/Problem"}
     out: dict[int | str, dict[str, Any]] = {}
-    for code in (401, *codes):
+    for code in dict.fromkeys((401, 403, *codes)):
         out[code] = {
             "model": Problem,
             "description": HTTPStatus(code).phrase,

@@ -14,9 +14,14 @@ app = typer.Typer(help="Settings.", no_args_is_help=True)
 
 @app.command("show")
 def config_show(config: ConfigOpt = None) -> None:
-    """Print the effective settings (file + environment + defaults) as YAML; secrets masked."""
+    """Print the effective settings (file + environment + defaults) as YAML; secrets masked.
+
+    Masked by type, wherever they sit: every secret field (keys, passwords, tokens, header
+    values) and the password of any URL with user info (``database.url`` and the like).
+    """
     import yaml
 
-    data = options.settings(config).model_dump(mode="json")
-    data["secret_key"] = "***"
+    from radloop.core.settings import redacted
+
+    data = redacted(options.settings(config))
     sys.stdout.write(yaml.safe_dump(data, sort_keys=False))

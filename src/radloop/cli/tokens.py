@@ -11,6 +11,7 @@ from radloop import services
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
 from radloop.cli.output import console, emit, write_json
+from radloop.core.roles import DEFAULT_TOKEN_ROLES
 
 app = typer.Typer(help="API tokens (machine access to the HTTP API).", no_args_is_help=True)
 
@@ -18,15 +19,24 @@ app = typer.Typer(help="API tokens (machine access to the HTTP API).", no_args_i
 @app.command("create")
 def tokens_create(
     name: Annotated[str, typer.Argument(help="Who the token is for, e.g. 'pacs-router'.")],
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="A role the token holds (repeat for several): viewer, radiologist, data-steward, "
+            "operator, admin. Default: viewer (read-only).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an API token and print it once (only its hash is stored)."""
-    row = services.create_token(options.runtime(config, migrate=True).engine, name)
+    """Create an API token holding roles and print it once (only its hash is stored)."""
+    roles = role or list(DEFAULT_TOKEN_ROLES)
+    row = services.create_token(options.runtime(config, migrate=True).engine, name, roles)
     if as_json:
         write_json(row)
         return
-    console.print(f"token {row.name!r} (id {row.id}) created; it is shown only now:")
+    console.print(f"token {row.name!r} (id {row.id}, roles {row.roles}) created; it is shown only now:")
     sys.stdout.write(row.token + "\n")
 
 

@@ -224,11 +224,22 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
+class UsedLaunchLink(SQLModel, table=True):
+    """A one-time review launch link that was used: its nonce (or signature), kept until it expires."""
+
+    __tablename__ = "used_launch_link"
+
+    nonce_hash: str = Field(primary_key=True, max_length=64)  # SHA-256 hex of the nonce or signature
+    used_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
 class ApiTokenBase(SQLModel):
     """A machine's credential for the HTTP API, as anyone may see it (never the token or its hash)."""
 
     name: str = Field(index=True)
     prefix: str = Field(default="", max_length=16)  # first characters, to recognise a token in a list
+    roles: str = Field(default="viewer", max_length=200)  # space-separated role names (radloop.core.roles)
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None

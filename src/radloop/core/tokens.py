@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -18,6 +19,7 @@ from sqlmodel import col, select
 from radloop.core.db import session_scope
 from radloop.core.errors import RadloopError
 from radloop.core.models import ApiToken, utcnow
+from radloop.core.roles import DEFAULT_TOKEN_ROLES, Role, parse_roles
 
 TOKEN_PREFIX = "rl_"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.@")
@@ -33,10 +35,11 @@ class TokenNameError(RadloopError):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who an authenticated request comes from (the token's id and name)."""
+    """Who an authenticated request comes from (the token's id, name and roles)."""
 
     token_id: int
     name: str
+    roles: tuple[str, ...] = field(default=tuple(r.value for r in DEFAULT_TOKEN_ROLES))
 
 
 def hash_token(token: str) -> str:
@@ -50,9 +53,13 @@ def _check_name(name: str) -> str:
     return name
 
 
-def create(engine: Engine, name: str) -> tuple[ApiToken, str]:
-    """Create a token called ``name`` (unique among active tokens); returns the row and the token."""
+def create(
+    engine: Engine, name: str, roles: Sequence[Role | str] = DEFAULT_TOKEN_ROLES
+) -> tuple[ApiToken, str]:
+    """Create a token called ``name`` (unique among active tokens) holding ``roles``; returns the
+    row and the token. :class:`TokenNameError` for a bad name, ``ValueError`` for an unknown role."""
     _check_name(name)
+    role_names = " ".join(parse_roles(str(r) for r in roles)) or " ".join(DEFAULT_TOKEN_ROLES)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with session_scope(engine) as s:
         clash = s.exec(
@@ -60,7 +67,9 @@ def create(engine: Engine, name: str) -> tuple[ApiToken, str]:
         ).first()
         if clash is not None:
             raise TokenNameError(f"an active token is already called {name!r} (revoke it first)")
-        row = ApiToken(name=name, token_hash=hash_token(token), prefix=token[: len(TOKEN_PREFIX) + 4])
+        row = ApiToken(
+            name=name, token_hash=hash_token(token), prefix=token[: len(TOKEN_PREFIX) + 4], roles=role_names
+        )
         s.add(row)
         s.flush()
         return row, token
@@ -99,10 +108,10 @@ def authenticate(engine: Engine, token: str | None, touch_interval_s: float = 60
         row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
         if row is None or row.id is None:
             raise AuthenticationError("unknown API token")
-        if row.revoked_at is not None:
-            raise AuthenticationError(f"API token {row.name!r} was revoked")
+        if row.revoked_at is not None:  # said without the name: the caller may not know whose it was
+            raise AuthenticationError("API token revoked")
         now = utcnow()
         if row.last_used_at is None or now - row.last_used_at >= timedelta(seconds=touch_interval_s):
             row.last_used_at = now
             s.add(row)
-        return Caller(row.id, row.name)
+        return Caller(row.id, row.name, tuple(row.roles.split()))

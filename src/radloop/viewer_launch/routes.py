@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi import Path as UrlPath
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Engine
 from radloop.core.db import MAX_ROW_ID
 from radloop.core.errors import NotFoundError, RequestError
 from radloop.core.models import ReviewDecision
+from radloop.core.roles import PermissionDeniedError, Public, Role, RoleRequirement
 from radloop.core.settings import Settings
 from radloop.viewer_launch import pages
 from radloop.viewer_launch.review_cache import IMAGE_FILE, MASK_FILE
@@ -54,6 +56,8 @@ _DENIED_TITLES = {
     "malformed": "Invalid review link",
     "expired": "Review link expired",
     "not-yet-valid": "Review link not valid yet",
+    "used": "Review link already used",
+    "wrong-user": "Review link for another reviewer",
 }
 
 
@@ -86,13 +90,48 @@ def current_session(service: Service, request: Request) -> ReviewSession:
     return service.session(request.cookies.get(COOKIE))
 
 
+class SessionRole(RoleRequirement):
+    """Dependency of the review app's JSON routes: the session, whose roles must grant :attr:`role`
+    (403 problem otherwise)."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    async def __call__(self, service: Service, request: Request) -> ReviewSession:
+        session = current_session(service, request)
+        self.check(session.roles, f"reviewer {session.reviewer!r}")
+        return session
+
+
+class PageRole(RoleRequirement):
+    """Dependency of the review app's pages: the session with :attr:`role`, or the 403 page to answer."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    async def __call__(self, service: Service, request: Request) -> ReviewSession | Response:
+        try:
+            session = current_session(service, request)
+            self.check(session.roles, f"reviewer {session.reviewer!r}")
+        except (LaunchDeniedError, PermissionDeniedError) as e:
+            return _html(
+                pages.message_page("Review session needed", str(e), "Open the result from the PACS."), 403
+            )
+        return session
+
+
 def changing_request(x_radloop_review: Annotated[str, Header()] = "") -> None:
     """Refuse (403) a request that changes data unless it carries the review app's header."""
     if x_radloop_review != "1":
         raise HTTPException(403, f"requests that change data must carry {APP_HEADER}: 1")
 
 
-SessionDep = Annotated[ReviewSession, Depends(current_session)]
+SessionDep = Annotated[ReviewSession, Depends(SessionRole(Role.viewer))]
+"""A review session (any role): to read what the session may see."""
+ReviewerSession = Annotated[ReviewSession, Depends(SessionRole(Role.radiologist))]
+"""A review session whose roles allow deciding: ``radiologist`` (every signed PACS link's session)."""
+ViewerPage = Annotated[ReviewSession | Response, Depends(PageRole(Role.viewer))]
+PUBLIC = Depends(Public())
 Changing = Annotated[None, Depends(changing_request)]
 ResultId = Annotated[int, UrlPath(ge=1, le=MAX_ROW_ID, description="The AI result's id.")]
 ViewId = Annotated[
@@ -111,11 +150,18 @@ class DecisionIn(BaseModel):
     view_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
 
 
-@router.get("/launch", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/launch", response_class=HTMLResponse, include_in_schema=False, dependencies=[PUBLIC])
 def launch(service: Service, request: Request) -> Response:
     """Verify a PACS launch URL, open a session (cookie) and go to the result or the worklist."""
+    raw_query = request.scope.get("query_string", b"").decode("latin-1")
+    signed_in = None
+    if service.settings.review.require_login:
+        signed_in = _signed_in(service, request)
+        if signed_in is None:  # sign in first, then come back to this very link
+            target = quote(f"/review/launch?{raw_query}", safe="")
+            return RedirectResponse(f"/auth/login?next={target}", status_code=303)
     try:
-        launched = service.launch(request.scope.get("query_string", b"").decode("latin-1"))
+        launched = service.launch(raw_query, signed_in=signed_in)
     except LaunchDeniedError as e:
         title = _DENIED_TITLES.get(e.reason, "Review not allowed")
         return _html(pages.message_page(title, str(e), "Open the result again from the PACS."), 403)
@@ -131,24 +177,22 @@ def launch(service: Service, request: Request) -> Response:
         path="/review",
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https" or settings.review.base_url.startswith("https://"),
+        secure=is_https(request, settings),
     )
     return response
 
 
 @router.get("/app/", response_class=HTMLResponse, include_in_schema=False)
-def app_page(service: Service, request: Request) -> Response:
+def app_page(session: ViewerPage) -> Response:
     """The review app (the built NiiVue bundle); needs a session."""
-    denied = _page_session(service, request)
-    if isinstance(denied, Response):
-        return denied
+    if isinstance(session, Response):
+        return session
     return _html((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
 
 
 @router.get("/worklist", response_class=HTMLResponse, include_in_schema=False)
-def worklist_page(service: Service, request: Request) -> Response:
+def worklist_page(service: Service, session: ViewerPage) -> Response:
     """Results awaiting review, as a page (worklist sessions)."""
-    session = _page_session(service, request)
     if isinstance(session, Response):
         return session
     try:
@@ -159,15 +203,14 @@ def worklist_page(service: Service, request: Request) -> Response:
 
 
 @router.get("/quality", response_class=HTMLResponse, include_in_schema=False)
-def quality_page(service: Service, request: Request, period: Period = "week") -> Response:
+def quality_page(service: Service, session: ViewerPage, period: Period = "week") -> Response:
     """Per-model quality over time with plots."""
-    session = _page_session(service, request)
     if isinstance(session, Response):
         return session
     return _html(pages.quality_page(service.quality(session, period), period))
 
 
-@router.get("/static/{name:path}", include_in_schema=False)
+@router.get("/static/{name:path}", include_in_schema=False, dependencies=[PUBLIC])
 def static(name: str) -> FileResponse:
     """The review app's built assets (code, styles, fonts; no patient data)."""
     root = STATIC_DIR.resolve()
@@ -185,6 +228,7 @@ def get_session(session: SessionDep) -> dict[str, Any]:
         "reviewer": session.reviewer,
         "result_id": session.result_id,
         "expires_at": session.expires_at,
+        "roles": list(session.roles),
     }
 
 
@@ -210,7 +254,7 @@ def get_mask(result_id: ResultId, service: Service, session: SessionDep) -> File
 
 @router.post("/api/results/{result_id}/decision")
 def post_decision(
-    result_id: ResultId, body: DecisionIn, service: Service, session: SessionDep, _changing: Changing
+    result_id: ResultId, body: DecisionIn, service: Service, session: ReviewerSession, _changing: Changing
 ) -> dict[str, Any]:
     """Accept the AI result as it is, or reject it (a reason is required)."""
     return service.decide(session, result_id, ReviewDecision(body.decision), body.reason, body.view_id)
@@ -220,7 +264,7 @@ def post_decision(
 async def post_edit(
     result_id: ResultId,
     service: Service,
-    session: SessionDep,
+    session: ReviewerSession,
     _changing: Changing,
     request: Request,
     view_id: ViewId = None,
@@ -245,14 +289,23 @@ def get_quality(service: Service, session: SessionDep, period: Period = "week") 
     return service.quality(session, period)
 
 
-def _page_session(service: ReviewService, request: Request) -> ReviewSession | Response:
-    """The session of a page request, or the 403 page to answer instead."""
+def _signed_in(service: ReviewService, request: Request) -> ReviewSession | None:
+    """The user's sign-on session (``oidc``) in the review cookie, or None."""
     try:
-        return service.session(request.cookies.get(COOKIE))
-    except LaunchDeniedError as e:
-        return _html(
-            pages.message_page("Review session needed", str(e), "Open the result from the PACS."), 403
-        )
+        session = service.session(request.cookies.get(COOKIE))
+    except LaunchDeniedError:
+        return None
+    return session if session.login == "oidc" else None
+
+
+def is_https(request: Request, settings: Settings) -> bool:
+    """Whether browsers reach radloop over https: the request itself, ``review.base_url``, or a
+    TLS-terminating proxy listed in ``review.trusted_proxies`` saying so in X-Forwarded-Proto."""
+    if request.url.scheme == "https" or settings.review.base_url.startswith("https://"):
+        return True
+    peer = request.client.host if request.client is not None else ""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return peer in settings.review.trusted_proxies and forwarded == "https"
 
 
 async def _limited_body(request: Request, limit: int) -> bytes:

@@ -8,8 +8,10 @@ queued for the destinations that received the AI result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,12 +20,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, delete, select
 
 from radloop.core import audit
 from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError, RequestError
-from radloop.core.models import AuditEvent, Result, ReviewDecision, Study
+from radloop.core.models import AuditEvent, Result, ReviewDecision, Study, UsedLaunchLink
 from radloop.core.settings import Settings
 from radloop.feedback import decisions
 from radloop.feedback.agreement import Agreement, agreement, unchanged
@@ -64,11 +67,18 @@ class ReviewService:
         self.settings = settings
         self.engine = engine
         self.cache = cache or ReviewCache(settings, engine)
+        self._denials: dict[str, tuple[float, int]] = {}  # reason → (last audited at, denials since)
+        self._denials_lock = threading.Lock()
 
     # ------------------------------------------------------------------ launch and session
 
-    def launch(self, raw_query: str, *, now: float | None = None) -> Launched:
-        """Verify a launch URL's query and open a session; denials are audited and re-raised."""
+    def launch(
+        self, raw_query: str, *, now: float | None = None, signed_in: ReviewSession | None = None
+    ) -> Launched:
+        """Verify a launch URL's query and open a session; denials are audited and re-raised.
+
+        ``signed_in``: the user's sign-on session when ``review.require_login`` is on; the link
+        must name that user as its reviewer."""
         moment = time.time() if now is None else now
         cfg = self.settings.review
         try:
@@ -78,22 +88,57 @@ class ReviewService:
                 now=moment,
                 ttl_s=cfg.link_ttl_s,
                 skew_s=cfg.clock_skew_s,
+                max_lifetime_s=cfg.max_link_lifetime_s,
             )
         except LaunchDeniedError as e:
-            self._audit(ANONYMOUS, "review.launch_denied", "", reason=e.reason)
-            logger.warning("review launch denied: %s", e.reason)
+            self._audit_denial(e.reason, moment)
             raise
+        if signed_in is not None and signed_in.reviewer != claims.reviewer:
+            self._audit(signed_in.reviewer, "review.launch_wrong_user", "", link_reviewer=claims.reviewer)
+            raise LaunchDeniedError("wrong-user", "this link is for another reviewer than the one signed in")
+        if claims.nonce or cfg.one_time_links:
+            self._use_once(claims)
         try:
             result_id = self._resolve(claims)
         except NotFoundError:
             self._audit(claims.reviewer, "review.launch_not_found", "", result=claims.result)
             raise
-        session = new_session(claims, result_id, now=moment, ttl_s=cfg.session_ttl_s)
+        session = new_session(claims, result_id, now=moment, ttl_s=cfg.session_ttl_s, signed_in=signed_in)
         subject = f"result:{result_id}" if result_id is not None else "worklist"
         self._audit(claims.reviewer, "review.launch", subject, session=session.session_id)
         if result_id is not None:
             self.cache.prewarm(result_id)
         return Launched(session, result_id)
+
+    def _use_once(self, claims: LaunchClaims) -> None:
+        """Record a one-time link's nonce (or signature); :class:`LaunchDeniedError` if already used."""
+        digest = hashlib.sha256((claims.nonce or claims.signature).encode("ascii")).hexdigest()
+        now = datetime.now(UTC)
+        expires = datetime.fromtimestamp(claims.expires_at + self.settings.review.clock_skew_s, UTC)
+        try:
+            with session_scope(self.engine) as s:
+                s.exec(delete(UsedLaunchLink).where(col(UsedLaunchLink.expires_at) < now))
+                s.add(UsedLaunchLink(nonce_hash=digest, used_at=now, expires_at=expires))
+        except IntegrityError:
+            self._audit(claims.reviewer, "review.launch_reused", "")
+            raise LaunchDeniedError(
+                "used", "this one-time link was already used; open it again from the PACS"
+            ) from None
+
+    def _audit_denial(self, reason: str, moment: float) -> None:
+        """Audit an anonymous denied launch: one row per reason per ``denied_audit_interval_s``,
+        counting the denials in between (junk links must not flood the audit log)."""
+        logger.warning("review launch denied: %s", reason)
+        with self._denials_lock:
+            last, suppressed = self._denials.get(reason, (float("-inf"), 0))
+            if moment - last < self.settings.review.denied_audit_interval_s:
+                self._denials[reason] = (last, suppressed + 1)
+                return
+            self._denials[reason] = (moment, 0)
+        detail: dict[str, Any] = {"reason": reason}
+        if suppressed:
+            detail["suppressed_since_last"] = suppressed
+        self._audit(ANONYMOUS, "review.launch_denied", "", **detail)
 
     def session(self, cookie: str | None, *, now: float | None = None) -> ReviewSession:
         """The session in a cookie value; :class:`LaunchDeniedError` if missing, forged or expired."""

@@ -9,10 +9,14 @@ absent) and the reviewer, with a time stamp and an HMAC signature::
 * ``ts``: when the link was made, in Unix seconds (UTC). The link is valid from ``ts`` to
   ``ts + review.link_ttl_s``, or to ``exp`` (Unix seconds) when the link carries one; both
   ends are widened by ``review.clock_skew_s`` for clocks that disagree.
-* ``sig``: lower-case hex HMAC-SHA256, keyed with ``review.launch_key`` (``secret_key`` when
-  empty), of the query string that precedes ``&sig=``, byte for byte as sent. ``sig`` must be
-  the last parameter. Any parameter may be empty; ``study`` and ``accession`` both empty make
-  a *worklist* link (every result awaiting review).
+* ``exp − ts`` may not exceed ``review.max_link_lifetime_s`` (default one day).
+* ``nonce`` (optional): a link carrying one opens one session only; radloop records it and
+  refuses a second use (with ``review.one_time_links: true`` every link is one-time, recorded
+  by its signature).
+* ``sig``: lower-case hex HMAC-SHA256 (64 characters ``0-9a-f``; upper case is refused), keyed
+  with ``review.launch_key`` (``secret_key`` when empty), of the query string that precedes
+  ``&sig=``, byte for byte as sent. ``sig`` must be the last parameter. Any parameter may
+  be empty; ``study`` and ``accession`` both empty make a *worklist* link (every result awaiting review).
 
 A valid launch opens a **review session**: a cookie holding the reviewer, the result it may act
 on (or the worklist), and its lifetime, signed with a key derived from ``secret_key`` (so that a
@@ -33,13 +37,15 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from radloop.core.errors import RadloopError
 from radloop.core.refs import is_valid_uid
+from radloop.core.roles import Role
 from radloop.core.settings import Settings
 
-LAUNCH_PARAMS = ("study", "accession", "result", "reviewer", "ts", "exp")
+LAUNCH_PARAMS = ("study", "accession", "result", "reviewer", "ts", "exp", "nonce")
 """Parameters a launch URL may carry before ``sig``, in the order radloop writes them."""
 
 _MAX_TEXT = 128
-_SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
+_SIG_RE = re.compile(r"[0-9a-f]{64}")
+_NONCE_RE = re.compile(r"[0-9A-Za-z_-]{8,64}")
 
 
 class LaunchDeniedError(RadloopError):
@@ -60,6 +66,8 @@ class LaunchClaims:
     result: str
     issued_at: int
     expires_at: int
+    nonce: str = ""
+    signature: str = ""
 
     @property
     def is_worklist(self) -> bool:
@@ -69,13 +77,16 @@ class LaunchClaims:
 
 @dataclass(frozen=True)
 class ReviewSession:
-    """A review session: its id, reviewer, the one result it may act on (None = any) and its lifetime."""
+    """A review session: its id, reviewer, the one result it may act on (None = any), its lifetime
+    and its roles (a session from a signed PACS link is a ``radiologist`` one)."""
 
     session_id: str
     reviewer: str
     result_id: int | None
     issued_at: int
     expires_at: int
+    roles: tuple[str, ...] = (Role.radiologist.value,)
+    login: str = ""  # "oidc" when the user signed in with the identity provider
 
     def allows(self, result_id: int) -> bool:
         """Whether this session may view and decide on ``result_id``."""
@@ -109,6 +120,7 @@ def sign_launch_query(
     accession: str = "",
     result: str = "",
     expires_at: int | None = None,
+    nonce: str = "",
 ) -> str:
     """The signed query string of a launch URL (parameters in :data:`LAUNCH_PARAMS` order, then ``sig``)."""
     params = [
@@ -120,6 +132,8 @@ def sign_launch_query(
     ]
     if expires_at is not None:
         params.append(("exp", str(expires_at)))
+    if nonce:
+        params.append(("nonce", nonce))
     query = urlencode(params, quote_via=quote)
     return f"{query}&sig={signature(key, query)}"
 
@@ -133,8 +147,10 @@ def launch_url(
     result: str = "",
     ttl_s: float | None = None,
     now: float | None = None,
+    one_time: bool = False,
 ) -> str:
-    """A signed launch URL on ``review.base_url`` (or the API's address), valid for ``ttl_s``."""
+    """A signed launch URL on ``review.base_url`` (or the API's address), valid for ``ttl_s``;
+    ``one_time`` adds a random ``nonce`` so that it opens one session only."""
     issued = int(time.time() if now is None else now)
     expires = None if ttl_s is None else issued + int(ttl_s)
     query = sign_launch_query(
@@ -145,6 +161,7 @@ def launch_url(
         accession=accession,
         result=result,
         expires_at=expires,
+        nonce=secrets.token_urlsafe(16) if one_time else "",
     )
     return f"{base_url(settings)}/review/launch?{query}"
 
@@ -158,13 +175,26 @@ def base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.api.port}"
 
 
-def verify_launch(query: str, key: bytes, *, now: float, ttl_s: float, skew_s: float) -> LaunchClaims:
+def verify_launch(
+    query: str,
+    key: bytes,
+    *,
+    now: float,
+    ttl_s: float,
+    skew_s: float,
+    max_lifetime_s: float = 86400.0,
+) -> LaunchClaims:
     """Check a launch URL's raw query string; :class:`LaunchDeniedError` names what is wrong."""
     signed, sig = _split_signature(query)
-    if not hmac.compare_digest(signature(key, signed), sig.lower()):
+    if not hmac.compare_digest(signature(key, signed), sig):
         raise LaunchDeniedError("bad-signature", "the link's signature does not match")
     params = _parse_params(signed)
-    claims = _claims(params, ttl_s)
+    claims = _claims(params, ttl_s, sig)
+    if claims.expires_at - claims.issued_at > max_lifetime_s:
+        raise LaunchDeniedError(
+            "malformed",
+            f"the link is valid for longer than review.max_link_lifetime_s ({max_lifetime_s:.0f} s)",
+        )
     if now < claims.issued_at - skew_s:
         raise LaunchDeniedError("not-yet-valid", "the link was issued in the future (check the PACS clock)")
     if now > claims.expires_at + skew_s:
@@ -181,7 +211,7 @@ def _split_signature(query: str) -> tuple[str, str]:
         if not found:
             raise LaunchDeniedError("malformed", "the link carries no signature (sig)")
     if not _SIG_RE.fullmatch(sig):  # also keeps non-ASCII text away from hmac.compare_digest
-        raise LaunchDeniedError("malformed", "sig must be the last parameter: 64 hex digits")
+        raise LaunchDeniedError("malformed", "sig must be the last parameter: 64 lower-case hex digits")
     return signed, sig
 
 
@@ -199,7 +229,7 @@ def _parse_params(signed: str) -> dict[str, str]:
     return params
 
 
-def _claims(params: dict[str, str], ttl_s: float) -> LaunchClaims:
+def _claims(params: dict[str, str], ttl_s: float, sig: str) -> LaunchClaims:
     """The claims of a (signature-checked) link, each value checked for form."""
     reviewer = _text(params, "reviewer")
     if not reviewer:
@@ -216,6 +246,9 @@ def _claims(params: dict[str, str], ttl_s: float) -> LaunchClaims:
     expires = _unix_seconds(params, "exp")
     if expires is not None and expires < issued:
         raise LaunchDeniedError("malformed", "exp is before ts")
+    nonce = params.get("nonce", "")
+    if nonce and not _NONCE_RE.fullmatch(nonce):
+        raise LaunchDeniedError("malformed", "nonce must be 8-64 characters of letters, digits, _ -")
     return LaunchClaims(
         reviewer=reviewer,
         study=study,
@@ -223,6 +256,8 @@ def _claims(params: dict[str, str], ttl_s: float) -> LaunchClaims:
         result=result,
         issued_at=issued,
         expires_at=expires if expires is not None else issued + int(ttl_s),
+        nonce=nonce,
+        signature=sig,
     )
 
 
@@ -242,8 +277,16 @@ def _unix_seconds(params: dict[str, str], name: str) -> int | None:
     return int(value)
 
 
-def new_session(claims: LaunchClaims, result_id: int | None, *, now: float, ttl_s: float) -> ReviewSession:
-    """A fresh session for a verified launch (``result_id`` None for a worklist launch)."""
+def new_session(
+    claims: LaunchClaims,
+    result_id: int | None,
+    *,
+    now: float,
+    ttl_s: float,
+    signed_in: ReviewSession | None = None,
+) -> ReviewSession:
+    """A fresh session for a verified launch (``result_id`` None for a worklist launch); with
+    ``signed_in`` (the user's sign-on session) it keeps that user's roles and login."""
     issued = int(now)
     return ReviewSession(
         session_id=secrets.token_hex(16),
@@ -251,6 +294,8 @@ def new_session(claims: LaunchClaims, result_id: int | None, *, now: float, ttl_
         result_id=result_id,
         issued_at=issued,
         expires_at=issued + int(ttl_s),
+        roles=signed_in.roles if signed_in is not None else (Role.radiologist.value,),
+        login=signed_in.login if signed_in is not None else "",
     )
 
 
@@ -272,7 +317,10 @@ def decode_session(key: bytes, token: str | None, *, now: float) -> ReviewSessio
     if not mac or not hmac.compare_digest(expected, mac):
         raise LaunchDeniedError("bad-session", "the review session is not valid")
     try:
-        session = ReviewSession(**json.loads(_unb64(payload)))
+        fields = json.loads(_unb64(payload))
+        if "roles" in fields:
+            fields["roles"] = tuple(str(r) for r in fields["roles"])
+        session = ReviewSession(**fields)
     except (ValueError, TypeError) as e:
         raise LaunchDeniedError("bad-session", "the review session is not valid") from e
     if now > session.expires_at:

@@ -17,12 +17,15 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from radloop.api.deps import Caller, Ctx
+from radloop.api.auth import Operator, Viewer
+from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.connector.dicomweb import qido, stow, wado
 from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.connector.ingest import IngestSession
+from radloop.core import tokens
 from radloop.core.errors import NotFoundError
+from radloop.core.roles import PermissionDeniedError
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 DICOM_JSON = "application/dicom+json"
@@ -62,9 +65,16 @@ def _urls(request: Request, ctx: Ctx) -> _Urls:
 # --------------------------------------------------------------------------- STOW-RS
 
 
-async def _stow(request: Request, ctx: Ctx, caller: Caller, ae_title: str, study: str | None) -> JSONResponse:
-    if ctx.settings.listener(ae_title) is None:
+async def _stow(
+    request: Request, ctx: Ctx, caller: tokens.Caller, ae_title: str, study: str | None
+) -> JSONResponse:
+    listener = ctx.settings.listener(ae_title)
+    if listener is None:
         raise NotFoundError(f"no listener AE title {ae_title!r} to store into")
+    if not listener.allows_token(caller.name):  # the DIMSE allowlist's rule, for tokens
+        raise PermissionDeniedError(
+            f"token {caller.name!r} may not store into {ae_title!r} (dicom.listeners[].allowed_tokens)"
+        )
     max_bytes = ctx.settings.api.max_request_bytes
     stow.check_length(request.headers.get("content-length"), max_bytes)
     session = IngestSession(ctx.store, ctx.assembler.on_association_end, ae_title, caller.name)
@@ -99,14 +109,14 @@ _STOW_DOC = responses(
 
 
 @router.post("/aets/{ae_title}/studies", response_class=JSONResponse, responses=_STOW_DOC)
-async def stow_to_ae(ae_title: str, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+async def stow_to_ae(ae_title: str, request: Request, ctx: Ctx, caller: Operator) -> JSONResponse:
     """STOW-RS into the listener ``ae_title`` (a virtual AE: its pipelines apply)."""
     return await _stow(request, ctx, caller, ae_title, None)
 
 
 @router.post("/aets/{ae_title}/studies/{study}", response_class=JSONResponse, responses=_STOW_DOC)
 async def stow_study_to_ae(
-    ae_title: str, study: str, request: Request, ctx: Ctx, caller: Caller
+    ae_title: str, study: str, request: Request, ctx: Ctx, caller: Operator
 ) -> JSONResponse:
     """STOW-RS of instances of one study into the listener ``ae_title``."""
     return await _stow(request, ctx, caller, ae_title, study)
@@ -117,13 +127,13 @@ def _default_ae(ctx: Ctx) -> str:
 
 
 @router.post("/studies", response_class=JSONResponse, responses=_STOW_DOC)
-async def stow_default(request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+async def stow_default(request: Request, ctx: Ctx, caller: Operator) -> JSONResponse:
     """STOW-RS into the default listener (``api.default_ae_title``, else the first listener)."""
     return await _stow(request, ctx, caller, _default_ae(ctx), None)
 
 
 @router.post("/studies/{study}", response_class=JSONResponse, responses=_STOW_DOC)
-async def stow_study_default(study: str, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+async def stow_study_default(study: str, request: Request, ctx: Ctx, caller: Operator) -> JSONResponse:
     """STOW-RS of instances of one study into the default listener."""
     return await _stow(request, ctx, caller, _default_ae(ctx), study)
 
@@ -144,7 +154,7 @@ _QIDO_DOC = responses(400, 404, ok=_JSON_OK)
 
 
 @router.get("/studies", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_studies(request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def search_studies(request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Studies (matching keys, ``includefield``, ``limit``, ``offset`` as query)."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
     rows = qido.search_studies(ctx.index, query, _urls(request, ctx))
@@ -152,7 +162,7 @@ def search_studies(request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
 
 
 @router.get("/series", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_all_series(request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def search_all_series(request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series in all studies."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
     rows = qido.search_series(ctx.index, None, query, _urls(request, ctx))
@@ -160,7 +170,7 @@ def search_all_series(request: Request, ctx: Ctx, _caller: Caller) -> JSONRespon
 
 
 @router.get("/studies/{study}/series", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_series(study: str, request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def search_series(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
     rows = qido.search_series(ctx.index, study, query, _urls(request, ctx))
@@ -168,7 +178,7 @@ def search_series(study: str, request: Request, ctx: Ctx, _caller: Caller) -> JS
 
 
 @router.get("/studies/{study}/instances", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_study_instances(study: str, request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def search_study_instances(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
     rows = qido.search_instances(ctx.index, study, None, query, _urls(request, ctx))
@@ -176,7 +186,7 @@ def search_study_instances(study: str, request: Request, ctx: Ctx, _caller: Call
 
 
 @router.get("/studies/{study}/series/{series}/instances", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_instances(study: str, series: str, request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def search_instances(study: str, series: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one series."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
     rows = qido.search_instances(ctx.index, study, series, query, _urls(request, ctx))
@@ -197,14 +207,14 @@ _WADO_DOC = responses(400, 404, 406, ok=_MULTIPART_OK)
 
 
 @router.get("/studies/{study}", response_class=StreamingResponse, responses=_WADO_DOC)
-def retrieve_study(study: str, ctx: Ctx, _caller: Caller, accept: Accept = None) -> StreamingResponse:
+def retrieve_study(study: str, ctx: Ctx, _caller: Viewer, accept: Accept = None) -> StreamingResponse:
     """WADO-RS Retrieve Study: every instance (received and results) as application/dicom."""
     return _multipart(wado.instance_bodies(ctx.index.instances(study), accept), "application/dicom")
 
 
 @router.get("/studies/{study}/series/{series}", response_class=StreamingResponse, responses=_WADO_DOC)
 def retrieve_series(
-    study: str, series: str, ctx: Ctx, _caller: Caller, accept: Accept = None
+    study: str, series: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Series."""
     return _multipart(wado.instance_bodies(ctx.index.instances(study, series), accept), "application/dicom")
@@ -214,7 +224,7 @@ def retrieve_series(
     "/studies/{study}/series/{series}/instances/{sop}", response_class=StreamingResponse, responses=_WADO_DOC
 )
 def retrieve_instance(
-    study: str, series: str, sop: str, ctx: Ctx, _caller: Caller, accept: Accept = None
+    study: str, series: str, sop: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Instance."""
     return _multipart(
@@ -226,14 +236,14 @@ _META_DOC = responses(404, ok=_JSON_OK)
 
 
 @router.get("/studies/{study}/metadata", response_class=JSONResponse, responses=_META_DOC)
-def study_metadata(study: str, request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def study_metadata(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Study Metadata (DICOM JSON; large binary values as BulkDataURI)."""
     items = wado.metadata(ctx.index.instances(study), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
 
 @router.get("/studies/{study}/series/{series}/metadata", response_class=JSONResponse, responses=_META_DOC)
-def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _caller: Caller) -> JSONResponse:
+def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Series Metadata."""
     items = wado.metadata(ctx.index.instances(study, series), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
@@ -245,7 +255,7 @@ def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _caller
     responses=_META_DOC,
 )
 def instance_metadata(
-    study: str, series: str, sop: str, request: Request, ctx: Ctx, _caller: Caller
+    study: str, series: str, sop: str, request: Request, ctx: Ctx, _caller: Viewer
 ) -> JSONResponse:
     """WADO-RS Retrieve Instance Metadata."""
     items = wado.metadata(ctx.index.instances(study, series, sop), _urls(request, ctx))
@@ -258,7 +268,7 @@ def instance_metadata(
     responses=_WADO_DOC,
 )
 def retrieve_frames(
-    study: str, series: str, sop: str, frames: str, ctx: Ctx, _caller: Caller, accept: Accept = None
+    study: str, series: str, sop: str, frames: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
 ) -> Response:
     """WADO-RS Retrieve Frames (``1`` or ``1,2,5``): uncompressed octet-stream, or as stored if compressed."""
     (inst,) = ctx.index.instances(study, series, sop)
@@ -271,7 +281,7 @@ def retrieve_frames(
     response_class=StreamingResponse,
     responses=_WADO_DOC,
 )
-def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, ctx: Ctx, _caller: Caller) -> Response:
+def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, ctx: Ctx, _caller: Viewer) -> Response:
     """WADO-RS Retrieve Bulk Data of one top-level attribute (a ``BulkDataURI`` from the metadata)."""
     (inst,) = ctx.index.instances(study, series, sop)
     bodies = wado.bulkdata(inst, tag)

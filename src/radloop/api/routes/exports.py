@@ -17,7 +17,8 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from radloop.api.deps import Caller, Ctx
+from radloop.api.auth import DataSteward
+from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.core.errors import RequestError
 from radloop.core.models import ReviewDecision
@@ -69,14 +70,20 @@ def exports_dir(settings: Settings) -> Path:
 
 
 @router.post("/exports", response_model=ExportOut, responses=responses(400, 409, 422))
-async def post_export(body: ExportIn, ctx: Ctx, _caller: Caller) -> dict[str, Any]:
+async def post_export(body: ExportIn, ctx: Ctx, _caller: DataSteward) -> dict[str, Any]:
     """Export the reviewed results of a pipeline into the exports folder (or add to an earlier export)."""
     since = body.since if body.since is None or body.since.tzinfo else body.since.replace(tzinfo=UTC)
     try:
         request = ExportRequest(
-            pipeline=body.pipeline, out_dir=exports_dir(ctx.settings) / body.name, format=body.format,
-            decisions=frozenset(body.decisions), since=since, val_fraction=body.val_fraction, seed=body.seed,
-            dataset_name=body.dataset_name, dataset_id=body.dataset_id,
+            pipeline=body.pipeline,
+            out_dir=exports_dir(ctx.settings) / body.name,
+            format=body.format,
+            decisions=frozenset(body.decisions),
+            since=since,
+            val_fraction=body.val_fraction,
+            seed=body.seed,
+            dataset_name=body.dataset_name,
+            dataset_id=body.dataset_id,
         )
     except ValueError as e:
         raise RequestError(str(e)) from e
@@ -85,6 +92,6 @@ async def post_export(body: ExportIn, ctx: Ctx, _caller: Caller) -> dict[str, An
 
 
 @router.get("/exports", responses=responses())
-def get_exports(ctx: Ctx, _caller: Caller) -> list[dict[str, Any]]:
+def get_exports(ctx: Ctx, _caller: DataSteward) -> list[dict[str, Any]]:
     """Datasets in the exports folder: format, pipeline, settings, labels, cases and patients per side."""
     return list_exports(exports_dir(ctx.settings))

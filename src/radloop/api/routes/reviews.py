@@ -14,10 +14,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from radloop import services
-from radloop.api.deps import Caller, Ctx
+from radloop.api.auth import Operator, Viewer
+from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.core import audit
 from radloop.core.db import MAX_ROW_ID, session_scope
+from radloop.core.errors import RequestError
 from radloop.core.read_models import ReviewOut, WorklistItemOut
 from radloop.feedback.quality import ModelQuality, model_quality
 from radloop.viewer_launch.signing import launch_url
@@ -34,6 +36,7 @@ class ReviewUrlRequest(BaseModel):
     accession: str = Field("", max_length=64)
     result: str = Field("", description="SeriesInstanceUID or SOPInstanceUID of the SEG to review")
     ttl_s: float | None = Field(None, gt=0, le=30 * 86400, description="Validity; default review.link_ttl_s")
+    one_time: bool = Field(False, description="The link opens one session only (it carries a nonce).")
 
 
 class ReviewUrlOut(BaseModel):
@@ -46,7 +49,7 @@ class ReviewUrlOut(BaseModel):
 @router.get("/reviews", response_model=list[ReviewOut], responses=responses(422))
 def get_reviews(
     ctx: Ctx,
-    _caller: Caller,
+    _caller: Viewer,
     result_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     limit: Limit = 100,
 ) -> list[ReviewOut]:
@@ -55,24 +58,28 @@ def get_reviews(
 
 
 @router.get("/reviews/pending", response_model=list[WorklistItemOut], responses=responses(422))
-def get_pending(ctx: Ctx, _caller: Caller, limit: Limit = 200) -> list[WorklistItemOut]:
+def get_pending(ctx: Ctx, _caller: Viewer, limit: Limit = 200) -> list[WorklistItemOut]:
     """AI SEG results nobody has decided on yet (the worklist)."""
     return services.pending_reviews(ctx.engine, limit)
 
 
 @router.get("/quality", response_model=list[ModelQuality], responses=responses(422))
 def get_quality(
-    ctx: Ctx, _caller: Caller, period: Literal["day", "week", "month"] = "week"
+    ctx: Ctx, _caller: Viewer, period: Literal["day", "week", "month"] = "week"
 ) -> list[ModelQuality]:
     """Per model (name, version): acceptance rate, mean Dice of edits, per period and overall."""
     return model_quality(ctx.engine, period=period)
 
 
-@router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(422))
-def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> ReviewUrlOut:
+@router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(400, 422))
+def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Operator) -> ReviewUrlOut:
     """A signed, expiring launch URL for a reviewer (what ``radloop review-url`` prints); audited."""
     settings = ctx.settings
     ttl = body.ttl_s if body.ttl_s is not None else settings.review.link_ttl_s
+    if ttl > settings.review.max_link_lifetime_s:
+        raise RequestError(
+            f"ttl_s is longer than review.max_link_lifetime_s ({settings.review.max_link_lifetime_s:.0f})"
+        )
     now = int(time.time())
     url = launch_url(
         settings,
@@ -82,6 +89,7 @@ def create_review_url(body: ReviewUrlRequest, ctx: Ctx, caller: Caller) -> Revie
         result=body.result,
         ttl_s=ttl,
         now=now,
+        one_time=body.one_time,
     )
     with session_scope(ctx.engine) as s:
         audit.record(s, f"token:{caller.name}", "review.url_created", "", {"reviewer": body.reviewer})

@@ -29,9 +29,10 @@ from fastapi.responses import JSONResponse, Response
 from pydicom import Dataset
 
 from radloop import services
-from radloop.api.deps import Caller, Ctx
+from radloop.api.auth import Operator, Viewer, ViewerSocket
+from radloop.api.deps import Ctx
 from radloop.api.problems import problem, responses
-from radloop.core import tokens, ups
+from radloop.core import ups
 from radloop.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def _check_ae(ae_title: str) -> Response | None:
 
 
 @router.post("/workitems", status_code=201, responses=_doc(201, "Created", 400, 409, 413, 415))
-async def create_workitem(request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def create_workitem(request: Request, ctx: Ctx, _caller: Operator) -> Response:
     """Create a SCHEDULED workitem: ``ScheduledWorkitemCodeSequence`` names the pipeline (scheme
     ``99RADLOOP``), ``InputInformationSequence`` the study; its jobs are queued at once."""
     ds = await _body(request)
@@ -114,7 +115,7 @@ async def create_workitem(request: Request, ctx: Ctx, _caller: Caller) -> Respon
 async def search_workitems(
     request: Request,
     ctx: Ctx,
-    _caller: Caller,
+    _caller: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
@@ -130,7 +131,7 @@ async def search_workitems(
 
 
 @router.get("/workitems/{workitem}", responses=_doc(200, "The workitem", 404, json_body=True))
-async def retrieve_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def retrieve_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Viewer) -> Response:
     """One workitem (never its Transaction UID); outputs under
     ``UnifiedProcedureStepPerformedProcedureSequence > OutputInformationSequence``."""
     ds = await _run(request, services.get_workitem, ctx.worklist, workitem)
@@ -138,7 +139,7 @@ async def retrieve_workitem(workitem: str, request: Request, ctx: Ctx, _caller: 
 
 
 @router.post("/workitems/{workitem}", responses=_doc(200, "Updated", 400, 404, 409, 413, 415))
-async def update_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def update_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Operator) -> Response:
     """Update a workitem; an IN PROGRESS one needs ``?transaction=<Transaction UID>`` (or ``?<UID>``)."""
     ds = await _body(request)
     if isinstance(ds, Response):
@@ -150,7 +151,7 @@ async def update_workitem(workitem: str, request: Request, ctx: Ctx, _caller: Ca
 
 
 @router.put("/workitems/{workitem}/state", responses=_doc(200, "Changed", 400, 404, 409, 413, 415))
-async def change_workitem_state(workitem: str, request: Request, ctx: Ctx, caller: Caller) -> Response:
+async def change_workitem_state(workitem: str, request: Request, ctx: Ctx, caller: Operator) -> Response:
     """Claim (``IN PROGRESS`` with a new ``TransactionUID``), complete or cancel (with that UID)."""
     ds = await _body(request)
     if isinstance(ds, Response):
@@ -170,7 +171,7 @@ async def change_workitem_state(workitem: str, request: Request, ctx: Ctx, calle
     status_code=202,
     responses=_doc(202, "Accepted", 400, 404, 409, 413, 415),
 )
-async def request_cancellation(workitem: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def request_cancellation(workitem: str, request: Request, ctx: Ctx, _caller: Operator) -> Response:
     """Ask for a workitem to be canceled: radloop cancels its own jobs; an external owner is told."""
     ds = await _body(request)
     if isinstance(ds, Response):
@@ -187,7 +188,7 @@ async def request_cancellation(workitem: str, request: Request, ctx: Ctx, _calle
     f"/workitems/{ups.GLOBAL_SUBSCRIPTION_UID}/subscribers/{{aetitle}}/suspend",
     responses=_doc(200, "Suspended", 400, 404),
 )
-async def suspend_subscription(aetitle: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def suspend_subscription(aetitle: str, request: Request, ctx: Ctx, _caller: Viewer) -> Response:
     """Stop subscribing ``aetitle`` to new workitems (its existing subscriptions stay)."""
     bad = _check_ae(aetitle)
     if bad:
@@ -202,7 +203,7 @@ async def suspend_subscription(aetitle: str, request: Request, ctx: Ctx, _caller
     responses=_doc(201, "Subscribed", 400, 403, 404),
 )
 async def subscribe(
-    workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Caller, deletionlock: bool = False
+    workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Viewer, deletionlock: bool = False
 ) -> Response:
     """Subscribe ``aetitle`` to a workitem's events, or to every workitem's (``1.2.840.10008.5.1.4.34.5``)."""
     bad = _check_ae(aetitle)
@@ -220,7 +221,7 @@ async def subscribe(
 
 
 @router.delete("/workitems/{workitem}/subscribers/{aetitle}", responses=_doc(200, "Unsubscribed", 400, 404))
-async def unsubscribe(workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Caller) -> Response:
+async def unsubscribe(workitem: str, aetitle: str, request: Request, ctx: Ctx, _caller: Viewer) -> Response:
     """Remove ``aetitle``'s subscription (from the global one: all its subscriptions)."""
     bad = _check_ae(aetitle)
     if bad:
@@ -231,7 +232,7 @@ async def unsubscribe(workitem: str, aetitle: str, request: Request, ctx: Ctx, _
 
 @router.websocket("/subscribers/{aetitle}")
 @router.websocket("/ws/subscribers/{aetitle}")  # the path dcm4chee-arc uses
-async def notification_channel(websocket: WebSocket, aetitle: str) -> None:
+async def notification_channel(websocket: WebSocket, aetitle: str, _caller: ViewerSocket) -> None:
     """PS3.18 Open Notification Connection: Event Reports for ``aetitle``'s subscriptions, in order.
 
     Needs ``Authorization: Bearer <token>`` on the upgrade request (closed with 1008 otherwise).
@@ -239,14 +240,6 @@ async def notification_channel(websocket: WebSocket, aetitle: str) -> None:
     """
     ctx = websocket.app.state.radloop
     assert isinstance(ctx, Runtime)
-    header = websocket.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        interval = ctx.settings.api.token_touch_interval_s
-        await run_in_threadpool(tokens.authenticate, ctx.engine, token, interval)
-    except tokens.AuthenticationError:
-        await websocket.close(code=1008)
-        return
     if _check_ae(aetitle) is not None:
         await websocket.close(code=1008)
         return

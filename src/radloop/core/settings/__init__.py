@@ -11,13 +11,23 @@ One module per section of the config file; import any name from here
 * :mod:`~radloop.core.settings.inference`: model store and backends (``inference``)
 * :mod:`~radloop.core.settings.api`: the HTTP server (``api``)
 * :mod:`~radloop.core.settings.review`: launch URLs and the review app (``review``)
+* :mod:`~radloop.core.settings.oidc`: sign-on for people (``oidc``)
 * :mod:`~radloop.core.settings.xnat`: XNAT destinations, watcher and command (``xnat``)
 * :mod:`~radloop.core.settings.export`: training dataset export (``training_export``)
 * :mod:`~radloop.core.settings.common`: the shared ``Secret`` type and AE title check
 """
 
 from radloop.core.settings.api import ApiSettings
-from radloop.core.settings.common import REVEAL_SECRETS, Secret, StrictModel, check_ae_title
+from radloop.core.settings.common import (
+    REVEAL_SECRETS,
+    Key,
+    Secret,
+    StrictModel,
+    check_ae_title,
+    key_weakness,
+    mask_url_password,
+    redacted,
+)
 from radloop.core.settings.destinations import (
     Destination,
     DestinationSettings,
@@ -39,6 +49,7 @@ from radloop.core.settings.inference import (
     TorchScriptBackendSettings,
     TritonBackendSettings,
 )
+from radloop.core.settings.oidc import OidcSettings
 from radloop.core.settings.pipelines import PipelineSettings, WorkerSettings
 from radloop.core.settings.review import MIN_KEY_LENGTH, ReviewSettings
 from radloop.core.settings.root import DEV_SECRET, DatabaseSettings, Settings, load_settings
@@ -72,11 +83,13 @@ __all__ = [
     "DimseSource",
     "FolderDestination",
     "InferenceSettings",
+    "Key",
     "LabelSource",
     "ListenerSettings",
     "LocalTritonSettings",
     "LookupKey",
     "ModelBackendSettings",
+    "OidcSettings",
     "OnnxRuntimeBackendSettings",
     "OutboxSettings",
     "PipelineSettings",
@@ -96,5 +109,8 @@ __all__ = [
     "XnatSettings",
     "XnatWatchSettings",
     "check_ae_title",
+    "key_weakness",
     "load_settings",
+    "mask_url_password",
+    "redacted",
 ]

@@ -31,6 +31,12 @@ class ListenerSettings(StrictModel):
         default_factory=list,
         description="Empty = any caller; else (AE title, host) pairs that may associate.",
     )
+    allowed_tokens: list[str] = Field(
+        default_factory=list,
+        description="Names of the API tokens that may STOW-RS into this listener. Empty = any "
+        "token with the operator role when allowed_callers is empty, none when it is not "
+        "(a listener closed to unknown DICOM callers is closed to STOW-RS too).",
+    )
     quiet_period_s: float = Field(
         10.0, gt=0, description="A series is complete after this long with no new instance."
     )
@@ -39,6 +45,12 @@ class ListenerSettings(StrictModel):
     )
 
     _check = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+    def allows_token(self, token_name: str) -> bool:
+        """Whether the API token called ``token_name`` may STOW-RS into this listener."""
+        if self.allowed_tokens:
+            return token_name in self.allowed_tokens
+        return not self.allowed_callers
 
 
 class DicomSettings(StrictModel):

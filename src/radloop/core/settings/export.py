@@ -19,13 +19,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from radloop.core.settings.common import Secret, StrictModel
+from radloop.core.settings.common import Key, StrictModel
 
 
 class TrainingExportSettings(StrictModel):
     """Training dataset export (``radloop export dataset`` and ``POST /api/exports``)."""
 
-    pseudonym_key: Secret | None = Field(
+    pseudonym_key: Key | None = Field(
         None, description="Key of the keyed hash that makes pseudonyms; empty = derived from secret_key."
     )
     exports_dir: Path | None = Field(

@@ -14,6 +14,9 @@ A PACS workstation opens a *launch URL* (see :mod:`radloop.viewer_launch.signing
       iocm_rejection_notes: false  # also send an IOCM rejection KOS for a rejected AI result
       prefetch: true           # `radloop serve` converts new AI results before the first launch
       cache_max_results: 50    # converted review data kept for this many results
+      max_link_lifetime_s: 86400  # a link whose exp − ts is longer is refused
+      one_time_links: false    # true = a link opens one session only (its signature is recorded)
+      trusted_proxies: []      # addresses whose X-Forwarded-Proto: https makes the cookie Secure
 
 ``launch_key`` is a :data:`~radloop.core.settings.common.Secret`: read it with
 ``get_secret_value()`` (or :func:`radloop.viewer_launch.signing.launch_key`).
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from radloop.core.settings.common import Secret, StrictModel
+from radloop.core.settings.common import Key, StrictModel
 
 MIN_KEY_LENGTH = 32
 """Shortest ``launch_key`` accepted: 32 characters (an HMAC key should carry ≥ 128 bits)."""
@@ -32,7 +35,7 @@ MIN_KEY_LENGTH = 32
 class ReviewSettings(StrictModel):
     """Launch URLs, review sessions and what happens to edited masks."""
 
-    launch_key: Secret = Field(
+    launch_key: Key = Field(
         SecretStr(""),
         description="HMAC-SHA256 key the PACS signs launch URLs with; empty = secret_key. "
         "Set its own key in production so that the PACS never holds secret_key.",
@@ -60,6 +63,29 @@ class ReviewSettings(StrictModel):
         50,
         ge=1,
         description="Converted review data is kept for this many results (newest); older is deleted.",
+    )
+    max_link_lifetime_s: float = Field(
+        86400.0, gt=0, description="A launch URL whose exp − ts is longer than this is refused."
+    )
+    require_login: bool = Field(
+        False,
+        description="A launch URL opens the app only for a user signed in (oidc) as the link's reviewer.",
+    )
+    one_time_links: bool = Field(
+        False,
+        description="A launch URL opens one session only: its signature is recorded on first use "
+        "and a second use is refused.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="IP addresses of TLS-terminating proxies whose X-Forwarded-Proto is believed "
+        "(the session cookie is Secure when it says https).",
+    )
+    denied_audit_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Anonymous denied launches are written to the audit log at most once per "
+        "this many seconds per reason, with a count of those in between.",
     )
     max_edit_bytes: int = Field(
         256 << 20, ge=1, description="An uploaded edited mask larger than this is refused (413)."

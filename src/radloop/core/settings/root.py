@@ -25,11 +25,12 @@ from pydantic_settings import (
 
 from radloop.core.errors import ConfigError
 from radloop.core.settings.api import ApiSettings
-from radloop.core.settings.common import REVEAL_SECRETS, Secret, StrictModel
+from radloop.core.settings.common import REVEAL_SECRETS, Key, StrictModel, iter_keys, key_weakness
 from radloop.core.settings.destinations import Destination, DestinationSettings, OutboxSettings
 from radloop.core.settings.dicom import DicomSettings, ListenerSettings
 from radloop.core.settings.export import TrainingExportSettings
 from radloop.core.settings.inference import InferenceSettings
+from radloop.core.settings.oidc import OidcSettings
 from radloop.core.settings.pipelines import PipelineSettings, WorkerSettings
 from radloop.core.settings.review import ReviewSettings
 from radloop.core.settings.sources import PullSource
@@ -68,7 +69,12 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("radloop-data")
-    secret_key: Secret = SecretStr(DEV_SECRET)
+    secret_key: Key = SecretStr(DEV_SECRET)
+    data_dir_group_access: bool = Field(
+        False,
+        description="Files radloop creates under data_dir are owner-only (0600, folders 0700); "
+        "true = the owner's group may read and write them too (0660 / 0770).",
+    )
     log_level: str = "INFO"
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
@@ -80,6 +86,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     sources: list[PullSource] = Field(default_factory=list, description="PACS radloop pulls studies from.")
     review: ReviewSettings = Field(default_factory=ReviewSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
     xnat: XnatSettings = Field(default_factory=XnatSettings)
     training_export: TrainingExportSettings = Field(default_factory=TrainingExportSettings)
 
@@ -100,13 +107,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
-        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
-            raise ValueError("secret_key must be set (RADLOOP_SECRET_KEY) when environment is production")
+        if self.environment == "production":
+            self._check_keys()
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise ValueError(f"destination names must be unique, got {names}")
         self._check_sources()
         return self
+
+    def _check_keys(self) -> None:
+        """Production refuses a weak key: every :data:`~radloop.core.settings.common.Key` field."""
+        if self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError("secret_key must be set (RADLOOP_SECRET_KEY) when environment is production")
+        for path, value in iter_keys(self):
+            if value is None or (path != "secret_key" and not value.get_secret_value()):
+                continue  # an optional key left empty falls back to secret_key, checked here too
+            weakness = key_weakness(value.get_secret_value(), DEV_SECRET)
+            if weakness is not None:
+                raise ValueError(
+                    f"{path} is too weak for production: {weakness}; make one with "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
 
     def _check_sources(self) -> None:
         names = [src.name for src in self.sources]
