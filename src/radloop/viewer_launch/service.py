@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -270,15 +271,16 @@ class ReviewService:
                 session, result_id, ReviewDecision.accepted, reason, view_id, measured, None, facts
             )
         labelmap = LabelMap(labels, loaded.volume, seg.segments, seg.algorithm)
-        with session_scope(self.engine) as s:
+
+        def store_edit(s: Session) -> Result:
             ai_result = s.get(Result, result_id)
             assert ai_result is not None  # checked by the cache loading it
-            edited = store_edited_seg(
+            return store_edited_seg(
                 self.settings, s, ai_result, labelmap, ai_seg=seg.dataset, reviewer=session.reviewer
             )
-            edited_id = edited.id
+
         return self._record(
-            session, result_id, ReviewDecision.edited, reason, view_id, measured, edited_id, facts
+            session, result_id, ReviewDecision.edited, reason, view_id, measured, store_edit, facts
         )
 
     def _record(
@@ -289,11 +291,14 @@ class ReviewService:
         reason: str,
         view_id: int | None,
         measured: Agreement | None,
-        edited_id: int | None,
+        store_edit: Callable[[Session], Result] | None,
         facts: dict[str, Any],
     ) -> dict[str, Any]:
+        """Record the decision; an edit's SEG (``store_edit``) is stored in the same transaction, so
+        a crash leaves either both or neither (never an edited SEG queued with no decision)."""
         model = _model(facts, "")
         with session_scope(self.engine) as s:
+            edited_id = store_edit(s).id if store_edit is not None else None
             started = _started_at(s, view_id, session, result_id)
             review = decisions.record_decision(
                 s,
