@@ -134,12 +134,6 @@ def _acked_uids(storescu_log: str) -> list[str]:
 # --------------------------------------------------------------------------- 1. kill -9 during receive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: start-up does not reconcile the instance store (connector/store.py, server.py): "
-    "`.<uid>.dcm.<hex>.tmp` files of a killed write stay forever and a renamed but never indexed "
-    "`.dcm` is neither indexed nor removed (issue 12, 'Leftovers')",
-)
 def test_restart_cleans_what_a_crash_left_mid_write(
     orthanc_clean: peers.OrthancServer, synthetic_ct_dir: Path, tmp_path: Path
 ) -> None:
@@ -328,11 +322,6 @@ def test_disk_full_during_receive_out_of_resources_then_normal_service(
             server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: connector/store.py `_write_durably` leaves its `.<uid>.dcm.<hex>.tmp` file behind "
-    "when a write fails with ENOSPC (it neither unlinks it nor is it cleaned at start-up)",
-)
 def test_disk_full_during_receive_leaves_no_temp_file(orthanc: peers.OrthancServer, tmp_path: Path) -> None:
     series = tmp_path / "ct"
     peers.make_synthetic_ct_series(series, n=6, rows=512, cols=512, seed=4)

@@ -286,10 +286,10 @@ def _conflict(conn: Connection, info: ReceivedInstance, existing_path: str) -> S
 def _write_durably(path: Path, data: bytes) -> None:
     """temp file → fsync → rename → fsync(folder): the file is either absent or complete after a crash."""
     folder = path.parent
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         new_dirs = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
@@ -304,6 +304,7 @@ def _write_durably(path: Path, data: bytes) -> None:
             _fsync_dir(folder.parent)
             _fsync_dir(folder.parent.parent)
     except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk must not also leave the half-written temp file
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
 
 
