@@ -208,6 +208,9 @@ def qido_target() -> tuple[Target, list[bytes]]:
         b"PatientName=DOE*&limit=10&offset=2&includefield=all",
         b"StudyDate=20200101-20241231&ModalitiesInStudy=MR&00100020=AB?C",
         b"SeriesDescription=*t1*&fuzzymatching=true&includefield=00080060,StudyTime",
+        # regressions found by bench/fuzz.py: a repeater tag whose keyword does not map back
+        b"10002000=dn&StudyDate=20200101",
+        "limit=1&offset=\u00b2".encode(),
     ]
     return target, seeds
 

@@ -147,7 +147,7 @@ def _keyword(key: str) -> str:
     """A DICOM keyword for ``key`` (a keyword, or a tag as 8 hex digits); :class:`RequestError` if neither."""
     if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
         kw = keyword_for_tag(int(key, 16))
-        if kw:
+        if kw and tag_for_keyword(kw) is not None:  # repeater tags' keywords do not map back (fuzzing)
             return str(kw)
     elif tag_for_keyword(key) is not None:
         return key
