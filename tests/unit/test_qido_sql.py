@@ -88,9 +88,9 @@ def _reference(index: qido.ReadIndex, study_uid: str | None, match: dict[str, st
     for e in index.series(study_uid):
         if not e.instances:
             continue
-        row = {**qido._study_row(studies[e.study_uid], None), **qido._series_row(e)}
+        row = {**qido._study_row(studies[e.study_instance_uid], None), **qido._series_row(e)}
         if all(qido.matches(row.get(k, ""), v, k) for k, v in match.items()):
-            out.append(e.series_uid)
+            out.append(e.series_instance_uid)
     return out
 
 

@@ -57,9 +57,9 @@ _COUNT_KEYS = (
 class IndexedInstance:
     """One retrievable instance: a received one or a result, with its file."""
 
-    study_uid: str
-    series_uid: str
-    sop_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
     sop_class_uid: str
     instance_number: int | None
     path: Path
@@ -69,8 +69,8 @@ class IndexedInstance:
 class SeriesEntry:
     """One series as the index knows it, with its instances."""
 
-    study_uid: str
-    series_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
     modality: str
     series_description: str
     series_number: int | None
@@ -319,7 +319,7 @@ class ReadIndex:
                 entry = entries[se_uid]
                 entry.instances.append(
                     IndexedInstance(
-                        entry.study_uid,
+                        entry.study_instance_uid,
                         se_uid,
                         inst.sop_instance_uid,
                         inst.sop_class_uid,
@@ -419,7 +419,7 @@ class ReadIndex:
     def one_series(self, study_uid: str, series_uid: str) -> SeriesEntry:
         """One series; :class:`NotFoundError` if the study has no such series."""
         for entry in self.series(study_uid):
-            if entry.series_uid == series_uid:
+            if entry.series_instance_uid == series_uid:
                 return entry
         raise NotFoundError(f"no series {series_uid} in study {study_uid}")
 
@@ -428,7 +428,7 @@ class ReadIndex:
     ) -> list[IndexedInstance]:
         """Instances of a study (or one series, or one instance); :class:`NotFoundError` if none."""
         entries = self.series(study_uid) if series_uid is None else [self.one_series(study_uid, series_uid)]
-        found = [i for e in entries for i in e.instances if sop_uid is None or i.sop_uid == sop_uid]
+        found = [i for e in entries for i in e.instances if sop_uid is None or i.sop_instance_uid == sop_uid]
         if not found:
             what = f"instance {sop_uid}" if sop_uid else f"series {series_uid}" if series_uid else "instances"
             raise NotFoundError(f"no {what} in study {study_uid}")
@@ -517,12 +517,14 @@ def search_series(
     if len(hits) < query.limit:
         received = index.series_count(study_uid, active)
         results = [e for e in index.result_series(study_uid) if e.instances]
-        studies = {st.study_instance_uid: st for st in index.studies(list({e.study_uid for e in results}))}
+        studies = {
+            st.study_instance_uid: st for st in index.studies(list({e.study_instance_uid for e in results}))
+        }
         rows = []
         for e in results:
             row = _series_row(e)
-            if study_uid is None and e.study_uid in studies:
-                row = {**_study_row(studies[e.study_uid], None), **row}
+            if study_uid is None and e.study_instance_uid in studies:
+                row = {**_study_row(studies[e.study_instance_uid], None), **row}
             rows.append((row, e))
         matching = [(r, e) for r, e in rows if all(matches(r.get(k, ""), v, k) for k, v in active.items())]
         start = max(0, query.offset - received)
@@ -536,7 +538,7 @@ def search_series(
             hit.first_path,
             ("SeriesDate", "SeriesTime", "BodyPartExamined", "PerformedProcedureStepStartDate"),
         )
-        out.append(_json(row, extra, url_for(hit.entry.study_uid, hit.entry.series_uid)))
+        out.append(_json(row, extra, url_for(hit.entry.study_instance_uid, hit.entry.series_instance_uid)))
     return out
 
 
@@ -545,8 +547,8 @@ _SERIES_ROW_KEYS = ("StudyInstanceUID", *SERIES_KEYS, "NumberOfSeriesRelatedInst
 
 def _series_row(e: SeriesEntry) -> dict[str, str]:
     return {
-        "StudyInstanceUID": e.study_uid,
-        "SeriesInstanceUID": e.series_uid,
+        "StudyInstanceUID": e.study_instance_uid,
+        "SeriesInstanceUID": e.series_instance_uid,
         "Modality": e.modality,
         "SeriesDescription": e.series_description,
         "SeriesNumber": "" if e.series_number is None else str(e.series_number),
@@ -566,12 +568,12 @@ def search_instances(
             rows.append(
                 {
                     **_series_row(e),
-                    "SOPInstanceUID": i.sop_uid,
+                    "SOPInstanceUID": i.sop_instance_uid,
                     "SOPClassUID": i.sop_class_uid,
                     "InstanceNumber": "" if i.instance_number is None else str(i.instance_number),
                 }
             )
-            paths[i.sop_uid] = i
+            paths[i.sop_instance_uid] = i
     for row in rows:
         row.pop("NumberOfSeriesRelatedInstances")
     page = _filter(rows, query, INSTANCE_KEYS + SERIES_KEYS)[query.offset : query.offset + query.limit]
@@ -579,7 +581,11 @@ def search_instances(
     for row in page:
         inst = paths[row["SOPInstanceUID"]]
         extra = _extras(query, inst.path, ("Rows", "Columns", "NumberOfFrames", "BitsAllocated"))
-        out.append(_json(row, extra, url_for(inst.study_uid, inst.series_uid, inst.sop_uid)))
+        out.append(
+            _json(
+                row, extra, url_for(inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid)
+            )
+        )
     return out
 
 

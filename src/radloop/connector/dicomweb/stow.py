@@ -130,7 +130,7 @@ class StowRequest:
         limits: InstanceLimits | None = None,
     ) -> None:
         self.session = session
-        self.study_uid = study_uid
+        self.study_instance_uid = study_uid
         self.url_of = url_of
         self.limits = limits or InstanceLimits()
         self.outcome = StowOutcome(url_of(study_uid) if study_uid else "")
@@ -168,8 +168,8 @@ class StowRequest:
             encoded = as_part10(content)
             ds = _meta_only(encoded)
             ds = check_part10(encoded, self.limits)  # before pydicom reads it: bombs, lies, limits
-            if self.study_uid and str(ds.get("StudyInstanceUID", "")) != self.study_uid:
-                text = f"StudyInstanceUID is not the target study {self.study_uid}"
+            if self.study_instance_uid and str(ds.get("StudyInstanceUID", "")) != self.study_instance_uid:
+                text = f"StudyInstanceUID is not the target study {self.study_instance_uid}"
                 raise _Refused(Failure(DATASET_MISMATCH, text, *_uids(ds)))
             return ds, self.session.store_encoded(encoded, ds)  # checked just above: not twice
         except (DiskFullError, InstanceLimitError) as e:

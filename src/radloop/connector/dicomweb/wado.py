@@ -195,7 +195,7 @@ def metadata(instances: list[IndexedInstance], instance_url: Any) -> list[dict[s
         for tag in bulk:
             del ds[tag]
         item: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=1 << 30)
-        base = instance_url(inst.study_uid, inst.series_uid, inst.sop_uid)
+        base = instance_url(inst.study_instance_uid, inst.series_instance_uid, inst.sop_instance_uid)
         for tag, vr in bulk.items():
             item[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{base}/bulkdata/{tag:08X}"}
         out.append(dict(sorted(item.items())))
@@ -233,10 +233,12 @@ def bulkdata(inst: IndexedInstance, tag_hex: str) -> list[Body]:
     ds = read_dataset(inst.path)
     raw = ds.get_item(tag) if tag in ds else None
     if raw is None or (raw.VR or _vr_of(ds, tag)) == "SQ" or raw.value is None:
-        raise NotFoundError(f"instance {inst.sop_uid} has no attribute {tag_hex} to send as bulk data")
+        raise NotFoundError(
+            f"instance {inst.sop_instance_uid} has no attribute {tag_hex} to send as bulk data"
+        )
     value = raw.value if isinstance(raw, RawDataElement) else ds[tag].value
     if not isinstance(value, bytes):
-        raise NotFoundError(f"attribute {tag_hex} of instance {inst.sop_uid} is not bulk data")
+        raise NotFoundError(f"attribute {tag_hex} of instance {inst.sop_instance_uid} is not bulk data")
     return [Body("application/octet-stream", value)]
 
 
@@ -247,8 +249,8 @@ def frames(inst: IndexedInstance, numbers: str, accept: str | None) -> list[Body
     """Frames ``numbers`` (``1,3,5`` or ``all``) of an image instance, as the Accept header asks."""
     ds = read_dataset(inst.path)
     if "PixelData" not in ds:
-        raise NotFoundError(f"instance {inst.sop_uid} has no pixel data (it is not an image)")
-    count = check_frames(ds, inst.sop_uid)
+        raise NotFoundError(f"instance {inst.sop_instance_uid} has no pixel data (it is not an image)")
+    count = check_frames(ds, inst.sop_instance_uid)
     wanted = list(range(1, count + 1)) if numbers == "all" else _frame_numbers(numbers, count)
     stored = str(ds.file_meta.TransferSyntaxUID)
     compressed = UID(stored).is_compressed
