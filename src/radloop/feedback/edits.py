@@ -14,14 +14,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from radloop.core.models import Delivery, Result, utcnow
+from radloop.core.models import Result
 from radloop.core.settings import Settings
 from radloop.core.uids import new_uid
+from radloop.feedback.derived import person_name, queue_like, store_derived
 from radloop.pipelines.ports import LabelMap
 from radloop.pipelines.writers.seg import write_seg
 
@@ -52,40 +54,30 @@ def store_edited_seg(
     """Write the edited SEG into the store, add its ``result`` row (and deliveries); returns the row."""
     series_instance_uid, sop_instance_uid = new_uid(), new_uid()
     remove_abandoned_staging(settings.data_dir / "tmp")
-    staging = settings.data_dir / "tmp" / f"{STAGING_PREFIX}{os.getpid()}-{sop_instance_uid}"
-    try:
-        written = write_seg(
-            labelmap,
-            staging,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=_series_number(ai_seg),
-            series_description=edited_series_description(str(ai_seg.get("SeriesDescription", "") or "")),
-            algorithm_type="SEMIAUTOMATIC",
-            further_source_images=[ai_seg],
-            content_creator_name=_person_name(reviewer),
-        )
-        folder = Path("results") / ai_result.study_instance_uid / series_instance_uid
-        relative = folder / f"{sop_instance_uid}.dcm"
-        target = settings.data_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written.replace(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    result = Result(
-        job_id=ai_result.job_id,
+    write = partial(
+        write_seg,
+        labelmap,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=_series_number(ai_seg),
+        series_description=edited_series_description(str(ai_seg.get("SeriesDescription", "") or "")),
+        algorithm_type="SEMIAUTOMATIC",
+        further_source_images=[ai_seg],
+        content_creator_name=person_name(reviewer),
+    )
+    result = store_derived(
+        settings,
+        session,
+        ai_result,
+        write,
+        staging=settings.data_dir / "tmp" / f"{STAGING_PREFIX}{os.getpid()}-{sop_instance_uid}",
         kind=ai_result.kind,
         sop_class_uid=ai_result.sop_class_uid,
-        sop_instance_uid=sop_instance_uid,
         series_instance_uid=series_instance_uid,
-        study_instance_uid=ai_result.study_instance_uid,
-        path=str(relative),
-        created_at=utcnow(),
+        sop_instance_uid=sop_instance_uid,
     )
-    session.add(result)
-    session.flush()
     if settings.review.deliver_edits:
-        _queue_like(session, ai_result, result)
+        queue_like(settings, session, ai_result, result)
     logger.info("stored edited SEG (result %s, from result %s)", result.id, ai_result.id)
     return result
 
@@ -120,16 +112,3 @@ def _process_exists(pid: int) -> bool:
 def _series_number(ai_seg: Dataset) -> int:
     number = int(ai_seg.get("SeriesNumber", 0) or 0)
     return number + EDITED_SERIES_NUMBER_OFFSET if number else 9911
-
-
-def _person_name(reviewer: str) -> str:
-    """The reviewer as a DICOM PN: a user ID without ``^`` becomes a family name (``jdoe^``)."""
-    cleaned = reviewer.replace("\\", " ")[:64]
-    return cleaned if "^" in cleaned else f"{cleaned}^"
-
-
-def _queue_like(session: Session, ai_result: Result, edited: Result) -> None:
-    """Deliver ``edited`` to every destination ``ai_result`` was (or is being) delivered to."""
-    destinations = session.exec(select(Delivery.destination).where(Delivery.result_id == ai_result.id)).all()
-    for destination in sorted(set(destinations)):
-        session.add(Delivery(result_id=edited.id, destination=destination))  # type: ignore[arg-type]
