@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, col, create_engine, select
 
 from radloop.core.errors import ConfigError
+from radloop.core.models import Instance
 from radloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,3 +100,12 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def series_instances(s: Session, series_id: int) -> Sequence[Instance]:
+    """The stored instances of a series, in InstanceNumber order (then arrival order)."""
+    return s.exec(
+        select(Instance)
+        .where(Instance.series_id == series_id)
+        .order_by(col(Instance.instance_number), col(Instance.id))
+    ).all()

@@ -16,6 +16,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from radloop.core.errors import InferenceError
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -51,6 +53,12 @@ class ModelMetadata:
         expected = sorted(s.name for s in self.inputs)
         names = sorted(given)
         return None if names == expected else f"takes inputs {expected}, got {names}"
+
+    def check_inputs(self, given: Iterable[str], where: str) -> None:
+        """:class:`InferenceError` naming ``where`` unless ``given`` are exactly the model's inputs."""
+        mismatch = self.input_mismatch(given)
+        if mismatch:
+            raise InferenceError(f"{where}: {mismatch}")
 
 
 @runtime_checkable

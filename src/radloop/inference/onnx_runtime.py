@@ -54,9 +54,7 @@ class OnnxRuntimeBackend:
 
     def infer(self, inputs: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         """Run the graph once on ``inputs`` (keyed by input name); outputs keyed by output name."""
-        mismatch = self._metadata.input_mismatch(inputs)
-        if mismatch:
-            raise InferenceError(f"ONNX model {self.path} {mismatch}")
+        self._metadata.check_inputs(inputs, f"ONNX model {self.path}")
         names = [s.name for s in self._metadata.outputs]
         feed = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         try:

@@ -55,9 +55,7 @@ class TritonBackend:
 
     def infer(self, inputs: dict[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
         """Run the model on ``inputs``; batches above the server's ``max_batch_size`` go in chunks."""
-        mismatch = self._metadata.input_mismatch(inputs)
-        if mismatch:
-            raise InferenceError(f"{self._where()}: {mismatch}")
+        self._metadata.check_inputs(inputs, self._where())
         batch = next(iter(inputs.values())).shape[0] if self.max_batch_size else 0
         if not self.max_batch_size or batch <= self.max_batch_size:
             return self._retrying("infer", lambda: self._infer_once(inputs))

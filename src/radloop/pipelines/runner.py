@@ -26,13 +26,12 @@ from typing import Any
 
 import pydicom
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import select
 
-from radloop.core.db import session_scope
+from radloop.core.db import series_instances, session_scope
 from radloop.core.errors import ConfigError, JobError, NotFoundError, PermanentJobError
 from radloop.core.models import (
     Delivery,
-    Instance,
     Job,
     JobInput,
     JobState,
@@ -170,11 +169,7 @@ class JobRunner:
         if series is None:
             raise PermanentJobError(f"series {series_id} of job {job.id} no longer exists")
         study = s.get(Study, series.study_id)
-        instances = s.exec(
-            select(Instance)
-            .where(Instance.series_id == series.id)
-            .order_by(col(Instance.instance_number), col(Instance.id))
-        ).all()
+        instances = series_instances(s, series_id)
         if not instances:
             raise PermanentJobError(f"series {series.series_instance_uid} has no stored instances")
         return SeriesInput(

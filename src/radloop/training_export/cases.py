@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from radloop.core.db import session_scope
-from radloop.core.models import Instance, Job, Result, Review, ReviewDecision, Series, Study
+from radloop.core.db import series_instances, session_scope
+from radloop.core.models import Job, Result, Review, ReviewDecision, Series, Study
 from radloop.core.refs import SeriesRef
 
 log = logging.getLogger(__name__)
@@ -164,11 +164,7 @@ def _case(
     if review.decision == ReviewDecision.edited and final is None:
         log.warning("review %s is 'edited' but names no edited result: skipped", review.id)
         return None
-    instances = s.exec(
-        select(Instance)
-        .where(Instance.series_id == series.id)
-        .order_by(col(Instance.instance_number), col(Instance.id))
-    ).all()
+    instances = series_instances(s, series.id)  # type: ignore[arg-type]
     if not instances:
         log.warning("review %s: the source series has no stored instances: skipped", review.id)
         return None

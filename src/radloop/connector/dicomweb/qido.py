@@ -327,12 +327,16 @@ class ReadIndex:
                         self.data_dir / inst.path,
                     )
                 )
-            rq = select(Result)
-            if study_uid is not None:
-                rq = rq.where(Result.study_instance_uid == study_uid)
-            for res in s.exec(rq.order_by(col(Result.id))).all():
-                self._add_result(entries, res)
+            self._add_results(s, entries, study_uid)
         return list(entries.values())
+
+    def _add_results(self, s: Session, entries: dict[str, SeriesEntry], study_uid: str | None) -> None:
+        """Add radloop's result series (of one study, or of all) to ``entries``."""
+        rq = select(Result)
+        if study_uid is not None:
+            rq = rq.where(Result.study_instance_uid == study_uid)
+        for res in s.exec(rq.order_by(col(Result.id))).all():
+            self._add_result(entries, res)
 
     def _add_result(self, entries: dict[str, SeriesEntry], res: Result) -> None:
         path = self.data_dir / res.path
@@ -361,11 +365,7 @@ class ReadIndex:
         """The series of radloop's results (of one study, or of all), with their instances."""
         entries: dict[str, SeriesEntry] = {}
         with Session(self.engine) as s:
-            rq = select(Result)
-            if study_uid is not None:
-                rq = rq.where(Result.study_instance_uid == study_uid)
-            for res in s.exec(rq.order_by(col(Result.id))).all():
-                self._add_result(entries, res)
+            self._add_results(s, entries, study_uid)
         return list(entries.values())
 
     def _received_series(self, study_uid: str | None, match: Mapping[str, str]) -> Select[Any]:

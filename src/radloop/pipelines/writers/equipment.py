@@ -43,7 +43,7 @@ def contributing_equipment(
     item.DeviceUID = algorithm_device_uid(algorithm)
     item.ContributionDateTime = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     item.ContributionDescription = f"AI algorithm {algorithm.name} {algorithm.version}"[:MAX_LO]
-    item.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(AIR_PROCESSING_ALGORITHM)])
+    item.PurposeOfReferenceCodeSequence = DicomSequence([code_item(AIR_PROCESSING_ALGORITHM)])
     return item
 
 
@@ -69,7 +69,8 @@ def algorithm_equipment(ds: Dataset) -> list[Dataset]:
     ]
 
 
-def _code_item(code: Code) -> Dataset:
+def code_item(code: Code) -> Dataset:
+    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
     item = Dataset()
     item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme

@@ -32,9 +32,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, RTStructureSetStorage
 
 import radloop
-from radloop.pipelines.ports import Code, LabelMap, Segment, Volume
+from radloop.pipelines.ports import LabelMap, Segment, Volume
 from radloop.pipelines.writers.colours import segment_colour
-from radloop.pipelines.writers.equipment import add_contributing_equipment
+from radloop.pipelines.writers.equipment import add_contributing_equipment, code_item
 from radloop.pipelines.writers.source import (
     SourceSlice,
     copy_patient_and_study,
@@ -254,17 +254,9 @@ def _rt_roi_observations(ds: Dataset, segments: Sequence[Segment]) -> None:
         item.ReferencedROINumber = segment.number
         item.RTROIInterpretedType = "ORGAN" if segment.category.value in ANATOMICAL_STRUCTURE_CODES else None
         item.ROIInterpreter = None
-        item.RTROIIdentificationCodeSequence = DicomSequence([_code_item(segment.type)])
+        item.RTROIIdentificationCodeSequence = DicomSequence([code_item(segment.type)])
         items.append(item)
     ds.RTROIObservationsSequence = DicomSequence(items)
-
-
-def _code_item(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code.value
-    item.CodingSchemeDesignator = code.scheme
-    item.CodeMeaning = code.meaning
-    return item
 
 
 def trace_contours(mask: npt.NDArray[np.bool_]) -> list[Contour]:
