@@ -18,8 +18,17 @@ from radloop.pipelines.ports import Volume
 from radloop.pipelines.volume import load_volume
 
 # Binaries and files that `peers`-marked tests need.
-PEER_BINARIES = ("Orthanc", "storescu", "storescp", "echoscu", "findscu", "movescu", "dcmdump", "dciodvfy",
-                 "chromium")
+PEER_BINARIES = (
+    "Orthanc",
+    "storescu",
+    "storescp",
+    "echoscu",
+    "findscu",
+    "movescu",
+    "dcmdump",
+    "dciodvfy",
+    "chromium",
+)
 
 
 def _missing_peer_requirements() -> list[str]:

@@ -65,8 +65,15 @@ class StoredSeries:
         """
         root = os.path.commonprefix(list(self.sop_instance_uids))
         assert len(root) >= 20, f"the image UIDs share too short a root to look for: {root!r}"
-        return [self.patient_id, self.patient_name, self.study_date, self.ref.StudyInstanceUID,
-                self.ref.SeriesInstanceUID, self.frame_of_reference_uid, root]
+        return [
+            self.patient_id,
+            self.patient_name,
+            self.study_date,
+            self.ref.StudyInstanceUID,
+            self.ref.SeriesInstanceUID,
+            self.frame_of_reference_uid,
+            root,
+        ]
 
 
 def copy_as_patient(

@@ -41,7 +41,9 @@ def test_reference_pipelines_are_valid() -> None:
 
 
 def test_good_pipeline_orders_steps_topologically() -> None:
-    text = GOOD.replace("  - id: volume\n    use: dicom.series_to_volume\n    inputs: {series: input.series}\n", "")
+    text = GOOD.replace(
+        "  - id: volume\n    use: dicom.series_to_volume\n    inputs: {series: input.series}\n", ""
+    )
     text += "  - id: volume\n    use: dicom.series_to_volume\n    inputs: {series: input.series}\n"
     p = _parse(text)
     assert [s.step.id for s in p.steps] == ["volume", "brain", "seg"]  # type: ignore[attr-defined]
@@ -50,14 +52,38 @@ def test_good_pipeline_orders_steps_topologically() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (("deepbet.brain_extraction", "deepbet.no_such_op"), r"demo.yaml:9: operators\[1\].use: unknown operator 'deepbet.no_such_op'"),
-        (("inputs: {volume: volume.volume}", "inputs: {}"), r"demo.yaml:10: operators\[1\].inputs: input 'volume' of deepbet.brain_extraction is not wired"),
-        (("inputs: {volume: volume.volume}", "inputs: {volume: input.series}"), r"demo.yaml:10: operators\[1\].inputs.volume: type mismatch: input.series is SeriesInput, deepbet.brain_extraction.volume needs Volume"),
-        (("inputs: {labelmap: brain.labelmap}", "inputs: {labelmap: nowhere.labelmap}"), r"demo.yaml:13: operators\[2\].inputs.labelmap: 'nowhere.labelmap' names no operator"),
-        (("inputs: {labelmap: brain.labelmap}", "inputs: {labelmap: brain.mask}"), r"operators\[2\].inputs.labelmap: operator 'brain' has no output 'mask'"),
-        (("version: \"1\"", "version: \"1\"\nbogus: 3"), r"demo.yaml:3: bogus: Extra inputs are not permitted"),
-        (("match: {modality: [MR]}", "match: {series_description: '(unclosed'}"), r"demo.yaml:3: match.series_description"),
-        (("    inputs: {labelmap: brain.labelmap}", "    with: {fractional: maybe}\n    inputs: {labelmap: brain.labelmap}"), r"demo.yaml:13: operators\[2\].with.fractional"),
+        (
+            ("deepbet.brain_extraction", "deepbet.no_such_op"),
+            r"demo.yaml:9: operators\[1\].use: unknown operator 'deepbet.no_such_op'",
+        ),
+        (
+            ("inputs: {volume: volume.volume}", "inputs: {}"),
+            r"demo.yaml:10: operators\[1\].inputs: input 'volume' of deepbet.brain_extraction is not wired",
+        ),
+        (
+            ("inputs: {volume: volume.volume}", "inputs: {volume: input.series}"),
+            r"demo.yaml:10: operators\[1\].inputs.volume: type mismatch: input.series is SeriesInput, deepbet.brain_extraction.volume needs Volume",
+        ),
+        (
+            ("inputs: {labelmap: brain.labelmap}", "inputs: {labelmap: nowhere.labelmap}"),
+            r"demo.yaml:13: operators\[2\].inputs.labelmap: 'nowhere.labelmap' names no operator",
+        ),
+        (
+            ("inputs: {labelmap: brain.labelmap}", "inputs: {labelmap: brain.mask}"),
+            r"operators\[2\].inputs.labelmap: operator 'brain' has no output 'mask'",
+        ),
+        (('version: "1"', 'version: "1"\nbogus: 3'), r"demo.yaml:3: bogus: Extra inputs are not permitted"),
+        (
+            ("match: {modality: [MR]}", "match: {series_description: '(unclosed'}"),
+            r"demo.yaml:3: match.series_description",
+        ),
+        (
+            (
+                "    inputs: {labelmap: brain.labelmap}",
+                "    with: {fractional: maybe}\n    inputs: {labelmap: brain.labelmap}",
+            ),
+            r"demo.yaml:13: operators\[2\].with.fractional",
+        ),
     ],
 )
 def test_invalid_pipelines_name_file_line_and_field(change: tuple[str, str], expected: str) -> None:

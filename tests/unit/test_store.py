@@ -43,8 +43,10 @@ def _encode(ds: Dataset, tmp_path: Path) -> bytes:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[Settings, Engine, InstanceStore]:
-    settings = load_settings(data_dir=str(tmp_path / "data"),
-                             dicom={"listeners": [{"ae_title": "RADLOOP", "quiet_period_s": 0.01}]})
+    settings = load_settings(
+        data_dir=str(tmp_path / "data"),
+        dicom={"listeners": [{"ae_title": "RADLOOP", "quiet_period_s": 0.01}]},
+    )
     db.upgrade(settings)
     engine = db.make_engine(settings)
     return settings, engine, InstanceStore(settings.data_dir, engine)

@@ -156,9 +156,7 @@ def _check_volume_shape(array: npt.NDArray[np.generic], n_frames: int) -> None:
     if array.ndim != 3:
         raise ValueError(f"Volume.array must be 3-D (frames, rows, columns), got shape {array.shape}")
     if array.shape[0] != n_frames:
-        raise ValueError(
-            f"Volume.array has {array.shape[0]} frames but source_frames names {n_frames}"
-        )
+        raise ValueError(f"Volume.array has {array.shape[0]} frames but source_frames names {n_frames}")
 
 
 def _check_affine(affine: npt.NDArray[np.float64]) -> None:

@@ -46,9 +46,15 @@ _XNATPY_LOG.setLevel(logging.WARNING)
 ROI_COLLECTION_TYPE = "icr:roiCollectionData"
 OTHER_SESSION_TYPE = "xnat:otherDicomSessionData"
 _SESSION_TYPE_BY_MODALITY = {
-    "MR": "xnat:mrSessionData", "CT": "xnat:ctSessionData", "PT": "xnat:petSessionData",
-    "US": "xnat:usSessionData", "CR": "xnat:crSessionData", "DX": "xnat:dxSessionData",
-    "MG": "xnat:mgSessionData", "NM": "xnat:nmSessionData", "XA": "xnat:xaSessionData",
+    "MR": "xnat:mrSessionData",
+    "CT": "xnat:ctSessionData",
+    "PT": "xnat:petSessionData",
+    "US": "xnat:usSessionData",
+    "CR": "xnat:crSessionData",
+    "DX": "xnat:dxSessionData",
+    "MG": "xnat:mgSessionData",
+    "NM": "xnat:nmSessionData",
+    "XA": "xnat:xaSessionData",
 }
 _CLIENT_ERRORS = (xnat.exceptions.XNATError, requests.RequestException)
 _LOGIN_ERRORS = (*_CLIENT_ERRORS, OSError)  # a bad CA bundle path, a refused socket
@@ -123,8 +129,13 @@ def connect(config: XnatDestination) -> Iterator[XnatArchive]:
     user, password = credentials(config)
     try:
         session = xnat.connect(
-            config.url, user=user, password=password, verify=config.verify_tls, logger=_XNATPY_LOG,
-            default_timeout=config.timeout_s, pilot_timeout=config.timeout_s,
+            config.url,
+            user=user,
+            password=password,
+            verify=config.verify_tls,
+            logger=_XNATPY_LOG,
+            default_timeout=config.timeout_s,
+            pilot_timeout=config.timeout_s,
         )
     except _LOGIN_ERRORS as e:
         raise XnatClientError(f"cannot log in to XNAT at {config.url} as {user}: {_short(e)}") from e
@@ -168,8 +179,10 @@ class XnatArchive:
 
     def sessions(self, project_id: str) -> list[dict[str, str]]:
         """The project's experiments as listing rows: ID, label, xsiType, insert_date, subject_label."""
-        rows = self.session.get_json(f"/data/projects/{project_id}/experiments",
-                                     query={"columns": "ID,label,xsiType,insert_date,subject_label"})
+        rows = self.session.get_json(
+            f"/data/projects/{project_id}/experiments",
+            query={"columns": "ID,label,xsiType,insert_date,subject_label"},
+        )
         return [{k: str(v) for k, v in row.items()} for row in rows["ResultSet"]["Result"]]
 
     def experiment(self, experiment_id: str) -> Any:
@@ -211,16 +224,27 @@ class XnatArchive:
                 _zip(s.paths, archive)
                 with archive.open("rb") as data:  # a stream: xnatpy draws no progress bar for it
                     self.session.services.import_(
-                        data=data, project=place.project, subject=place.subject, experiment=place.session,
-                        destination="/archive", overwrite="append", content_type="application/zip",
+                        data=data,
+                        project=place.project,
+                        subject=place.subject,
+                        experiment=place.session,
+                        destination="/archive",
+                        overwrite="append",
+                        content_type="application/zip",
                     )
-            log.info("XNAT %s/%s: imported series %s (%d files)", place.project, place.session,
-                     s.series_instance_uid, len(s.paths))
+            log.info(
+                "XNAT %s/%s: imported series %s (%d files)",
+                place.project,
+                place.session,
+                s.series_instance_uid,
+                len(s.paths),
+            )
         return [s.series_instance_uid for s in missing]
 
     def _scan_uids(self, session: Any) -> set[str]:
-        rows = self.session.get_json(f"/data/experiments/{session.id}/scans",
-                                     query={"columns": "ID,UID,type,xsiType"})
+        rows = self.session.get_json(
+            f"/data/experiments/{session.id}/scans", query={"columns": "ID,UID,type,xsiType"}
+        )
         return {str(r.get("UID", "")) for r in rows["ResultSet"]["Result"]}
 
     # ------------------------------------------------------------------ results
@@ -247,16 +271,18 @@ class XnatArchive:
         if current.get(name) == digest:
             report.skipped.append(f"{label}/{name}")
             return
-        resource.upload(path, name, overwrite=True, verbose=False, file_format="DICOM",
-                        file_content="radloop")
+        resource.upload(
+            path, name, overwrite=True, verbose=False, file_format="DICOM", file_content="radloop"
+        )
         report.uploaded.append(f"{label}/{name}")
 
     def _file_digests(self, resource: Any) -> dict[str, str]:
         rows = self.session.get_json(f"{resource.uri}/files")["ResultSet"]["Result"]
         return {str(r.get("Name", "")): str(r.get("digest", "")) for r in rows}
 
-    def ensure_roi_collection(self, place: StudyPlace, session: Any, result: ResultFile,
-                              report: StoreReport) -> None:
+    def ensure_roi_collection(
+        self, place: StudyPlace, session: Any, result: ResultFile, report: StoreReport
+    ) -> None:
         """An ``icr:roiCollectionData`` assessor holding ``result``, created through the ROI plugin's API."""
         label = roi_collection_label(result.kind, result.sop_instance_uid)
         assessors = session.assessors
@@ -265,9 +291,12 @@ class XnatArchive:
             report.skipped.append(f"assessor {label}")
             return
         self.session.upload_file(
-            f"/xapi/roi/projects/{place.project}/sessions/{session.id}/collections/{label}", result.path,
+            f"/xapi/roi/projects/{place.project}/sessions/{session.id}/collections/{label}",
+            result.path,
             query={"type": result.kind, "overwrite": "false", "seriesuid": result.series_instance_uid},
-            content_type="application/octet-stream", method="put", verbose=False,
+            content_type="application/octet-stream",
+            method="put",
+            verbose=False,
         )
         report.created.append(f"assessor {label}")
 

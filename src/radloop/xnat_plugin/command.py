@@ -34,8 +34,22 @@ INPUT_MOUNT = "input"
 OUTPUT_MOUNT = "output"
 _NAME_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 WRAPPER_INPUT_TYPES = (
-    "string", "boolean", "number", "file", "Directory", "File[]", "File", "Project", "ProjectAsset",
-    "Subject", "SubjectAssessor", "Session", "Scan", "Assessor", "Resource", "Config",
+    "string",
+    "boolean",
+    "number",
+    "file",
+    "Directory",
+    "File[]",
+    "File",
+    "Project",
+    "ProjectAsset",
+    "Subject",
+    "SubjectAssessor",
+    "Session",
+    "Scan",
+    "Assessor",
+    "Resource",
+    "Config",
 )
 OUTPUT_HANDLER_TYPES = ("Resource", "Assessor")
 
@@ -70,7 +84,7 @@ def build_command(
         "image": settings.image,
         "type": "docker",
         "command-line": f"radloop run-pipeline {pipeline.name} --input /{INPUT_MOUNT} "
-                        f"--output /{OUTPUT_MOUNT} --scans=#SCANS#",
+        f"--output /{OUTPUT_MOUNT} --scans=#SCANS#",
         "override-entrypoint": True,
         "mounts": [
             {"name": INPUT_MOUNT, "writable": False, "path": f"/{INPUT_MOUNT}"},
@@ -112,8 +126,15 @@ def _output(kind: str) -> dict[str, Any]:
 
 def _handlers(kinds: list[str], parent: str) -> list[dict[str, Any]]:
     return [
-        {"name": f"{kind.lower()}-resource", "accepts-command-output": kind.lower(), "as-a-child-of": parent,
-         "type": "Resource", "label": kind, "format": "DICOM", "tags": ["radloop"]}
+        {
+            "name": f"{kind.lower()}-resource",
+            "accepts-command-output": kind.lower(),
+            "as-a-child-of": parent,
+            "type": "Resource",
+            "label": kind,
+            "format": "DICOM",
+            "tags": ["radloop"],
+        }
         for kind in kinds
     ]
 
@@ -124,10 +145,16 @@ def _session_wrapper(name: str, pipeline: Pipeline, kinds: list[str]) -> dict[st
         "label": f"radloop {pipeline.name}",
         "description": f"Run the radloop pipeline {pipeline.name} on the scans of a session it accepts",
         "contexts": ["xnat:imageSessionData"],
-        "external-inputs": [{
-            "name": "session", "description": "The session to run on", "type": "Session", "required": True,
-            "provides-files-for-command-mount": INPUT_MOUNT, "load-children": True,
-        }],
+        "external-inputs": [
+            {
+                "name": "session",
+                "description": "The session to run on",
+                "type": "Session",
+                "required": True,
+                "provides-files-for-command-mount": INPUT_MOUNT,
+                "load-children": True,
+            }
+        ],
         "derived-inputs": [],
         "output-handlers": _handlers(kinds, "session"),
     }
@@ -139,17 +166,36 @@ def _scan_wrapper(name: str, pipeline: Pipeline, kinds: list[str], resource: str
         "label": f"radloop {pipeline.name}",
         "description": f"Run the radloop pipeline {pipeline.name} on one scan",
         "contexts": ["xnat:imageScanData"],
-        "external-inputs": [{
-            "name": "scan", "description": "The scan to run on", "type": "Scan", "required": True,
-            "matcher": f"'{resource}' in @.resources[*].label", "load-children": True,
-        }],
+        "external-inputs": [
+            {
+                "name": "scan",
+                "description": "The scan to run on",
+                "type": "Scan",
+                "required": True,
+                "matcher": f"'{resource}' in @.resources[*].label",
+                "load-children": True,
+            }
+        ],
         "derived-inputs": [
-            {"name": "scan-dicom", "description": f"The scan's {resource} resource", "type": "Resource",
-             "derived-from-wrapper-input": "scan", "matcher": f"@.label == '{resource}'",
-             "provides-files-for-command-mount": INPUT_MOUNT, "required": True},
-            {"name": "scan-id", "description": "The scan's ID", "type": "string",
-             "derived-from-wrapper-input": "scan", "derived-from-xnat-object-property": "id",
-             "provides-value-for-command-input": "scans", "user-settable": False, "required": True},
+            {
+                "name": "scan-dicom",
+                "description": f"The scan's {resource} resource",
+                "type": "Resource",
+                "derived-from-wrapper-input": "scan",
+                "matcher": f"@.label == '{resource}'",
+                "provides-files-for-command-mount": INPUT_MOUNT,
+                "required": True,
+            },
+            {
+                "name": "scan-id",
+                "description": "The scan's ID",
+                "type": "string",
+                "derived-from-wrapper-input": "scan",
+                "derived-from-xnat-object-property": "id",
+                "provides-value-for-command-input": "scans",
+                "user-settable": False,
+                "required": True,
+            },
         ],
         "output-handlers": _handlers(kinds, "scan"),
     }

@@ -61,12 +61,23 @@ class XnatSender:
                 if sources:
                     archive.import_series(place, session, sources)
                 else:
-                    log.warning("%s: no local source series for %s; delivering it without them",
-                                self.config.name, path.name)
+                    log.warning(
+                        "%s: no local source series for %s; delivering it without them",
+                        self.config.name,
+                        path.name,
+                    )
             report = archive.store_result(place, session, result)
         outcome = f"uploaded {report.uploaded}, created {report.created}" if report.changed else "no change"
-        log.info("%s: %s %s → %s/%s/%s: %s", self.config.name, result.kind, result.sop_instance_uid,
-                 place.project, place.subject, place.session, outcome)
+        log.info(
+            "%s: %s %s → %s/%s/%s: %s",
+            self.config.name,
+            result.kind,
+            result.sop_instance_uid,
+            place.project,
+            place.subject,
+            place.session,
+            outcome,
+        )
         return report
 
 
@@ -80,8 +91,10 @@ def _read_header(path: Path) -> Dataset:
 def _session_fields(ds: Dataset) -> dict[str, str]:
     """Session fields set on creation: the study's UID and date (no patient data)."""
     date = str(ds.get("StudyDate", "") or "")
-    return {"UID": str(ds.get("StudyInstanceUID", "")),
-            "date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else ""}
+    return {
+        "UID": str(ds.get("StudyInstanceUID", "")),
+        "date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else "",
+    }
 
 
 def referenced_series(ds: Dataset) -> list[str]:

@@ -107,8 +107,9 @@ class PollReport:
 class ProjectWatcher:
     """Watches one XNAT project; :meth:`poll_once` for one pass, :meth:`run` to keep polling."""
 
-    def __init__(self, settings: Settings, project: str, catalog: PipelineCatalog,
-                 pipelines: list[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, project: str, catalog: PipelineCatalog, pipelines: list[str] | None = None
+    ) -> None:
         self.settings = settings
         self.project = project
         self.config = self._server(settings)
@@ -192,12 +193,20 @@ class ProjectWatcher:
                 for line in skipped:
                     log.info("XNAT %s/%s: %s not run on %s", self.project, row["label"], pipeline.name, line)
                 for i, mounted in enumerate(chosen):
-                    stored += self._run_and_store(archive, place, session, pipeline, mounted,
-                                                  Path(tmp) / f"{pipeline.name}-{i}")
+                    stored += self._run_and_store(
+                        archive, place, session, pipeline, mounted, Path(tmp) / f"{pipeline.name}-{i}"
+                    )
         return stored
 
-    def _run_and_store(self, archive: XnatArchive, place: StudyPlace, session: Any, pipeline: Pipeline,
-                       mounted: MountedSeries, workdir: Path) -> list[str]:
+    def _run_and_store(
+        self,
+        archive: XnatArchive,
+        place: StudyPlace,
+        session: Any,
+        pipeline: Pipeline,
+        mounted: MountedSeries,
+        workdir: Path,
+    ) -> list[str]:
         stored = []
         for obj in run_on_series(pipeline, mounted, workdir, self.models):
             for path in obj.paths:
