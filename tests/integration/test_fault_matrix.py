@@ -44,6 +44,7 @@ import review_env
 from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.models import Instance, JobState, JobStep, Review, ReviewDecision
+from radloop.feedback.assessments import ASSESSMENT_KIND
 from radloop.inference.packaged import packaged_models
 from radloop.inference.store import ModelStore
 from radloop.inference.triton_local import DEFAULT_VENV, LocalTriton, ensure_venv
@@ -539,9 +540,12 @@ def test_kill9_during_a_review_save_the_resave_gives_one_edited_seg(
         with Session(server.engine) as s:
             reviews = s.exec(select(Review)).all()
         assert [r.decision for r in reviews] == [ReviewDecision.edited]
-        edited = [r for r in fi.results(server) if r.id != result_id]
-        assert len(edited) == 1
-        assert fi.sop_uids_in(orthanc_clean) == [edited[0].sop_instance_uid]
+        derived = [r for r in fi.results(server) if r.id != result_id]
+        edited = [r for r in derived if r.kind == "SEG"]
+        assessments = [r for r in derived if r.kind == ASSESSMENT_KIND]  # the decision as an SR (AIRA)
+        assert len(edited) == 1 and len(assessments) == 1 and len(derived) == 2
+        expected = [edited[0].sop_instance_uid, assessments[0].sop_instance_uid]
+        assert sorted(fi.sop_uids_in(orthanc_clean)) == sorted(expected)  # each exactly once
         assert not any(staging.glob("edited-*")), "a killed save's staging folder is left"
         assert fi.leftover_temp_files(server.settings.data_dir) == []
     finally:
