@@ -68,7 +68,7 @@ class ReviewPrefetcher:
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_converter,
-                initargs=(self.settings.model_dump_json(),),
+                initargs=(self.settings.to_worker_json(),),  # secrets unmasked, for the child
             )
         return self._pool
 
@@ -94,7 +94,7 @@ def _init_converter(settings_json: str) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         logger.debug("PR_SET_PDEATHSIG unavailable; the converter ends with its current result")
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_worker_json(settings_json)
     configure_logging(settings.log_level)
     _CONVERTER["cache"] = ReviewCache(settings, make_engine(settings), keep_in_memory=0)
 
