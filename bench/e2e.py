@@ -169,15 +169,7 @@ def config(orthanc: peers.OrthancServer) -> dict[str, Any]:
         "dicom": {
             "listeners": [{"ae_title": BRAIN_AE, "pipelines": ["brain-extraction"], "quiet_period_s": 60}]
         },
-        "destinations": [
-            {
-                "kind": "dicom",
-                "name": "pacs",
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "ae_title": orthanc.aet,
-            }
-        ],
+        "destinations": [orthanc.destination()],
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
     }
 

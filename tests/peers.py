@@ -294,6 +294,17 @@ class OrthancServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def destination(self, name: str = "pacs", **extra: object) -> dict[str, object]:
+        """radloop's settings for this Orthanc as a C-STORE destination called ``name``."""
+        return {
+            "kind": "dicom",
+            "name": name,
+            "host": "127.0.0.1",
+            "port": self.dicom_port,
+            "ae_title": self.aet,
+            **extra,
+        }
+
     def log_text(self, tail_chars: int = 20_000) -> str:
         """The end of Orthanc's log (shown when something fails)."""
         if not self.log_path.exists():

@@ -47,13 +47,7 @@ def env(
 ) -> review_env.ReviewEnv:
     """Three AI SEG results (one job each) with a measurement SR each; 'pacs' is the Orthanc."""
     orthanc.clear()
-    pacs = {
-        "kind": "dicom",
-        "name": "pacs",
-        "host": "127.0.0.1",
-        "port": orthanc.dicom_port,
-        "ae_title": orthanc.aet,
-    }
+    pacs = orthanc.destination()
     env = review_env.make_review_env(
         tmp_path_factory.mktemp("aira"),
         t1_series_dir,

@@ -66,16 +66,7 @@ def _config(orthanc: peers.OrthancServer, **extra: Any) -> dict[str, Any]:
                 {"ae_title": PLAIN_AE, "pipelines": [], "quiet_period_s": 60},
             ]
         },
-        "destinations": [
-            {
-                "kind": "dicom",
-                "name": "pacs",
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "ae_title": orthanc.aet,
-                "timeout_s": 10,
-            }
-        ],
+        "destinations": [orthanc.destination(timeout_s=10)],
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
         "workers": {"max_attempts": 3, "retry_base_s": 1.0, "retry_cap_s": 4.0},
     }

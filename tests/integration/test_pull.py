@@ -54,15 +54,7 @@ def _config(orthanc: peers.OrthancServer, **sources: Any) -> dict[str, Any]:
                 {"ae_title": "RADLOOP", "pipelines": ["brain-extraction"], "quiet_period_s": 60},
             ]
         },
-        "destinations": [
-            {
-                "kind": "dicom",
-                "name": "pacs",
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "ae_title": orthanc.aet,
-            }
-        ],
+        "destinations": [orthanc.destination()],
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
         "sources": [{"name": name, **cfg} for name, cfg in sources.items()],
     }

@@ -39,15 +39,7 @@ def _config(orthanc: peers.OrthancServer, **extra: Any) -> dict[str, Any]:
                 {"ae_title": "RADLOOP", "quiet_period_s": 60},
             ]
         },
-        "destinations": [
-            {
-                "kind": "dicom",
-                "name": "pacs",
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "ae_title": orthanc.aet,
-            }
-        ],
+        "destinations": [orthanc.destination()],
         "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
     }
     return {**cfg, **extra}

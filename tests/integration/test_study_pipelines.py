@@ -148,15 +148,7 @@ def test_brain_volume_change_against_a_prior_fetched_from_the_pacs(
         "dicom": {
             "listeners": [{"ae_title": ae, "pipelines": ["brain-volume-change"], "quiet_period_s": 60}]
         },
-        "destinations": [
-            {
-                "kind": "dicom",
-                "name": "pacs",
-                "host": "127.0.0.1",
-                "port": orthanc.dicom_port,
-                "ae_title": orthanc.aet,
-            }
-        ],
+        "destinations": [orthanc.destination()],
         "pipelines": {"destinations": {"brain-volume-change": ["pacs"]}},
         "sources": [
             {
