@@ -16,7 +16,7 @@ ensure_venv() {
         constraints=(-c "$ROOT/constraints/cpu.txt")
     fi
     local stamp="$VENV/.radloop-installed"
-    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || ! grep -qxF -- "$extras" "$stamp"; then
         echo "==> installing radloop$extras into $VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
         "$VENV/bin/python" -m pip install -q "${constraints[@]}" -e "$ROOT$extras"
