@@ -346,3 +346,18 @@ def test_series_to_volume_operator(tmp_path: Path) -> None:
     assert isinstance(outputs["volume"], Volume)
     assert outputs["volume"].array.shape == (20, 512, 512)
     assert outputs["volume"].series == series.ref
+
+
+def test_a_stored_million_frame_instance_fails_fast_with_a_reason(tmp_path: Path) -> None:
+    """Written before the receive checks existed (or by hand): the job fails with the reason at
+    once; it never walks a million frames (issue: hostile input)."""
+    import time
+
+    from hostile_instances import million_frames
+
+    path = tmp_path / "million.dcm"
+    path.write_bytes(million_frames())
+    started = time.monotonic()
+    with pytest.raises(InputDataError, match="multi-frame"):
+        load_volume([path], series_ref_of(path))
+    assert time.monotonic() - started < 2.0
