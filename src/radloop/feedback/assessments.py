@@ -39,7 +39,7 @@ from radloop.core.uids import derived_uid
 from radloop.feedback.derived import person_name, queue_like, store_derived
 from radloop.pipelines.ports import AlgorithmIdentification, Code
 from radloop.pipelines.writers import ihe_codes
-from radloop.pipelines.writers.equipment import add_contributing_equipment
+from radloop.pipelines.writers.equipment import add_contributing_equipment, coded_concept
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def write_assessment(
 
 def _content(assessment: Assessment) -> hd.sr.ContainerContentItem:
     """The content tree: observer context, the coded decision, the reason, the references."""
-    root = hd.sr.ContainerContentItem(name=_coded(ihe_codes.ASSESSMENT_DOCUMENT))
+    root = hd.sr.ContainerContentItem(name=coded_concept(ihe_codes.ASSESSMENT_DOCUMENT))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
@@ -117,15 +117,15 @@ def _content(assessment: Assessment) -> hd.sr.ContainerContentItem:
     items: list[hd.sr.ContentItem] = [
         *observer,
         hd.sr.CodeContentItem(
-            name=_coded(ihe_codes.ASSESSMENT),
-            value=_coded(ihe_codes.ASSESSMENT_CODES[assessment.decision.value]),
+            name=coded_concept(ihe_codes.ASSESSMENT),
+            value=coded_concept(ihe_codes.ASSESSMENT_CODES[assessment.decision.value]),
             relationship_type=contains,
         ),
     ]
     if assessment.reason.strip():
         items.append(
             hd.sr.TextContentItem(
-                name=_coded(ihe_codes.REJECTION_REASON),
+                name=coded_concept(ihe_codes.REJECTION_REASON),
                 value=assessment.reason.strip(),
                 relationship_type=contains,
             )
@@ -143,14 +143,14 @@ def _reference(obj: AssessedObject, name: Code) -> hd.sr.ContentItem:
     contains = hd.sr.RelationshipTypeValues.CONTAINS
     if obj.segment_numbers:
         return hd.sr.ImageContentItem(
-            name=_coded(name),
+            name=coded_concept(name),
             referenced_sop_class_uid=str(header.SOPClassUID),
             referenced_sop_instance_uid=str(header.SOPInstanceUID),
             referenced_segment_numbers=list(obj.segment_numbers),
             relationship_type=contains,
         )
     return hd.sr.CompositeContentItem(
-        name=_coded(name),
+        name=coded_concept(name),
         referenced_sop_class_uid=str(header.SOPClassUID),
         referenced_sop_instance_uid=str(header.SOPInstanceUID),
         relationship_type=contains,
@@ -236,7 +236,3 @@ def result_row(session: Session, result_id: int) -> Result:
 def result_header(settings: Settings, result: Result) -> Dataset:
     """The stored result's header (no pixel data)."""
     return pydicom.dcmread(settings.data_dir / result.path, stop_before_pixels=True)
-
-
-def _coded(code: Code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)

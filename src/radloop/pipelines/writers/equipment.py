@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -67,6 +68,11 @@ def algorithm_equipment(ds: Dataset) -> list[Dataset]:
             for c in item.get("PurposeOfReferenceCodeSequence", [])
         )
     ]
+
+
+def coded_concept(code: Code) -> hd.sr.CodedConcept:
+    """A radloop :class:`Code` as a highdicom coded concept (SEG segments, SR content)."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
 def code_item(code: Code) -> Dataset:

@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 
 import radloop
 from radloop.core.uids import derived_uid
-from radloop.pipelines.ports import Code, LabelMap, Segment, SourceFrame
-from radloop.pipelines.writers.equipment import add_contributing_equipment
+from radloop.pipelines.ports import LabelMap, Segment, SourceFrame
+from radloop.pipelines.writers.equipment import add_contributing_equipment, coded_concept
 from radloop.pipelines.writers.source import read_partial_header
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _segment_descriptions(
         None
         if algorithm_type == "MANUAL"
         else hd.AlgorithmIdentificationSequence(
-            name=algorithm.name, family=_coded(algorithm.family), version=algorithm.version
+            name=algorithm.name, family=coded_concept(algorithm.family), version=algorithm.version
         )
     )
     study_uid = labelmap.reference.series.StudyInstanceUID
@@ -125,8 +125,8 @@ def _segment_descriptions(
         hd.seg.SegmentDescription(
             segment_number=seg_number,
             segment_label=segment.label,
-            segmented_property_category=_coded(segment.category),
-            segmented_property_type=_coded(segment.type),
+            segmented_property_category=coded_concept(segment.category),
+            segmented_property_type=coded_concept(segment.type),
             algorithm_type=algorithm_type,
             algorithm_identification=identification,
             tracking_id=segment.tracking_id,
@@ -138,11 +138,6 @@ def _segment_descriptions(
         )
         for seg_number, segment in enumerate(segments, start=1)
     ]
-
-
-def _coded(code: Code) -> hd.sr.CodedConcept:
-    """A radloop :class:`Code` as a highdicom coded concept."""
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
 def _source_images(labelmap: LabelMap) -> tuple[list[Dataset], list[int]]:

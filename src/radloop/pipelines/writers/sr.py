@@ -31,7 +31,7 @@ from pydicom.sr.codedict import codes
 
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import AlgorithmIdentification, Code, Finding, LabelMap, Segment, Volume
-from radloop.pipelines.writers.equipment import add_contributing_equipment
+from radloop.pipelines.writers.equipment import add_contributing_equipment, coded_concept
 from radloop.pipelines.writers.source import source_headers
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def write_volume_report(labelmap: LabelMap, seg: Dataset, out_dir: Path, series:
                 segment_number=sv.seg_segment_number,
                 source_images=_segmentation_sources(headers.values()),
             ),
-            finding_type=_coded(sv.segment.type),
-            finding_category=_coded(sv.segment.category),
+            finding_type=coded_concept(sv.segment.type),
+            finding_category=coded_concept(sv.segment.category),
             algorithm_id=algorithm_id,
             measurements=[
                 hd.sr.Measurement(
@@ -123,9 +123,9 @@ def write_findings_report(
     groups = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=_tracking(series, finding.type.meaning, index),
-            finding_type=_coded(finding.type),
+            finding_type=coded_concept(finding.type),
             algorithm_id=algorithm_id,
-            finding_sites=[hd.sr.FindingSite(_coded(finding.site))] if finding.site else None,
+            finding_sites=[hd.sr.FindingSite(coded_concept(finding.site))] if finding.site else None,
             measurements=[
                 hd.sr.Measurement(
                     name=codes.DCM.Probability,
@@ -162,7 +162,7 @@ def _write(
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=_coded(series.procedure_reported),
+        procedure_reported=coded_concept(series.procedure_reported),
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
@@ -213,12 +213,8 @@ def _decision(finding: Finding) -> list[hd.sr.QualitativeEvaluation] | None:
     if finding.present is None:
         return None
     value = codes.SCT.Present if finding.present else codes.SCT.Absent
-    return [hd.sr.QualitativeEvaluation(name=_coded(finding.type), value=value)]
+    return [hd.sr.QualitativeEvaluation(name=coded_concept(finding.type), value=value)]
 
 
 def _algorithm(algorithm: AlgorithmIdentification) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version)
-
-
-def _coded(code: Code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)

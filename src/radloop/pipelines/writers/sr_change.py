@@ -25,13 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from radloop.pipelines.ports import Code, LabelMap
+from radloop.pipelines.writers.equipment import coded_concept
 from radloop.pipelines.writers.source import source_headers
 from radloop.pipelines.writers.sr import (
     MILLILITRE,
     ReportSeries,
     _algorithm,
     _check_seg_matches,
-    _coded,
     _tracking,
     _write,
     segment_volumes,
@@ -91,8 +91,8 @@ def write_change_report(
             segment_number=1,
             source_series=hd.sr.SourceSeriesForSegmentation(current.reference.series.SeriesInstanceUID),
         ),
-        finding_type=_coded(segment.type),
-        finding_category=_coded(segment.category),
+        finding_type=coded_concept(segment.type),
+        finding_category=coded_concept(segment.category),
         algorithm_id=algorithm_id,
         measurements=[_volume(labelled_volume_ml(current), algorithm_id)],
     )
@@ -106,7 +106,7 @@ def write_change_report(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(series, f"{segment.label} (prior)", 2),
-                finding_type=_coded(segment.type),
+                finding_type=coded_concept(segment.type),
                 algorithm_id=algorithm_id,
                 measurements=[_volume(change.prior_ml, algorithm_id)],
                 source_images=[
@@ -116,13 +116,16 @@ def write_change_report(
         )
         measurements = [
             hd.sr.Measurement(
-                name=_coded(VOLUME_CHANGE), value=change.change_ml, unit=MILLILITRE, algorithm_id=algorithm_id
+                name=coded_concept(VOLUME_CHANGE),
+                value=change.change_ml,
+                unit=MILLILITRE,
+                algorithm_id=algorithm_id,
             )
         ]
         if change.percent_per_year is not None:
             measurements.append(
                 hd.sr.Measurement(
-                    name=_coded(VOLUME_CHANGE_PER_YEAR),
+                    name=coded_concept(VOLUME_CHANGE_PER_YEAR),
                     value=change.percent_per_year,
                     unit=PERCENT_PER_YEAR,
                     algorithm_id=algorithm_id,
@@ -131,7 +134,7 @@ def write_change_report(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(series, f"{segment.label} volume change", 3),
-                finding_type=_coded(segment.type),
+                finding_type=coded_concept(segment.type),
                 algorithm_id=algorithm_id,
                 measurements=measurements,
             )
