@@ -122,7 +122,14 @@ class Runtime:
         """The instance store (files under ``data_dir/instances`` and their index rows)."""
         dicom = self.settings.dicom
         limits = InstanceLimits.from_settings(dicom)
-        return InstanceStore(self.settings.data_dir, self.engine, dicom.min_free_bytes, limits)
+        return InstanceStore(
+            self.settings.data_dir,
+            self.engine,
+            dicom.min_free_bytes,
+            limits,
+            durability=dicom.durability,
+            group_fsync_ms=dicom.group_fsync_ms,
+        )
 
     @cached_property
     def assembler(self) -> Assembler:

@@ -8,7 +8,15 @@ Order of operations (this is what lets the SCP acknowledge safely):
    place and ``fsync`` the folder, so the file survives a crash or power loss;
 3. index it (study, series, instance rows) in one transaction.
 
-Only after step 3 does the caller answer Success. A duplicate SOP Instance UID is idempotent:
+Only after step 3 does the caller answer Success. That is ``dicom.durability: fsync`` (the
+default). With ``durability: commit`` step 2 writes and renames without waiting for the disk:
+a :class:`GroupSync` thread fsyncs the written files and their folders every ``group_fsync_ms``,
+and :meth:`InstanceStore.sync_barrier` waits until everything written so far is fsynced (what a
+Storage Commitment result waits for). A ``kill -9`` of the process loses nothing either way (the
+kernel holds the written bytes); a power cut may lose what was written after the last group fsync
+in ``commit`` mode, and :meth:`InstanceStore.reconcile` then removes what is left half-written.
+
+A duplicate SOP Instance UID is idempotent:
 the file is rewritten in place and the index row kept. The same SOP Instance UID in *another*
 study or series is refused (:class:`SopInstanceConflictError`): the index can point at one file
 only, and acknowledging an instance no query reaches would be a lie. A *new* instance arriving
@@ -30,6 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydicom.dataset import Dataset
 from sqlalchemy import insert, update
@@ -113,9 +122,18 @@ class InstanceStore:
     """Atomic, durable instance files plus their index rows."""
 
     def __init__(
-        self, data_dir: Path, engine: Engine, min_free_bytes: int = 0, limits: InstanceLimits | None = None
+        self,
+        data_dir: Path,
+        engine: Engine,
+        min_free_bytes: int = 0,
+        limits: InstanceLimits | None = None,
+        *,
+        durability: Literal["fsync", "commit"] = "fsync",
+        group_fsync_ms: float = 5.0,
     ) -> None:
         self.root = data_dir / "instances"
+        self.durability = durability
+        self._group = GroupSync(group_fsync_ms / 1000.0) if durability == "commit" else None
         self.limits = limits or InstanceLimits()  # what every instance is checked against before storing
         self.data_dir = data_dir
         self.engine = engine
@@ -139,7 +157,10 @@ class InstanceStore:
                 "refusing new data"
             )
         path = self.path_for(info)
-        _write_durably(path, encoded)
+        if self._group is None:
+            _write_durably(path, encoded)
+        else:
+            self._group.add(path, _write_unsynced(path, encoded))
         try:
             try:
                 return self._index(info, ds, path, len(encoded))
@@ -150,6 +171,17 @@ class InstanceStore:
         except SopInstanceConflictError:
             path.unlink(missing_ok=True)  # never indexed, never acknowledged: the other file stays
             raise
+
+    def sync_barrier(self, timeout_s: float) -> bool:
+        """Wait until every file stored so far is fsynced; False if that took over ``timeout_s``.
+
+        Immediate in ``fsync`` mode (each store fsyncs before it returns)."""
+        return self._group is None or self._group.barrier(timeout_s)
+
+    def close(self) -> None:
+        """Fsync what is still pending (``commit`` mode) and stop the group-fsync thread."""
+        if self._group is not None:
+            self._group.stop()
 
     def _index(self, info: ReceivedInstance, ds: Dataset, path: Path, size: int) -> StoredInstance:
         """Index rows for one stored file: a few Core statements, study/series ids cached by UID."""
@@ -306,6 +338,120 @@ def _write_durably(path: Path, data: bytes) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)  # a full disk must not also leave the half-written temp file
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def _write_unsynced(path: Path, data: bytes) -> list[Path]:
+    """temp file → rename, no fsync (``commit`` mode); returns the folders it created (to fsync too)."""
+    folder = path.parent
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        new_dirs = [] if folder.exists() else [folder, folder.parent, folder.parent.parent]
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return new_dirs
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+class GroupSync:
+    """``commit`` mode's group fsync: files written (and renamed) without fsync are fsynced, with
+    their folders, by one thread every ``interval_s``; :meth:`barrier` waits for that.
+
+    A file that is gone by then (refused as a conflict and removed) is skipped; an fsync that
+    fails (EIO) is logged and retried in the next group, and barriers wait meanwhile.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._cond = threading.Condition()
+        self._files: list[Path] = []
+        self._dirs: set[Path] = set()
+        self._added = 0  # sequence number of the last file added
+        self._synced = 0  # every file up to this sequence number is fsynced
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="radloop-group-fsync", daemon=True)
+        self._thread.start()
+
+    def add(self, path: Path, new_dirs: list[Path]) -> None:
+        with self._cond:
+            self._files.append(path)
+            self._dirs.add(path.parent)
+            self._dirs.update(new_dirs)
+            self._added += 1
+
+    def barrier(self, timeout_s: float) -> bool:
+        """True once every file added before this call is fsynced; False after ``timeout_s``."""
+        with self._cond:
+            target = self._added
+            return self._cond.wait_for(lambda: self._synced >= target, timeout=timeout_s)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._stopping:
+                    self._cond.wait(self.interval_s)
+                files, dirs, upto = self._files, self._dirs, self._added
+                self._files, self._dirs = [], set()
+                stopping = self._stopping
+            if files or dirs:
+                failed = self._sync(files, dirs)
+                with self._cond:
+                    if failed:  # retried next round; barriers keep waiting
+                        self._files[:0] = failed
+                        self._dirs.update(p.parent for p in failed)
+                    else:
+                        self._synced = upto
+                    self._cond.notify_all()
+            elif upto > self._synced:
+                with self._cond:
+                    self._synced = upto
+                    self._cond.notify_all()
+            if stopping:
+                return
+
+    @staticmethod
+    def _sync(files: list[Path], dirs: set[Path]) -> list[Path]:
+        failed: list[Path] = []
+        for path in files:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # removed since (a refused conflict): nothing to keep
+            except OSError as e:
+                log.error("group fsync: cannot open %s: %s", path, e)
+                failed.append(path)
+                continue
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                log.error("group fsync of %s failed (retried): %s", path, e)
+                failed.append(path)
+            finally:
+                os.close(fd)
+        # deepest folders first: a new series folder before its study folder
+        for folder in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+            try:
+                _fsync_dir(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.error("group fsync of folder %s failed (retried): %s", folder, e)
+                failed.extend(p for p in files if p.parent == folder)
+        return failed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -32,6 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from radloop.connector.dimse import status
+from radloop.connector.dimse.commitment import StorageCommitmentSCP
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.ingest import IngestSession
@@ -71,6 +73,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._sessions: dict[int, tuple[Any, IngestSession]] = {}
         self._lock = threading.Lock()
+        self.commitment = StorageCommitmentSCP(settings.dicom, store)
         self.ae = self._make_ae()
         escape_library_logs("pynetdicom")  # it logs invalid AE titles from a peer verbatim
 
@@ -89,6 +92,7 @@ class StorageSCP:
             assert cx.abstract_syntax is not None
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        self.commitment.add_contexts(ae)
         if self.ups is not None:
             self.ups.add_contexts(ae)
         return ae
@@ -106,6 +110,13 @@ class StorageSCP:
         ]
         if self.ups is not None:
             handlers += self.ups.handlers()
+        # N-ACTION is Storage Commitment's and UPS's: one handler (an intervention) picks by SOP class
+        ups_action = dict(handlers).get(evt.EVT_N_ACTION)
+        handlers = [(e, h) for e, h in handlers if e is not evt.EVT_N_ACTION]
+        handlers += [
+            (evt.EVT_N_ACTION, partial(self._on_n_action, ups_action)),
+            (evt.EVT_DIMSE_SENT, self.commitment.on_dimse_sent),
+        ]
         self._server = start_guarded_server(self.ae, (cfg.host, cfg.port), self.guard, handlers)
         port = int(self._server.server_address[1])
         log.info(
@@ -210,6 +221,13 @@ class StorageSCP:
             log.exception("association-end notification failed")
 
     # -- interventions ---------------------------------------------------------------------
+    def _on_n_action(self, ups_action: Callable[[evt.Event], Any] | None, event: evt.Event) -> Any:
+        if self.commitment.handles(event):
+            return self.commitment.on_n_action(event)
+        if ups_action is not None:
+            return ups_action(event)
+        return 0x0118, None  # no such SOP class
+
     def _on_c_echo(self, event: evt.Event) -> int:
         return status.SUCCESS
 

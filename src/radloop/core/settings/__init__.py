@@ -37,7 +37,7 @@ from radloop.core.settings.destinations import (
     OutboxSettings,
     XnatDestination,
 )
-from radloop.core.settings.dicom import AllowedCaller, DicomSettings, ListenerSettings
+from radloop.core.settings.dicom import AllowedCaller, CommitmentPeer, DicomSettings, ListenerSettings
 from radloop.core.settings.export import TrainingExportSettings
 from radloop.core.settings.inference import (
     TRITON_SCHEMES,
@@ -71,6 +71,7 @@ __all__ = [
     "REVEAL_SECRETS",
     "TRITON_SCHEMES",
     "AllowedCaller",
+    "CommitmentPeer",
     "ApiSettings",
     "AutoBackendSettings",
     "DatabaseSettings",

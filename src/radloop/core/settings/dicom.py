@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from radloop.core.settings.common import StrictModel, check_ae_title
@@ -53,6 +55,21 @@ class ListenerSettings(StrictModel):
         return not self.allowed_callers
 
 
+class CommitmentPeer(StrictModel):
+    """Where to send a Storage Commitment result when the requester's association has ended."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    always_new_association: bool = Field(
+        False,
+        description="Report on a new association even while the requesting one is open (for "
+        "modalities that release at once and listen for the result).",
+    )
+
+    _check = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+
 class DicomSettings(StrictModel):
     """The DICOM C-STORE / C-ECHO SCP."""
 
@@ -68,7 +85,30 @@ class DicomSettings(StrictModel):
         1 << 30, ge=0, description="Below this much free disk, C-STORE answers Out of Resources."
     )
     tcp_nodelay: bool = True
-    max_pdu: int = Field(0, ge=0, description="Maximum PDU size to receive; 0 = unlimited.")
+    max_pdu: int = Field(
+        0,
+        ge=0,
+        description="Maximum PDU size to receive; 0 = unlimited (advertised as 0: the sender may send "
+        "each data set in one PDU; P-DATA PDUs are still bounded by max_instance_bytes).",
+    )
+    durability: Literal["fsync", "commit"] = Field(
+        "fsync",
+        description="fsync: Success after the file is fsynced, renamed and indexed (survives kill -9 and "
+        "power loss). commit: Success after the file is written, renamed and indexed; files are "
+        "fsynced in groups every group_fsync_ms (survives kill -9 of any radloop process, not a "
+        "power cut before the group fsync; Storage Commitment reports only fsynced instances).",
+    )
+    group_fsync_ms: float = Field(
+        5.0, gt=0, le=10_000, description="commit mode: how often written files are fsynced as a group."
+    )
+    commitment_peers: list[CommitmentPeer] = Field(
+        default_factory=list,
+        description="Storage Commitment: requester AE title → address, for results that cannot go back "
+        "on the requesting association (it was released first).",
+    )
+    commitment_timeout_s: float = Field(
+        30.0, gt=0, description="Storage Commitment: bound on waiting for fsyncs and on sending the result."
+    )
     max_associations: int = Field(16, ge=1)
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
