@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from radloop.connector.peer_text import shown
 from radloop.connector.sanity import InstanceLimits, check_part10
-from radloop.connector.store import InstanceStore, StoredInstance, describe
+from radloop.connector.store import Buffer, InstanceStore, StoredInstance, describe
 from radloop.core.errors import InvalidInstanceError
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,11 @@ class IngestSession:
         ds = check_part10(encoded, self.limits)
         return ds, self._store(encoded, ds)
 
-    def store_encoded(self, encoded: bytes, header: Dataset) -> StoredInstance:
+    def store_encoded(self, encoded: Buffer | Sequence[Buffer], header: Dataset) -> StoredInstance:
         """Store a complete PS3.10 file whose data set was already checked; ``header`` is its data
-        set up to the pixel data, with ``file_meta`` (what the C-STORE SCP has after its checks)."""
+        set up to the pixel data, with ``file_meta`` (what the C-STORE SCP has after its checks).
+        ``encoded`` may come in parts (the SCP: :func:`part10_prefix` and the received data set,
+        written with one ``writev``, never joined in memory)."""
         return self._store(encoded, header)
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
@@ -72,7 +76,7 @@ class IngestSession:
             raise InvalidInstanceError(f"cannot encode the data set: {e}") from e
         return self._store(buffer.getvalue(), ds)
 
-    def _store(self, encoded: bytes, ds: Dataset) -> StoredInstance:
+    def _store(self, encoded: Buffer | Sequence[Buffer], ds: Dataset) -> StoredInstance:
         info = describe(ds, str(ds.file_meta.TransferSyntaxUID), self.called_ae, self.calling_ae)
         meta_uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "").strip()
         if meta_uid and meta_uid != info.sop_instance_uid:
@@ -116,6 +120,39 @@ class IngestSession:
     ) -> None:
         if exc_type is None:
             self.end()
+
+
+def part10_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information of a received data set, encoded directly
+    (the same bytes pydicom writes for pynetdicom's ``event.file_meta``, without building and
+    validating a data set for each instance). Raises :class:`InvalidInstanceError` for a UID
+    that is not ASCII."""
+    elements = b"".join(
+        (
+            struct.pack("<HH2s2xI", 2, 0x0001, b"OB", 2) + b"\x00\x01",
+            _short_element(0x0002, b"UI", _uid_bytes(sop_class_uid)),
+            _short_element(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
+            _short_element(0x0010, b"UI", _uid_bytes(transfer_syntax_uid)),
+            _short_element(0x0012, b"UI", _uid_bytes(PYNETDICOM_IMPLEMENTATION_UID)),
+            _short_element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii"), b" ")),
+        )
+    )
+    return PREAMBLE + b"DICM" + struct.pack("<HH2sHI", 2, 0x0000, b"UL", 4, len(elements)) + elements
+
+
+def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+def _uid_bytes(uid: str) -> bytes:
+    try:
+        return _padded(str(uid).encode("ascii"), b"\x00")
+    except UnicodeEncodeError as e:
+        raise InvalidInstanceError(f"UID {shown(uid)} is not ASCII") from e
+
+
+def _padded(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
 
 
 def as_part10(data: bytes) -> bytes:

@@ -36,6 +36,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,7 @@ from radloop.core.models import Instance, RoutingStatus, Series, SeriesState, St
 from radloop.core.refs import is_valid_uid
 
 log = logging.getLogger(__name__)
+Buffer = bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,13 @@ class InstanceStore:
     def path_for(self, info: ReceivedInstance) -> Path:
         return self.root / info.study_instance_uid / info.series_instance_uid / f"{info.sop_instance_uid}.dcm"
 
-    def store(self, encoded: bytes, info: ReceivedInstance, ds: Dataset) -> StoredInstance:
-        """Write ``encoded`` (a complete DICOM file: preamble, meta, data set) durably, then index it."""
+    def store(
+        self, encoded: Buffer | Sequence[Buffer], info: ReceivedInstance, ds: Dataset
+    ) -> StoredInstance:
+        """Write ``encoded`` (a complete DICOM file: preamble, meta, data set; or its parts in order,
+        written with one ``writev``) durably, then index it."""
+        parts: Sequence[Buffer] = [encoded] if isinstance(encoded, bytes | memoryview) else encoded
+        size = sum(len(p) for p in parts)
         if not self.has_space():
             raise DiskFullError(
                 f"free space on {self.root} is below the floor of {self.min_free_bytes} bytes; "
@@ -158,16 +165,16 @@ class InstanceStore:
             )
         path = self.path_for(info)
         if self._group is None:
-            _write_durably(path, encoded)
+            _write_durably(path, parts)
         else:
-            self._group.add(path, _write_unsynced(path, encoded))
+            self._group.add(path, _write_unsynced(path, parts))
         try:
             try:
-                return self._index(info, ds, path, len(encoded))
+                return self._index(info, ds, path, size)
             except IntegrityError:
                 # A concurrent writer (another process on PostgreSQL) created a row first: index again.
                 self._series_ids.pop(info.series_instance_uid, None)
-                return self._index(info, ds, path, len(encoded))
+                return self._index(info, ds, path, size)
         except SopInstanceConflictError:
             path.unlink(missing_ok=True)  # never indexed, never acknowledged: the other file stays
             raise
@@ -315,7 +322,19 @@ def _conflict(conn: Connection, info: ReceivedInstance, existing_path: str) -> S
     )
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
+    """One ``writev`` of every part (a short write goes on where it stopped)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _write_durably(path: Path, data: Sequence[Buffer]) -> None:
     """temp file → fsync → rename → fsync(folder): the file is either absent or complete after a crash."""
     folder = path.parent
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -324,9 +343,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -340,7 +357,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def _write_unsynced(path: Path, data: bytes) -> list[Path]:
+def _write_unsynced(path: Path, data: Sequence[Buffer]) -> list[Path]:
     """temp file → rename, no fsync (``commit`` mode); returns the folders it created (to fsync too)."""
     folder = path.parent
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
@@ -349,9 +366,7 @@ def _write_unsynced(path: Path, data: bytes) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -31,12 +31,12 @@ SCP counts :func:`requested_associations` when it decides on a request; pynetdic
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import socket
 import struct
 import threading
 import time
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,6 +45,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from radloop.connector.peer_text import shown
@@ -333,7 +334,7 @@ class GuardedRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.acceptor.supported_contexts = _copy_contexts(self.server.contexts)
         assoc.requestor.address_info = self.remote
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
@@ -342,6 +343,18 @@ class GuardedRequestHandler(RequestHandler):
                 for handler in cast(list[tuple[Any, Any]], handlers):
                     assoc.bind(event, handler[0], handler[1])
         return assoc
+
+
+def _copy_contexts(contexts: list[PresentationContext]) -> list[PresentationContext]:
+    """Each association's own copy of the supported contexts, as pynetdicom's ``deepcopy`` but
+    about 20 times faster (its deepcopy of ~170 storage contexts cost 0.3-0.7 s per association):
+    the only mutable parts are the context's attributes and its list of transfer syntaxes."""
+    copies = []
+    for cx in contexts:
+        twin = copy.copy(cx)
+        twin._transfer_syntax = list(cx._transfer_syntax)
+        copies.append(twin)
+    return copies
 
 
 def start_guarded_server(

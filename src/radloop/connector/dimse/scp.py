@@ -36,7 +36,7 @@ from radloop.connector.dimse import status
 from radloop.connector.dimse.commitment import StorageCommitmentSCP
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
 from radloop.connector.dimse.ups_scp import UpsHandlers
-from radloop.connector.ingest import IngestSession
+from radloop.connector.ingest import IngestSession, part10_prefix
 from radloop.connector.peer_text import escape_library_logs, shown
 from radloop.connector.sanity import check_instance
 from radloop.connector.store import InstanceStore
@@ -242,8 +242,11 @@ class StorageSCP:
         try:
             if session is None:  # not possible once EVT_REQUESTED accepted the association
                 raise StoreError("no ingest session for this association")
-            header = self._checked_header(event)
-            stored = session.store_encoded(event.encoded_dataset(include_meta=True), header)
+            ts = str(event.context.transfer_syntax)
+            with cast(Any, request.DataSet).getbuffer() as raw:
+                header = self._checked_header(raw, ts, request)
+                prefix = part10_prefix(str(request.AffectedSOPClassUID), sop_uid, ts)
+                stored = session.store_encoded([prefix, raw], header)  # one writev, no joined copy
         except StoreError as e:
             code = status.for_refusal(e)
             rule = getattr(e, "rule", type(e).__name__)
@@ -265,17 +268,14 @@ class StorageSCP:
         log.debug("stored %s (series %s, duplicate %s)", sop_uid, stored.series_id, stored.duplicate)
         return status.SUCCESS
 
-    def _checked_header(self, event: evt.Event) -> Dataset:
+    def _checked_header(self, raw: memoryview, ts: str, request: C_STORE) -> Dataset:
         """The received data set, checked (sanity rules, limits), as its header with ``file_meta``.
 
         The header stops before the pixel data: decoding it here would cost a copy of every frame
         for nothing; the file on disk keeps the complete data set exactly as sent. A deflated data
         set is inflated in bounded steps, never whole.
         """
-        request = cast(C_STORE, event.request)
-        ts = str(event.context.transfer_syntax)
-        with cast(Any, request.DataSet).getbuffer() as raw:
-            header = check_instance(raw, ts, self.limits)
+        header = check_instance(raw, ts, self.limits)
         meta = FileMetaDataset()
         meta.TransferSyntaxUID = UID(ts)
         meta.MediaStorageSOPInstanceUID = UID(str(request.AffectedSOPInstanceUID))
