@@ -26,7 +26,8 @@ class RadloopServer:
         self.api_port = peers.free_port()
         base: dict[str, Any] = {
             "data_dir": str(workdir / "data"),
-            "dicom": {"host": "127.0.0.1", "port": self.port, "min_free_bytes": 0},
+            # one listener process unless a test asks for more (the default is one per core)
+            "dicom": {"host": "127.0.0.1", "port": self.port, "min_free_bytes": 0, "listener_processes": 1},
             "api": {"host": "127.0.0.1", "port": self.api_port},
             "workers": {"processes": 1, "poll_interval_s": 0.2, "retry_base_s": 1.0},
             "outbox": {"poll_interval_s": 0.5, "retry_base_s": 1.0, "retry_cap_s": 5.0},

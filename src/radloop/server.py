@@ -17,6 +17,7 @@ from functools import partial
 from types import FrameType
 
 from radloop.api.serving import ApiServer
+from radloop.connector.dimse.listeners import ListenerProcesses
 from radloop.connector.dimse.scp import StorageSCP
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.pull.puller import Puller
@@ -58,6 +59,7 @@ class Server:
     stop_event: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     api: ApiServer | None = None
+    listeners: ListenerProcesses | None = None
 
     @property
     def settings(self) -> Settings:
@@ -88,6 +90,9 @@ class Server:
         if self.api is not None:
             self.api.stop()
         self.scp.stop()
+        if self.listeners is not None:
+            self.listeners.stop()
+        self.runtime.store.close()  # commit durability: the last group fsync
         self.executor.stop(wait=False)
         for t in self._threads:
             t.join(timeout=10)
@@ -129,7 +134,11 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
     # younger than a minute are left for the next start.
     single_node = settings.database_url.startswith("sqlite")
     runtime.store.reconcile(min_age_s=0.0 if single_node else 60.0)
-    server.port = server.scp.start()
+    processes = settings.dicom.processes()
+    server.port = server.scp.start(reuse_port=processes > 1)
+    if processes > 1:  # the others on the same port; their association ends come back here
+        server.listeners = ListenerProcesses(settings, server.port, server.scp.tracker)
+        server.listeners.start(processes - 1)
     server.executor.start()
     if settings.api.enabled:
         server.api = ApiServer(runtime)

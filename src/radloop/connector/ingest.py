@@ -40,7 +40,9 @@ class IngestSession:
         calling_ae: str,
         limits: InstanceLimits | None = None,
         kind: str = "batch",
+        on_series: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_series(series_id)`` is called when the batch stores into a series the first time."""
         self.store = store
         self.limits = limits or store.limits
         self.kind = kind  # "association" for the C-STORE SCP: worded as such in the end log line
@@ -49,6 +51,7 @@ class IngestSession:
         self.calling_ae = calling_ae
         self.series_ids: set[int] = set()
         self.stored = 0
+        self.on_series = on_series
         self._lock = threading.Lock()
 
     def store_file(self, data: bytes) -> tuple[Dataset, StoredInstance]:
@@ -85,8 +88,11 @@ class IngestSession:
             )
         stored = self.store.store(encoded, info, ds)
         with self._lock:
+            first = stored.series_id not in self.series_ids
             self.series_ids.add(stored.series_id)
             self.stored += 1
+        if first and self.on_series is not None:
+            self.on_series(stored.series_id)
         return stored
 
     def end(self) -> None:
@@ -120,6 +126,43 @@ class IngestSession:
     ) -> None:
         if exc_type is None:
             self.end()
+
+
+class AssociationTracker:
+    """Which open associations carry which series, over every listener process, so that
+    association-end completion waits for the last of them.
+
+    Four parallel associations sending one series must complete it once, when the last one is
+    released, not when the first one is (the others would re-open it: a second revision, a
+    second job). ``carrying`` is called when an association stores into a series the first
+    time, ``ended`` when it is released or aborted. When a series' last carrier is released,
+    ``on_complete`` gets it; when its last carrier aborted, it is left to the quiet period (as
+    is a series whose carrier's process died: the quiet period is the fallback for everything).
+    Keys name associations across processes (``<pid>:<id>``).
+    """
+
+    def __init__(self, on_complete: SeriesCallback) -> None:
+        self.on_complete = on_complete
+        self._lock = threading.Lock()
+        self._carriers: dict[int, set[str]] = {}
+
+    def carrying(self, key: str, series_id: int) -> None:
+        with self._lock:
+            self._carriers.setdefault(series_id, set()).add(key)
+
+    def ended(self, key: str, series_ids: Sequence[int], called_ae: str, released: bool) -> None:
+        done: set[int] = set()
+        with self._lock:
+            for series_id in series_ids:
+                carriers = self._carriers.get(series_id)
+                if carriers is not None:
+                    carriers.discard(key)
+                    if carriers:
+                        continue  # another association still sends into it
+                    del self._carriers[series_id]
+                done.add(series_id)
+        if released and done:
+            self.on_complete(done, called_ae)
 
 
 def part10_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:

@@ -185,6 +185,15 @@ class InstanceStore:
         Immediate in ``fsync`` mode (each store fsyncs before it returns)."""
         return self._group is None or self._group.barrier(timeout_s)
 
+    def make_durable(self, relative_paths: Sequence[str]) -> bool:
+        """Fsync these indexed files (paths relative to ``data_dir``) and their folders now, whichever
+        process wrote them; False (logged) if one cannot be. A no-op in ``fsync`` mode."""
+        if self._group is None:
+            return True
+        files = [self.data_dir / p for p in relative_paths]
+        folders = {f.parent for f in files} | {f.parent.parent for f in files}
+        return not GroupSync._sync(files, folders)
+
     def close(self) -> None:
         """Fsync what is still pending (``commit`` mode) and stop the group-fsync thread."""
         if self._group is not None:

@@ -4,13 +4,13 @@ A sender asks with an N-ACTION (Action Type 1, a Transaction UID and the Referen
 of the instances it sent). The N-ACTION is answered at once (Success: the request is taken);
 the result follows as an N-EVENT-REPORT once it is known:
 
-* the store's :meth:`~radloop.connector.store.InstanceStore.sync_barrier` is awaited first, so
-  in ``dicom.durability: commit`` mode every instance written before the request is fsynced
-  (in ``fsync`` mode it always is);
+* in ``dicom.durability: commit`` mode every referenced indexed file and its folders are
+  fsynced first (:meth:`~radloop.connector.store.InstanceStore.make_durable`; whichever listener
+  process wrote them); in ``fsync`` mode they already are;
 * each referenced instance indexed with the same SOP Class goes into the success list
   (Referenced SOP Sequence); one not indexed fails with 0x0112 (no such object instance), one
   indexed under another SOP Class with 0x0119 (class/instance conflict), and all of them with
-  0x0110 (processing failure) if the fsyncs did not finish within ``commitment_timeout_s``;
+  0x0110 (processing failure) if an fsync failed;
 * Event Type 1 when everything succeeded, 2 when the failure list is not empty.
 
 The report goes back on the requesting association while it is open; when the requester has
@@ -126,11 +126,12 @@ class StorageCommitmentSCP:
     # -- the result ------------------------------------------------------------------------
     def result(self, transaction: str, refs: Sequence[tuple[str, str]]) -> tuple[int, Dataset]:
         """(Event Type ID, Event Information) for the referenced (SOP class, SOP instance) pairs."""
-        durable = self.store.sync_barrier(self.dicom.commitment_timeout_s)
-        indexed = self._indexed_classes([uid for _cls, uid in refs])
+        indexed = self._indexed([uid for _cls, uid in refs])
+        # fsynced by whichever process wrote them (several listener processes: not only this one)
+        durable = self.store.make_durable([path for _cls, path in indexed.values()])
         succeeded, failed = [], []
         for sop_class, sop_uid in refs:
-            known = indexed.get(sop_uid)
+            known = indexed.get(sop_uid, (None, ""))[0]
             if known is None:
                 failed.append((sop_class, sop_uid, NO_SUCH_OBJECT_INSTANCE))
             elif known != sop_class:
@@ -147,17 +148,18 @@ class StorageCommitmentSCP:
             info.FailedSOPSequence = DicomSequence([_item(c, u, reason) for c, u, reason in failed])
         return (EVENT_FAILURES_EXIST if failed else EVENT_ALL_SUCCEEDED), info
 
-    def _indexed_classes(self, sop_uids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def _indexed(self, sop_uids: list[str]) -> dict[str, tuple[str, str]]:
+        """SOP Instance UID → (SOP Class UID, path) of those indexed."""
+        found: dict[str, tuple[str, str]] = {}
         with self.store.engine.connect() as conn:
             for start in range(0, len(sop_uids), _QUERY_CHUNK):
                 chunk = sop_uids[start : start + _QUERY_CHUNK]
                 rows = conn.execute(
-                    select(Instance.sop_instance_uid, Instance.sop_class_uid).where(
+                    select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.path).where(
                         col(Instance.sop_instance_uid).in_(chunk)
                     )
                 )
-                found.update((str(r[0]), str(r[1])) for r in rows)
+                found.update((str(r[0]), (str(r[1]), str(r[2]))) for r in rows)
         return found
 
     def _report(

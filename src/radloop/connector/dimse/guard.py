@@ -357,13 +357,28 @@ def _copy_contexts(contexts: list[PresentationContext]) -> list[PresentationCont
     return copies
 
 
+class _ReusePortServer(ThreadedAssociationServer):
+    """Binds with ``SO_REUSEPORT``: several listener processes share one port (the kernel spreads
+    new connections over them)."""
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_guarded_server(
-    ae: ApplicationEntity, address: tuple[str, int], limits: GuardLimits, handlers: list[Any]
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    limits: GuardLimits,
+    handlers: list[Any],
+    *,
+    reuse_port: bool = False,
 ) -> ThreadedAssociationServer:
     """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``)."""
     handler_class = type("BoundGuardedRequestHandler", (GuardedRequestHandler,), {"limits": limits})
+    server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
     server = ae.make_server(
-        address, evt_handlers=handlers, server_class=ThreadedAssociationServer, request_handler=handler_class
+        address, evt_handlers=handlers, server_class=server_class, request_handler=handler_class
     )
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer@radloop", daemon=True)
     thread.start()

@@ -19,6 +19,7 @@ sends (AE titles, UIDs, comments) reach log lines only through :func:`~radloop.c
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from radloop.connector.dimse import status
 from radloop.connector.dimse.commitment import StorageCommitmentSCP
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
 from radloop.connector.dimse.ups_scp import UpsHandlers
-from radloop.connector.ingest import IngestSession, part10_prefix
+from radloop.connector.ingest import AssociationTracker, IngestSession, part10_prefix
 from radloop.connector.peer_text import escape_library_logs, shown
 from radloop.connector.sanity import check_instance
 from radloop.connector.store import InstanceStore
@@ -62,12 +63,17 @@ class StorageSCP:
         store: InstanceStore,
         on_association_end: SeriesCallback,
         ups: UpsHandlers | None = None,
+        tracker: AssociationTracker | None = None,
     ) -> None:
-        """``ups``: also serve the UPS DIMSE services (the AI worklist) on these AE titles."""
+        """``ups``: also serve the UPS DIMSE services (the AI worklist) on these AE titles.
+        ``tracker``: where associations report the series they carry and their end (a listener
+        process passes one that forwards to the main process); by default one in this process
+        that calls ``on_association_end`` when a series' last carrying association is released."""
         self.settings = settings
         self.ups = ups
         self.store = store
         self.on_association_end = on_association_end
+        self.tracker = tracker or AssociationTracker(on_association_end)
         self.limits = store.limits
         self.guard = GuardLimits.from_settings(settings.dicom)
         self._server: ThreadedAssociationServer | None = None
@@ -97,8 +103,11 @@ class StorageSCP:
             self.ups.add_contexts(ae)
         return ae
 
-    def start(self) -> int:
-        """Listen (non-blocking); returns the bound port (useful when configured as 0)."""
+    def start(self, *, port: int | None = None, reuse_port: bool = False) -> int:
+        """Listen (non-blocking); returns the bound port (useful when configured as 0).
+
+        ``port`` overrides ``dicom.port``; ``reuse_port`` binds with ``SO_REUSEPORT`` (one of
+        several listener processes, :mod:`radloop.connector.dimse.listeners`)."""
         cfg = self.settings.dicom
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_c_store),
@@ -117,7 +126,8 @@ class StorageSCP:
             (evt.EVT_N_ACTION, partial(self._on_n_action, ups_action)),
             (evt.EVT_DIMSE_SENT, self.commitment.on_dimse_sent),
         ]
-        self._server = start_guarded_server(self.ae, (cfg.host, cfg.port), self.guard, handlers)
+        address = (cfg.host, cfg.port if port is None else port)
+        self._server = start_guarded_server(self.ae, address, self.guard, handlers, reuse_port=reuse_port)
         port = int(self._server.server_address[1])
         log.info(
             "DICOM SCP listening on %s:%s for AE titles %s",
@@ -186,8 +196,15 @@ class StorageSCP:
             assoc.is_rejected = True
             assoc.kill()
             return
+        assoc_key = f"{os.getpid()}:{id(assoc)}"  # names it in the tracker, across processes
         session = IngestSession(
-            self.store, self.on_association_end, called, calling, self.limits, "association"
+            self.store,
+            lambda ids, ae: self.tracker.ended(assoc_key, sorted(ids), ae, True),
+            called,
+            calling,
+            self.limits,
+            "association",
+            on_series=lambda series_id: self.tracker.carrying(assoc_key, series_id),
         )
         with self._lock:
             # released and aborted associations pop their own; drop any whose thread died otherwise
@@ -208,6 +225,9 @@ class StorageSCP:
             return
         session = entry[1]
         if not released:
+            self.tracker.ended(
+                f"{os.getpid()}:{id(event.assoc)}", sorted(session.series_ids), session.called_ae, False
+            )
             if session.series_ids:
                 log.info(
                     "association aborted by %s: %d series left to the quiet period",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -73,6 +74,10 @@ class CommitmentPeer(StrictModel):
 class DicomSettings(StrictModel):
     """The DICOM C-STORE / C-ECHO SCP."""
 
+    def processes(self) -> int:
+        """How many listener processes ``listener_processes`` means on this machine."""
+        return self.listener_processes or os.cpu_count() or 1
+
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
     listeners: list[ListenerSettings] = Field(
@@ -101,13 +106,20 @@ class DicomSettings(StrictModel):
     group_fsync_ms: float = Field(
         5.0, gt=0, le=10_000, description="commit mode: how often written files are fsynced as a group."
     )
+    listener_processes: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Processes receiving on the DICOM port (SO_REUSEPORT), this one included; "
+        "0 = one per CPU core. max_associations applies per process.",
+    )
     commitment_peers: list[CommitmentPeer] = Field(
         default_factory=list,
         description="Storage Commitment: requester AE title → address, for results that cannot go back "
         "on the requesting association (it was released first).",
     )
     commitment_timeout_s: float = Field(
-        30.0, gt=0, description="Storage Commitment: bound on waiting for fsyncs and on sending the result."
+        30.0, gt=0, description="Storage Commitment: bound on each step of sending a result."
     )
     max_associations: int = Field(16, ge=1)
     acse_timeout_s: float = 30.0
