@@ -140,6 +140,8 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
         server.listeners = ListenerProcesses(settings, server.port, server.scp.tracker)
         server.listeners.start(processes - 1)
     server.executor.start()
+    if server.listeners is not None:
+        server.listeners.wait_ready()
     if settings.api.enabled:
         server.api = ApiServer(runtime)
         server.api.start()

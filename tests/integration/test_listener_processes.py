@@ -65,7 +65,8 @@ def test_four_associations_into_two_listener_processes_make_one_series_and_one_j
     }
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    with RadloopServer(server_dir, config) as server:
+    server = RadloopServer(server_dir, config).start(timeout=240)  # three processes import radloop
+    try:
         assert _listening_sockets(server.port) == 2, "two processes listen on the port (SO_REUSEPORT)"
         assert "1 listener process(es) share port" in server.log_text()
         command = [peers.require_binary("storescu"), "-aet", "MODALITY", "-aec", AE, "-to", "10", "-ta", "10"]
@@ -97,3 +98,5 @@ def test_four_associations_into_two_listener_processes_make_one_series_and_one_j
         assert series.revision == 1, "completed once: when the last association was released"
         assert len(_rows(server, Job)) == 1
         assert job.series_id == series.id
+    finally:
+        server.stop()

@@ -47,8 +47,8 @@ class ListenerProcesses:
         self._children: list[BaseProcess] = []
         self._thread = threading.Thread(target=self._forward, name="radloop-listener-ends", daemon=True)
 
-    def start(self, count: int, timeout_s: float = 120.0) -> None:
-        """Start ``count`` children and wait (bounded) until each listens; raise if one does not."""
+    def start(self, count: int) -> None:
+        """Start ``count`` children (:meth:`wait_ready` waits until they listen)."""
         self._thread.start()
         settings_json = self.settings.to_worker_json()
         for index in range(count):
@@ -60,7 +60,10 @@ class ListenerProcesses:
             )
             child.start()
             self._children.append(child)
-        for _ in range(count):
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Wait (bounded) until every child listens; raise if one could not start."""
+        for _ in self._children:
             try:
                 pid, error = self._ready.get(timeout=timeout_s)
             except queue.Empty as e:
@@ -69,7 +72,7 @@ class ListenerProcesses:
                 raise RuntimeError(f"listener process {pid} could not start: {error}")
         log.info(
             "%d listener process(es) share port %d with this one (SO_REUSEPORT): %s",
-            count,
+            len(self._children),
             self.port,
             ", ".join(str(c.pid) for c in self._children),
         )
