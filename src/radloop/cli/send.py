@@ -18,6 +18,12 @@ def send(
     port: Annotated[int, typer.Option(help="Peer port.")] = 11112,
     called_ae: Annotated[str, typer.Option("--called-ae", help="Peer's AE title.")] = "RADLOOP",
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "RADLOOP_SEND",
+    associations: Annotated[
+        int,
+        typer.Option(
+            "--associations", min=1, max=32, help="Parallel associations (fewer if the peer refuses some)."
+        ),
+    ] = 1,
 ) -> None:
     """Send DICOM files to a peer by C-STORE, with a progress bar."""
     from radloop.connector.dimse.scu import iter_dicom_files, send_files
@@ -29,7 +35,13 @@ def send(
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task("send", total=len(files))
         report = send_files(
-            files, host, port, called_ae, calling_ae, on_progress=lambda _p, _ok: progress.advance(task)
+            files,
+            host,
+            port,
+            called_ae,
+            calling_ae,
+            on_progress=lambda _p, _ok: progress.advance(task),
+            associations=associations,
         )
     for path, why in report.failed:
         console.print(f"[red]failed[/red] {path}: {why}")

@@ -6,6 +6,10 @@ more. (Offered together in one context, the peer picks one syntax for all, and m
 uncompressed.) A file goes as it is when the peer accepted its syntax; otherwise it is
 decompressed first, keeping its SOP Instance UID: a change of transfer syntax is the same
 instance (PS3.5 §10), so a retried or re-routed result never becomes a second copy.
+
+A file the peer takes in its own transfer syntax is streamed as it is on disk (no decode, no
+re-encode), in PDUs as large as the peer accepts; ``associations`` > 1 sends over that many
+parallel associations.
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import gzip
 import io
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 
 from radloop.connector.dimse.status import is_success_or_warning
 from radloop.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
+# send_c_store(path) streams the file's encoded data set (exact presentation context required, which
+# _send_one checks) instead of decoding and re-encoding it; only path-based sends are affected
+_config.STORE_SEND_CHUNKED_DATASET = True
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
@@ -69,13 +79,63 @@ def send_files(
     *,
     timeout_s: float = 30.0,
     on_progress: Callable[[Path, bool], None] | None = None,
+    associations: int = 1,
 ) -> SendReport:
-    """Send ``files`` over one association; per-file failures are reported, not raised.
+    """Send ``files`` over ``associations`` parallel associations (each takes every n-th file);
+    per-file failures are reported, not raised.
 
-    Raises :class:`DeliveryError` if no association can be made at all.
+    Where the peer refuses some of the parallel associations (its limit), their files go over
+    one more association after the others. Raises :class:`DeliveryError` if no association can
+    be made at all.
     """
     headers = {f: read_dicom(f, stop_before_pixels=True) for f in files}
-    ae = _requestor(calling_ae, timeout_s, headers.values())
+    count = max(1, min(associations, len(files)))
+    if count == 1:
+        return _send_over_one(files, headers, host, port, called_ae, calling_ae, timeout_s, on_progress)
+    lock = threading.Lock()
+
+    def progress(path: Path, ok: bool) -> None:
+        if on_progress is not None:
+            with lock:
+                on_progress(path, ok)
+
+    chunks = [list(files[i::count]) for i in range(count)]
+    peer = (host, port, called_ae, calling_ae, timeout_s, progress)
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="radloop-send") as pool:
+        futures = [pool.submit(_send_over_one, chunk, headers, *peer) for chunk in chunks]
+    report, refused, refusals = SendReport(), [], 0
+    for chunk, future in zip(chunks, futures, strict=True):
+        try:
+            part = future.result()
+        except DeliveryError:
+            refused.extend(chunk)
+            refusals += 1
+            continue
+        report.sent.extend(part.sent)
+        report.failed.extend(part.failed)
+    if refused:
+        if len(refused) == len(files):
+            raise DeliveryError(
+                f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
+            )
+        log.info("%d of %d parallel associations refused; sending their files over one", refusals, count)
+        part = _send_over_one(refused, headers, *peer)
+        report.sent.extend(part.sent)
+        report.failed.extend(part.failed)
+    return report
+
+
+def _send_over_one(
+    files: Sequence[Path],
+    headers: dict[Path, Dataset],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str,
+    timeout_s: float,
+    on_progress: Callable[[Path, bool], None] | None,
+) -> SendReport:
+    ae = _requestor(calling_ae, timeout_s, (headers[f] for f in files))
     assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
     if not assoc.is_established:
         raise DeliveryError(
@@ -84,7 +144,7 @@ def send_files(
     report = SendReport()
     try:
         for f in files:
-            ok, why = _send_one(assoc, f)
+            ok, why = _send_one(assoc, f, headers[f])
             (report.sent.append(f) if ok else report.failed.append((f, why)))
             if on_progress:
                 on_progress(f, ok)
@@ -125,21 +185,25 @@ def _nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _send_one(assoc: object, path: Path) -> tuple[bool, str]:
-    ds = read_dicom(path)
-    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+def _send_one(assoc: object, path: Path, header: Dataset) -> tuple[bool, str]:
+    ts = UID(str(header.file_meta.TransferSyntaxUID))
     accepted = {
         str(cx.transfer_syntax[0])
         for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
-        if cx.abstract_syntax == ds.SOPClassUID
+        if cx.abstract_syntax == header.SOPClassUID
     }
     if not accepted:
-        return False, f"peer accepted no presentation context for SOP class {ds.SOPClassUID}"
-    if str(ts) not in accepted and ts.is_compressed:
-        ds.decompress(generate_instance_uid=False)  # the peer takes only uncompressed data for this class
+        return False, f"peer accepted no presentation context for SOP class {header.SOPClassUID}"
+    dataset: Path | Dataset
+    if str(ts) in accepted and path.suffix != ".gz":
+        dataset = path  # streamed as encoded, in PDUs of the peer's maximum size: no decode, no re-encode
+    else:
+        dataset = read_dicom(path)
+        if str(ts) not in accepted and ts.is_compressed:
+            dataset.decompress(generate_instance_uid=False)  # the peer takes only uncompressed data here
     try:
-        status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
-    except (ValueError, RuntimeError) as e:
+        status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+    except (ValueError, RuntimeError, OSError, InvalidDicomError) as e:
         return False, f"{type(e).__name__}: {e}"
     code = int(getattr(status, "Status", -1)) if status else -1
     if is_success_or_warning(code):
