@@ -46,6 +46,7 @@ _DEBIAN_PACKAGE = {
     "dciodvfy": "dicom3tools",
     "chromium": "chromium",
     "dcm2niix": "dcm2niix",
+    "openssl": "openssl",
 }
 
 # storescu proposes only uncompressed transfer syntaxes unless told otherwise; to send a

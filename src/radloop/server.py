@@ -18,6 +18,7 @@ from types import FrameType
 
 from radloop.api.serving import ApiServer
 from radloop.connector.dimse.scp import StorageSCP
+from radloop.connector.dimse.tls import check_dicom_tls
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.pull.puller import Puller
 from radloop.core.errors import ConfigError, PullError
@@ -97,6 +98,7 @@ def build_server(settings: Settings) -> Server:
     """Validate and wire every part; nothing listens until :meth:`Server.run_forever`'s caller starts it."""
     runtime = Runtime.build(settings, migrate=True).preload()
     check_destinations(settings, runtime.catalog)
+    check_dicom_tls(settings)  # certificate, key and CA files readable and usable, before listening
     ups = UpsHandlers(runtime.worklist)  # the AI worklist over DIMSE too
     scp = StorageSCP(settings, runtime.store, runtime.assembler.on_association_end, ups)
     return Server(runtime, scp, runtime.executor())

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -345,12 +346,27 @@ class GuardedRequestHandler(RequestHandler):
 
 
 def start_guarded_server(
-    ae: ApplicationEntity, address: tuple[str, int], limits: GuardLimits, handlers: list[Any]
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    limits: GuardLimits,
+    handlers: list[Any],
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer,
+    request_handler: type[GuardedRequestHandler] = GuardedRequestHandler,
 ) -> ThreadedAssociationServer:
-    """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``)."""
-    handler_class = type("BoundGuardedRequestHandler", (GuardedRequestHandler,), {"limits": limits})
+    """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``).
+
+    ``ssl_context``, ``server_class`` and ``request_handler`` serve the DICOM TLS port
+    (:mod:`radloop.connector.dimse.tls`).
+    """
+    handler_class = type(f"Bound{request_handler.__name__}", (request_handler,), {"limits": limits})
     server = ae.make_server(
-        address, evt_handlers=handlers, server_class=ThreadedAssociationServer, request_handler=handler_class
+        address,
+        evt_handlers=handlers,
+        ssl_context=ssl_context,
+        server_class=server_class,
+        request_handler=handler_class,
     )
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer@radloop", daemon=True)
     thread.start()

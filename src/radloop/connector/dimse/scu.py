@@ -14,6 +14,7 @@ import gzip
 import io
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,18 +70,25 @@ def send_files(
     *,
     timeout_s: float = 30.0,
     on_progress: Callable[[Path, bool], None] | None = None,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> SendReport:
     """Send ``files`` over one association; per-file failures are reported, not raised.
 
+    ``tls_args``: (context, server name) for DICOM TLS (:func:`radloop.connector.dimse.tls.tls_args`).
     Raises :class:`DeliveryError` if no association can be made at all.
     """
     headers = {f: read_dicom(f, stop_before_pixels=True) for f in files}
     ae = _requestor(calling_ae, timeout_s, headers.values())
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate(
+        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)], tls_args=tls_args
+    )
     if not assoc.is_established:
-        raise DeliveryError(
-            f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
+        over = (
+            "DICOM TLS: rejected, aborted, unreachable or handshake failed"
+            if tls_args
+            else "rejected, aborted or unreachable"
         )
+        raise DeliveryError(f"no association with {called_ae}@{host}:{port} ({over})")
     report = SendReport()
     try:
         for f in files:

@@ -4,7 +4,7 @@ One module per section of the config file; import any name from here
 (``from radloop.core.settings import Settings, load_settings, DicomDestination``):
 
 * :mod:`~radloop.core.settings.root`: :class:`Settings`, :func:`load_settings`, ``database``
-* :mod:`~radloop.core.settings.dicom`: the SCP and its listeners (``dicom``)
+* :mod:`~radloop.core.settings.dicom`: the SCP, its listeners and DICOM TLS (``dicom``)
 * :mod:`~radloop.core.settings.destinations`: where results go (``destinations``, ``outbox``)
 * :mod:`~radloop.core.settings.sources`: PACSs studies are pulled from (``sources``)
 * :mod:`~radloop.core.settings.pipelines`: pipeline files and job workers (``pipelines``, ``workers``)
@@ -37,7 +37,15 @@ from radloop.core.settings.destinations import (
     OutboxSettings,
     XnatDestination,
 )
-from radloop.core.settings.dicom import AllowedCaller, DicomSettings, ListenerSettings
+from radloop.core.settings.dicom import (
+    TLS_CIPHERS,
+    AllowedCaller,
+    DicomSettings,
+    DicomTlsClient,
+    DicomTlsSettings,
+    ListenerSettings,
+    TlsMode,
+)
 from radloop.core.settings.export import TrainingExportSettings
 from radloop.core.settings.inference import (
     TRITON_SCHEMES,
@@ -69,6 +77,7 @@ __all__ = [
     "DEV_SECRET",
     "MIN_KEY_LENGTH",
     "REVEAL_SECRETS",
+    "TLS_CIPHERS",
     "TRITON_SCHEMES",
     "AllowedCaller",
     "ApiSettings",
@@ -78,6 +87,8 @@ __all__ = [
     "DestinationSettings",
     "DicomDestination",
     "DicomSettings",
+    "DicomTlsClient",
+    "DicomTlsSettings",
     "DicomwebDestination",
     "DicomwebSource",
     "DimseSource",
@@ -99,6 +110,7 @@ __all__ = [
     "Secret",
     "Settings",
     "StrictModel",
+    "TlsMode",
     "TorchScriptBackendSettings",
     "TrainingExportSettings",
     "TritonBackendSettings",
