@@ -229,6 +229,20 @@ def test_tls_older_than_1_2_is_refused(radloop: RadloopServer, tls_port: int) ->
     _wait_log(radloop, offset, "UNSUPPORTED_PROTOCOL")
 
 
+def test_a_silent_connection_does_not_stall_the_tls_port(
+    pki: Pki, radloop: RadloopServer, tls_port: int
+) -> None:
+    """The handshake runs in the connection's thread under the A-ASSOCIATE-RQ deadline, not in
+    the accept loop: callers get through while a peer that never says hello holds a connection."""
+    offset = len(radloop.log_text())
+    with socket.create_connection((LOCAL, tls_port), timeout=30) as silent:
+        done = peers.echoscu(LOCAL, tls_port, OPEN_AE, "MODALITY1", extra_args=_tls(pki, "modality"))
+        assert done.returncode == 0, done.stderr
+        silent.settimeout(30)  # closed by radloop after association_request_timeout_s (10 s)
+        assert silent.recv(1) == b""
+    _wait_log(radloop, offset, "no complete handshake within association_request_timeout_s")
+
+
 # --------------------------------------------------------------------------- the whole loop
 
 
