@@ -28,9 +28,14 @@ from sqlmodel import Session, select
 
 import peers
 from pki import Credential, Pki
+from radloop.connector.dimse.scp import StorageSCP
 from radloop.connector.dimse.scu import send_files
+from radloop.connector.dimse.tls import tls_args
+from radloop.connector.store import InstanceStore
+from radloop.core import db
 from radloop.core.errors import DeliveryError
 from radloop.core.models import Delivery, DeliveryState, Instance, Job, JobState, Series
+from radloop.core.settings import DicomTlsClient, load_settings
 from radloop_proc import RadloopServer
 
 pytestmark = [pytest.mark.peers]
@@ -297,3 +302,53 @@ def test_dimse_pull_over_tls_both_ways(
     assert (
         series.instance_count == 16 and series.called_ae == OPEN_AE and series.calling_ae == orthanc_tls.aet
     )
+
+
+def test_all_listeners_required_opens_no_plain_port_and_radloops_own_scu_verifies_the_host(
+    pki: Pki, tmp_path: Path, synthetic_ct_dir: Path
+) -> None:
+    """In process: an SCP whose listeners all require TLS listens on the TLS port only; radloop's
+    C-STORE SCU (destinations, ``radloop send``) gets through with its client certificate, and
+    refuses a server whose certificate does not name the host it was told to reach."""
+    plain_port = peers.free_port()
+    settings = load_settings(
+        data_dir=str(tmp_path / "data"),
+        dicom={
+            "host": LOCAL,
+            "port": plain_port,
+            "min_free_bytes": 0,
+            "tls": {
+                "port": 0,
+                **_cred(pki, "radloop-server").tls_files(),
+                "ca_certificates": str(pki.ca.certificate),
+            },
+            "listeners": [{"ae_title": BRAIN_AE, "tls": "required"}],
+        },
+    )
+    db.upgrade(settings)
+    engine = db.make_engine(settings)
+    scp = StorageSCP(settings, InstanceStore(settings.data_dir, engine), lambda _ids, _called: None)
+    port = scp.start()
+    try:
+        assert port == scp.tls_port and port != plain_port
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((LOCAL, plain_port), timeout=5).close()
+        files = sorted(synthetic_ct_dir.iterdir())
+        client = DicomTlsClient(ca_certificates=pki.ca.certificate, **_cred(pki, "modality").tls_files())
+        report = send_files(files, LOCAL, port, BRAIN_AE, "MODALITY1", tls_args=tls_args(client, LOCAL, "t"))
+        assert len(report.sent) == len(files) and not report.failed
+        with Session(engine) as s:
+            assert len(s.exec(select(Instance)).all()) == len(files)
+        wrong_name = client.model_copy(update={"server_name": "pacs.elsewhere.example"})
+        with pytest.raises(DeliveryError, match="DICOM TLS"):
+            send_files(
+                files[:1], LOCAL, port, BRAIN_AE, "MODALITY1", tls_args=tls_args(wrong_name, LOCAL, "t")
+            )
+        anonymous = DicomTlsClient(ca_certificates=pki.ca.certificate)  # no client certificate
+        with pytest.raises(DeliveryError, match="DICOM TLS"):
+            send_files(
+                files[:1], LOCAL, port, BRAIN_AE, "MODALITY1", tls_args=tls_args(anonymous, LOCAL, "t")
+            )
+    finally:
+        scp.stop()
+        engine.dispose()

@@ -40,6 +40,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from radloop.connector.dimse.guard import GuardedRequestHandler, GuardLimits, start_guarded_server
 from radloop.connector.peer_text import shown
 from radloop.core.errors import ConfigError
+from radloop.core.settings import DicomDestination, DimseSource
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -142,11 +143,10 @@ def check_dicom_tls(settings: Settings) -> None:
     if settings.dicom.serves_tls():
         server_context(settings.dicom.tls)
     for dest in settings.destinations:
-        tls = getattr(dest, "tls", None)
-        if dest.kind == "dicom" and tls is not None:
-            client_context(tls, f"destinations[{dest.name}].tls")
+        if isinstance(dest, DicomDestination) and dest.tls is not None:
+            client_context(dest.tls, f"destinations[{dest.name}].tls")
     for src in settings.sources:
-        if src.kind == "dimse" and src.tls is not None:
+        if isinstance(src, DimseSource) and src.tls is not None:
             client_context(src.tls, f"sources[{src.name}].tls")
 
 
