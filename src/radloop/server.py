@@ -96,9 +96,9 @@ class Server:
 
 def build_server(settings: Settings) -> Server:
     """Validate and wire every part; nothing listens until :meth:`Server.run_forever`'s caller starts it."""
+    check_dicom_tls(settings)  # certificate, key and CA files readable and usable: fail before anything else
     runtime = Runtime.build(settings, migrate=True).preload()
     check_destinations(settings, runtime.catalog)
-    check_dicom_tls(settings)  # certificate, key and CA files readable and usable, before listening
     ups = UpsHandlers(runtime.worklist)  # the AI worklist over DIMSE too
     scp = StorageSCP(settings, runtime.store, runtime.assembler.on_association_end, ups)
     return Server(runtime, scp, runtime.executor())

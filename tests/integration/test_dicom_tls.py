@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import yaml
 from sqlmodel import Session, select
 
 import peers
@@ -173,6 +176,22 @@ def test_echo_over_tls_with_a_trusted_certificate(pki: Pki, radloop: RadloopServ
         assert done.returncode == 0, done.stderr
     plain = peers.echoscu(LOCAL, radloop.port, OPEN_AE, "MODALITY1")  # optional: plain port too
     assert plain.returncode == 0, plain.stderr
+
+
+def test_radloop_send_over_tls(
+    pki: Pki, radloop: RadloopServer, tls_port: int, ct_j2k_series_dir: Path
+) -> None:
+    modality = _cred(pki, "modality")
+    args = ["--host", LOCAL, "--port", str(tls_port), "--called-ae", OPEN_AE, "--calling-ae", "MODALITY1"]
+    args += ["--tls-ca", str(pki.ca.certificate), "--tls-cert", str(modality.certificate)]
+    done = radloop.cli(
+        "send", *args, "--tls-key", str(modality.private_key), str(ct_j2k_series_dir), with_config=False
+    )
+    assert done.returncode == 0 and "20 sent, 0 failed" in done.stdout, done.stdout + done.stderr
+    half = radloop.cli(
+        "send", *args, str(ct_j2k_series_dir), with_config=False
+    )  # a certificate without its key
+    assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr, half.stderr
 
 
 def test_a_client_without_a_trusted_certificate_is_refused(
@@ -352,3 +371,24 @@ def test_all_listeners_required_opens_no_plain_port_and_radloops_own_scu_verifie
     finally:
         scp.stop()
         engine.dispose()
+
+
+def test_a_missing_certificate_stops_serve_at_start_naming_the_setting(pki: Pki, tmp_path: Path) -> None:
+    config = tmp_path / "radloop.yaml"
+    tls = {
+        "port": peers.free_port(),
+        "certificate": str(tmp_path / "missing.crt"),
+        "private_key": str(_cred(pki, "radloop-server").private_key),
+        "ca_certificates": str(pki.ca.certificate),
+    }
+    dicom = {"port": peers.free_port(), "tls": tls, "listeners": [{"ae_title": OPEN_AE, "tls": "optional"}]}
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "dicom": dicom}))
+    done = subprocess.run(
+        [sys.executable, "-m", "radloop.cli", "serve", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: dicom.tls.certificate: cannot read {tmp_path / 'missing.crt'}" in done.stderr
