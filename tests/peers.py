@@ -46,6 +46,7 @@ _DEBIAN_PACKAGE = {
     "dciodvfy": "dicom3tools",
     "chromium": "chromium",
     "dcm2niix": "dcm2niix",
+    "openssl": "openssl",
 }
 
 # storescu proposes only uncompressed transfer syntaxes unless told otherwise; to send a
@@ -380,6 +381,22 @@ class OrthancServer:
             raise RuntimeError(f"Orthanc still holds {len(remaining)} instances after clear()")
 
 
+def orthanc_dicom_tls(certificate: Path, private_key: Path, trusted: Path) -> dict[str, Any]:
+    """`OrthancServer(extra_config=...)` for DICOM TLS (Orthanc ≥ 1.9.0, which 1.10 is).
+
+    Orthanc's DICOM port then speaks TLS only and requires a client certificate that chains to
+    `trusted` (`DicomTlsRemoteCertificateRequired`, the default since 1.9.3). Modalities it
+    calls (C-MOVE targets) need `"UseDicomTls": true` in their `DicomModalities` entry.
+    """
+    return {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(certificate),
+        "DicomTlsPrivateKey": str(private_key),
+        "DicomTlsTrustedCertificates": str(trusted),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+
+
 # --------------------------------------------------------------------------- DCMTK
 
 
@@ -521,9 +538,16 @@ def storescu(
 
 
 def echoscu(
-    host: str, port: int, called_ae: str, calling_ae: str = "ECHOSCU", timeout: float = 10.0
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str = "ECHOSCU",
+    timeout: float = 10.0,
+    extra_args: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """C-ECHO with DCMTK `echoscu`; return the process (returncode 0 = peer answered)."""
+    """C-ECHO with DCMTK `echoscu`; return the process (returncode 0 = peer answered).
+
+    `extra_args` go before host and port (e.g. `+tls KEY CERT +cf CA` for DICOM TLS)."""
     seconds = str(max(1, int(timeout)))
     cmd = [
         require_binary("echoscu"),
@@ -535,6 +559,7 @@ def echoscu(
         seconds,
         "-ta",
         seconds,
+        *extra_args,
         host,
         str(port),
     ]

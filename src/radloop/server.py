@@ -19,6 +19,7 @@ from types import FrameType
 from radloop.api.serving import ApiServer
 from radloop.connector.dimse.listeners import ListenerProcesses
 from radloop.connector.dimse.scp import StorageSCP
+from radloop.connector.dimse.tls import check_dicom_tls
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.pull.puller import Puller
 from radloop.core.errors import ConfigError, PullError
@@ -100,6 +101,7 @@ class Server:
 
 def build_server(settings: Settings) -> Server:
     """Validate and wire every part; nothing listens until :meth:`Server.run_forever`'s caller starts it."""
+    check_dicom_tls(settings)  # certificate, key and CA files readable and usable: fail before anything else
     runtime = Runtime.build(settings, migrate=True).preload()
     check_destinations(settings, runtime.catalog)
     ups = UpsHandlers(runtime.worklist)  # the AI worklist over DIMSE too

@@ -34,6 +34,7 @@ import contextlib
 import copy
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -357,7 +358,7 @@ def _copy_contexts(contexts: list[PresentationContext]) -> list[PresentationCont
     return copies
 
 
-class _ReusePortServer(ThreadedAssociationServer):
+class _ReusePortMixin(ThreadedAssociationServer):
     """Binds with ``SO_REUSEPORT``: several listener processes share one port (the kernel spreads
     new connections over them)."""
 
@@ -373,12 +374,25 @@ def start_guarded_server(
     handlers: list[Any],
     *,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer,
+    request_handler: type[GuardedRequestHandler] = GuardedRequestHandler,
 ) -> ThreadedAssociationServer:
-    """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``)."""
-    handler_class = type("BoundGuardedRequestHandler", (GuardedRequestHandler,), {"limits": limits})
-    server_class = _ReusePortServer if reuse_port else ThreadedAssociationServer
+    """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``).
+
+    ``reuse_port`` binds with ``SO_REUSEPORT`` (one of several listener processes on one port);
+    ``ssl_context``, ``server_class`` and ``request_handler`` serve the DICOM TLS port
+    (:mod:`radloop.connector.dimse.tls`).
+    """
+    handler_class = type(f"Bound{request_handler.__name__}", (request_handler,), {"limits": limits})
+    if reuse_port:
+        server_class = type(f"ReusePort{server_class.__name__}", (_ReusePortMixin, server_class), {})
     server = ae.make_server(
-        address, evt_handlers=handlers, server_class=server_class, request_handler=handler_class
+        address,
+        evt_handlers=handlers,
+        ssl_context=ssl_context,
+        server_class=server_class,
+        request_handler=handler_class,
     )
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer@radloop", daemon=True)
     thread.start()

@@ -1,6 +1,8 @@
 """The DICOM SCP: C-ECHO and C-STORE for every storage SOP class, on several AE titles.
 
 One port, several called AE titles (``dicom.listeners``); each has an allowlist of callers.
+Listeners with ``tls`` optional or required also (or only) answer on the DICOM TLS port
+(:mod:`radloop.connector.dimse.tls`).
 Handlers follow pynetdicom's two kinds of callback:
 
 * intervention (``EVT_C_STORE``, ``EVT_C_ECHO``): one handler each, returns a status fast. The
@@ -33,7 +35,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from radloop.connector.dimse import status
+from radloop.connector.dimse import status, tls
 from radloop.connector.dimse.commitment import StorageCommitmentSCP
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
 from radloop.connector.dimse.ups_scp import UpsHandlers
@@ -77,6 +79,8 @@ class StorageSCP:
         self.limits = store.limits
         self.guard = GuardLimits.from_settings(settings.dicom)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None  # the DICOM TLS port (dimse.tls)
+        self.tls_port: int | None = None
         self._sessions: dict[int, tuple[Any, IngestSession]] = {}
         self._lock = threading.Lock()
         self.commitment = StorageCommitmentSCP(settings.dicom, store)
@@ -126,6 +130,13 @@ class StorageSCP:
             (evt.EVT_N_ACTION, partial(self._on_n_action, ups_action)),
             (evt.EVT_DIMSE_SENT, self.commitment.on_dimse_sent),
         ]
+        if (
+            port is None
+        ):  # the main process: the DICOM TLS port is its own (listener processes share the plain one)
+            self._tls_server = tls.start_tls_server(self.ae, cfg, self.guard, handlers)
+            self.tls_port = int(self._tls_server.server_address[1]) if self._tls_server is not None else None
+            if not cfg.serves_plain():  # every listener requires TLS: no plain port at all
+                return cast(int, self.tls_port)
         address = (cfg.host, cfg.port if port is None else port)
         self._server = start_guarded_server(self.ae, address, self.guard, handlers, reuse_port=reuse_port)
         port = int(self._server.server_address[1])
@@ -141,6 +152,9 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._tls_server is not None:
+            self._tls_server.shutdown()
+            self._tls_server = None
 
     # -- notifications ---------------------------------------------------------------------
     def _on_conn_open(self, event: evt.Event) -> None:
@@ -160,7 +174,9 @@ class StorageSCP:
         listener = self.settings.listener(called)
         limit = self.settings.dicom.max_associations
         reason: tuple[int, int, int] | None = None
-        if self._server is not None and requested_associations(self._server) > limit:
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        peer_cn = tls.peer_common_name(assoc)
+        if sum(requested_associations(s) for s in servers) > limit:
             reason = REJECT_NO_RESOURCES
             log.warning(
                 "association rejected: %d associations already (max_associations); caller '%s' from %s",
@@ -176,12 +192,16 @@ class StorageSCP:
                 shown(calling),
                 host,
             )
-        elif not _caller_allowed(listener, calling, host):
+        elif (refusal := tls.transport_refusal(listener, assoc)) is not None:
+            reason = REJECT_CALLED_AE
+            log.warning("association rejected: %s (caller '%s' from %s)", refusal, shown(calling), host)
+        elif not _caller_allowed(listener, calling, host, peer_cn):
             reason = REJECT_CALLING_AE
             log.warning(
-                "association rejected: caller '%s' from %s is not allowed on AE '%s'",
+                "association rejected: caller '%s' from %s (certificate CN %s) is not allowed on AE '%s'",
                 shown(calling),
                 host,
+                shown(peer_cn or "none"),
                 called,
             )
         elif not self.store.has_space():
@@ -321,10 +341,13 @@ def _status(code: int, comment: str) -> Dataset:
     return result
 
 
-def _caller_allowed(listener: ListenerSettings, calling: str, host: str) -> bool:
+def _caller_allowed(listener: ListenerSettings, calling: str, host: str, peer_cn: str | None) -> bool:
+    """``peer_cn``: subject CN of the caller's verified TLS certificate (None: plain TCP or none)."""
     if not listener.allowed_callers:
         return True
     return any(
-        (c.ae_title is None or c.ae_title == calling) and (c.host is None or c.host == host)
+        (c.ae_title is None or c.ae_title == calling)
+        and (c.host is None or c.host == host)
+        and (c.certificate_cn is None or c.certificate_cn == peer_cn)
         for c in listener.allowed_callers
     )

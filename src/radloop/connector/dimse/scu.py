@@ -18,6 +18,7 @@ import gzip
 import io
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,18 +81,22 @@ def send_files(
     timeout_s: float = 30.0,
     on_progress: Callable[[Path, bool], None] | None = None,
     associations: int = 1,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> SendReport:
     """Send ``files`` over ``associations`` parallel associations (each takes every n-th file);
     per-file failures are reported, not raised.
 
     Where the peer refuses some of the parallel associations (its limit), their files go over
-    one more association after the others. Raises :class:`DeliveryError` if no association can
+    one more association after the others. ``tls_args``: (context, server name) for DICOM TLS
+    (:func:`radloop.connector.dimse.tls.tls_args`). Raises :class:`DeliveryError` if no association can
     be made at all.
     """
     headers = {f: read_dicom(f, stop_before_pixels=True) for f in files}
     count = max(1, min(associations, len(files)))
     if count == 1:
-        return _send_over_one(files, headers, host, port, called_ae, calling_ae, timeout_s, on_progress)
+        return _send_over_one(
+            files, headers, host, port, called_ae, calling_ae, timeout_s, on_progress, tls_args
+        )
     lock = threading.Lock()
 
     def progress(path: Path, ok: bool) -> None:
@@ -100,7 +105,7 @@ def send_files(
                 on_progress(path, ok)
 
     chunks = [list(files[i::count]) for i in range(count)]
-    peer = (host, port, called_ae, calling_ae, timeout_s, progress)
+    peer = (host, port, called_ae, calling_ae, timeout_s, progress, tls_args)
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="radloop-send") as pool:
         futures = [pool.submit(_send_over_one, chunk, headers, *peer) for chunk in chunks]
     report, refused, refusals = SendReport(), [], 0
@@ -134,13 +139,19 @@ def _send_over_one(
     calling_ae: str,
     timeout_s: float,
     on_progress: Callable[[Path, bool], None] | None,
+    tls_args: tuple[ssl.SSLContext, str] | None,
 ) -> SendReport:
     ae = _requestor(calling_ae, timeout_s, (headers[f] for f in files))
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate(
+        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)], tls_args=tls_args
+    )
     if not assoc.is_established:
-        raise DeliveryError(
-            f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
+        over = (
+            "DICOM TLS: rejected, aborted, unreachable or handshake failed"
+            if tls_args
+            else "rejected, aborted or unreachable"
         )
+        raise DeliveryError(f"no association with {called_ae}@{host}:{port} ({over})")
     report = SendReport()
     try:
         for f in files:

@@ -19,6 +19,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from radloop.connector.dimse.scu import send_files
+from radloop.connector.dimse.tls import tls_args
 from radloop.core.errors import DeliveryError
 from radloop.core.settings import DicomDestination, DicomwebDestination, FolderDestination, XnatDestination
 from radloop.xnat_plugin.destination import XnatSender
@@ -33,14 +34,17 @@ class Sender(Protocol):
 
 
 class DicomSender:
-    """C-STORE to a DICOM peer."""
+    """C-STORE to a DICOM peer, over DICOM TLS when the destination has ``tls``."""
 
     def __init__(self, config: DicomDestination) -> None:
         self.config = config
 
     def send(self, path: Path) -> None:
         c = self.config
-        report = send_files([path], c.host, c.port, c.ae_title, c.calling_ae_title, timeout_s=c.timeout_s)
+        secure = tls_args(c.tls, c.host, f"destinations[{c.name}].tls")
+        report = send_files(
+            [path], c.host, c.port, c.ae_title, c.calling_ae_title, timeout_s=c.timeout_s, tls_args=secure
+        )
         if report.failed:
             raise DeliveryError(f"C-STORE to {c.ae_title}@{c.host}:{c.port}: {report.failed[0][1]}")
 

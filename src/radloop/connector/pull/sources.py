@@ -27,9 +27,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from radloop.connector.dimse.status import PENDING, SUCCESS, WARNING, for_refusal
+from radloop.connector.dimse.tls import tls_args
 from radloop.connector.ingest import IngestSession
 from radloop.connector.peer_text import shown
-from radloop.core.errors import PullError, StoreError
+from radloop.core.errors import ConfigError, PullError, StoreError
 from radloop.core.settings import DicomwebSource, DimseSource
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,17 @@ class DimseRetriever:
                 ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES[:])
                 roles.append(build_role(sop_class, scp_role=True))
             handlers = [(evt.EVT_C_STORE, _store_handler(get_session))]
-        assoc = ae.associate(c.host, c.port, ae_title=c.ae_title, ext_neg=roles, evt_handlers=handlers)
+        try:
+            secure = tls_args(c.tls, c.host, f"sources[{c.name}].tls")
+        except ConfigError as e:  # a certificate file removed since start: this pull fails, visibly
+            raise PullError(str(e)) from e
+        assoc = ae.associate(
+            c.host, c.port, ae_title=c.ae_title, ext_neg=roles, evt_handlers=handlers, tls_args=secure
+        )
         if not assoc.is_established:
+            over = " over DICOM TLS (or the handshake failed)" if secure else ""
             raise PullError(
-                f"no association with {c.ae_title}@{c.host}:{c.port} as {c.calling_ae} "
+                f"no association with {c.ae_title}@{c.host}:{c.port} as {c.calling_ae}{over} "
                 "(rejected, aborted or unreachable; is our AE known to the PACS?)"
             )
         return assoc

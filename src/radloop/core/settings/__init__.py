@@ -4,7 +4,7 @@ One module per section of the config file; import any name from here
 (``from radloop.core.settings import Settings, load_settings, DicomDestination``):
 
 * :mod:`~radloop.core.settings.root`: :class:`Settings`, :func:`load_settings`, ``database``
-* :mod:`~radloop.core.settings.dicom`: the SCP and its listeners (``dicom``)
+* :mod:`~radloop.core.settings.dicom`: the SCP, its listeners and DICOM TLS (``dicom``)
 * :mod:`~radloop.core.settings.destinations`: where results go (``destinations``, ``outbox``)
 * :mod:`~radloop.core.settings.sources`: PACSs studies are pulled from (``sources``)
 * :mod:`~radloop.core.settings.pipelines`: pipeline files and job workers (``pipelines``, ``workers``)
@@ -37,7 +37,16 @@ from radloop.core.settings.destinations import (
     OutboxSettings,
     XnatDestination,
 )
-from radloop.core.settings.dicom import AllowedCaller, CommitmentPeer, DicomSettings, ListenerSettings
+from radloop.core.settings.dicom import (
+    TLS_CIPHERS,
+    AllowedCaller,
+    CommitmentPeer,
+    DicomSettings,
+    DicomTlsClient,
+    DicomTlsSettings,
+    ListenerSettings,
+    TlsMode,
+)
 from radloop.core.settings.export import TrainingExportSettings
 from radloop.core.settings.inference import (
     TRITON_SCHEMES,
@@ -69,6 +78,7 @@ __all__ = [
     "DEV_SECRET",
     "MIN_KEY_LENGTH",
     "REVEAL_SECRETS",
+    "TLS_CIPHERS",
     "TRITON_SCHEMES",
     "AllowedCaller",
     "CommitmentPeer",
@@ -79,6 +89,8 @@ __all__ = [
     "DestinationSettings",
     "DicomDestination",
     "DicomSettings",
+    "DicomTlsClient",
+    "DicomTlsSettings",
     "DicomwebDestination",
     "DicomwebSource",
     "DimseSource",
@@ -100,6 +112,7 @@ __all__ = [
     "Secret",
     "Settings",
     "StrictModel",
+    "TlsMode",
     "TorchScriptBackendSettings",
     "TrainingExportSettings",
     "TritonBackendSettings",

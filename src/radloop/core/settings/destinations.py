@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from radloop.core.errors import ConfigError
 from radloop.core.settings.common import Secret, StrictModel, check_ae_title
+from radloop.core.settings.dicom import DicomTlsClient
 from radloop.core.settings.xnat import XnatServerFields
 
 
@@ -49,6 +50,7 @@ class DicomDestination(_DestinationBase):
     ae_title: str
     calling_ae_title: str = "RADLOOP"
     timeout_s: float = 30.0
+    tls: DicomTlsClient | None = Field(None, description="DICOM TLS to this peer; absent = plain TCP.")
 
     _check = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 

@@ -1,20 +1,92 @@
-"""The ``dicom`` section: the C-STORE / C-ECHO SCP and its listeners (called AE titles)."""
+"""The ``dicom`` section: the C-STORE / C-ECHO SCP and its listeners (called AE titles).
+
+Also the DICOM TLS settings (PS3.15 Annex B, the IHE ATNA secure node): the SCP's TLS port
+(:class:`DicomTlsSettings`) and the client side every outgoing DICOM link shares
+(:class:`DicomTlsClient`, used by C-STORE destinations and DIMSE pull sources). Only paths are
+checked here; the files are read, and a clear error raised, when radloop starts
+(:func:`radloop.connector.dimse.tls.check_dicom_tls`).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from radloop.core.settings.common import StrictModel, check_ae_title
+from radloop.core.settings.common import Secret, StrictModel, check_ae_title
+
+TLS_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+    ]
+)
+"""TLS 1.2 cipher suites offered by default: forward-secret AEAD only (BCP 195, as DCMTK's
+non-downgrading BCP 195 profile). TLS 1.3 suites are all AEAD and always allowed."""
+
+TlsMode = Literal["off", "optional", "required"]
+"""Per listener: ``off`` plain port only, ``optional`` plain and TLS port, ``required`` TLS port only."""
+
+
+class _TlsFiles(StrictModel):
+    """Certificate, key and CA files (PEM) and the protocol floor, shared by server and client."""
+
+    certificate: Path | None = Field(None, description="Our certificate (PEM, chain after it).")
+    private_key: Path | None = Field(None, description="Its private key (PEM).")
+    private_key_password: Secret | None = Field(None, description="Password of an encrypted key.")
+    ca_certificates: Path | None = Field(
+        None, description="CA certificates (PEM bundle) the peer's certificate must chain to."
+    )
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Oldest TLS version accepted.")
+    ciphers: str = Field(TLS_CIPHERS, description="OpenSSL cipher list for TLS 1.2.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> _TlsFiles:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together: set both or neither")
+        return self
+
+
+class DicomTlsSettings(_TlsFiles):
+    """The SCP's DICOM TLS port: listeners with ``tls: optional`` or ``required`` answer there."""
+
+    port: int = Field(2762, ge=0, le=65535, description="The TLS port (2762 by convention; 0 = any free).")
+    require_client_certificate: bool = Field(
+        True,
+        description="A caller must present a certificate that chains to ca_certificates; "
+        "false = one is verified only if presented.",
+    )
+
+
+class DicomTlsClient(_TlsFiles):
+    """DICOM TLS towards a peer (a C-STORE destination, a DIMSE pull source).
+
+    ``ca_certificates`` empty = the system's trust store. ``certificate``/``private_key`` are
+    radloop's client certificate, which most secure PACSs require.
+    """
+
+    check_hostname: bool = Field(True, description="The peer's certificate must name the host.")
+    server_name: str = Field("", description="Name checked against the peer's certificate; empty = host.")
 
 
 class AllowedCaller(StrictModel):
-    """A calling AE allowed to associate with a listener. ``host`` empty = any host."""
+    """A calling AE allowed to associate with a listener. ``host`` empty = any host.
+
+    ``certificate_cn``: the caller must also come over DICOM TLS with a verified client
+    certificate whose subject common name (CN) is this (the certificate ↔ calling AE binding).
+    """
 
     ae_title: str | None = None
     host: str | None = None
+    certificate_cn: str | None = None
 
     @field_validator("ae_title")
     @classmethod
@@ -46,6 +118,10 @@ class ListenerSettings(StrictModel):
     complete_on_release: bool = Field(
         True, description="A released association completes the series it carried."
     )
+    tls: TlsMode = Field(
+        "off",
+        description="off: plain port only; optional: plain port and TLS port; required: TLS port only.",
+    )
 
     _check = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
@@ -75,7 +151,10 @@ class DicomSettings(StrictModel):
     """The DICOM C-STORE / C-ECHO SCP."""
 
     def processes(self) -> int:
-        """How many listener processes ``listener_processes`` means on this machine."""
+        """How many listener processes ``listener_processes`` means on this machine (one where
+        every listener requires TLS: the TLS port is served by the main process alone)."""
+        if not self.serves_plain():
+            return 1
         return self.listener_processes or os.cpu_count() or 1
 
     host: str = "127.0.0.1"
@@ -154,6 +233,7 @@ class DicomSettings(StrictModel):
         "(slow links pass, a peer dripping bytes does not).",
     )
     max_frames: int = Field(50_000, ge=1, description="Largest NumberOfFrames accepted.")
+    tls: DicomTlsSettings = Field(default_factory=DicomTlsSettings)
     max_rows: int = Field(65_535, ge=1, description="Largest Rows accepted.")
     max_columns: int = Field(65_535, ge=1, description="Largest Columns accepted.")
 
@@ -163,3 +243,36 @@ class DicomSettings(StrictModel):
         if len(set(titles)) != len(titles):
             raise ValueError(f"listener AE titles must be unique, got {titles}")
         return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> DicomSettings:
+        tls_titles = [lst.ae_title for lst in self.listeners if lst.tls != "off"]
+        if tls_titles and self.tls.certificate is None:
+            raise ValueError(
+                f"listeners {tls_titles} use TLS: set dicom.tls.certificate and dicom.tls.private_key"
+            )
+        if tls_titles and self.tls.require_client_certificate and self.tls.ca_certificates is None:
+            raise ValueError(
+                "dicom.tls.require_client_certificate needs dicom.tls.ca_certificates (the CAs that "
+                "sign callers' certificates)"
+            )
+        if tls_titles and self.port and self.port == self.tls.port:
+            raise ValueError(
+                f"dicom.port and dicom.tls.port are both {self.port}: TLS needs a port of its own"
+            )
+        for lst in self.listeners:
+            pinned = [c.ae_title for c in lst.allowed_callers if c.certificate_cn is not None]
+            if pinned and lst.tls == "off":
+                raise ValueError(
+                    f"listener {lst.ae_title}: allowed_callers {pinned} name a certificate_cn, "
+                    "which only a TLS connection carries: set its tls to optional or required"
+                )
+        return self
+
+    def serves_plain(self) -> bool:
+        """Whether the plain port is opened (some listener has ``tls`` off or optional)."""
+        return any(lst.tls != "required" for lst in self.listeners)
+
+    def serves_tls(self) -> bool:
+        """Whether the TLS port is opened (some listener has ``tls`` optional or required)."""
+        return any(lst.tls != "off" for lst in self.listeners)

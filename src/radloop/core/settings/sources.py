@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from radloop.core.settings.common import Secret, StrictModel, check_ae_title
+from radloop.core.settings.dicom import DicomTlsClient
 
 
 class PollSettings(StrictModel):
@@ -59,6 +60,12 @@ class DimseSource(StrictModel):
     calling_ae_title: str = Field("", description="Our AE title towards the PACS; empty = listener_ae_title.")
     retrieve: Literal["c-move", "c-get"] = "c-move"
     timeout_s: float = Field(60.0, gt=0)
+    tls: DicomTlsClient | None = Field(
+        None,
+        description="DICOM TLS to the PACS (C-FIND, C-GET, the C-MOVE request); absent = plain TCP. "
+        "A C-MOVE's C-STOREs come back to our listener: give it tls optional or required, "
+        "and the PACS our TLS port.",
+    )
     poll: PollSettings = Field(default_factory=PollSettings)
 
     _check = field_validator("ae_title", "listener_ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
