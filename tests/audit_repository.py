@@ -10,14 +10,19 @@ receives to a file as ``MSGID STRUCTURED-DATA MSG``, one line each.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import peers
 
-RSYSLOG_GTLS = Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so")
+RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"  # /usr/sbin is not on every PATH
+RSYSLOG_GTLS = next(
+    iter(Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")), Path("/usr/lib/rsyslog/lmnsd_gtls.so")
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,8 @@ class RsyslogServer:
     """``rsyslogd`` listening with TLS on 127.0.0.1:``port``; received messages in :attr:`output`."""
 
     def __init__(self, workdir: Path, certs: Certificates, port: int | None = None) -> None:
-        peers.require_binary("rsyslogd")
+        if not Path(RSYSLOGD).is_file():
+            raise AssertionError("rsyslogd missing: `apt-get install rsyslog rsyslog-gnutls`")
         if not RSYSLOG_GTLS.is_file():
             raise AssertionError(f"{RSYSLOG_GTLS} missing: `apt-get install rsyslog-gnutls`")
         self.workdir = workdir
@@ -134,7 +140,7 @@ action(type="omfile" file="{self.output}" template="atna" flushOnTXEnd="on")
         self.pidfile.unlink(missing_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["rsyslogd", "-n", "-f", str(self.config), "-i", str(self.pidfile)],
+                [RSYSLOGD, "-n", "-f", str(self.config), "-i", str(self.pidfile)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -144,8 +150,6 @@ action(type="omfile" file="{self.output}" template="atna" flushOnTXEnd="on")
     def _listening(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"rsyslogd exited with {self.proc.returncode}: {self.log.read_text()}")
-        import socket
-
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
         except OSError:

@@ -259,3 +259,21 @@ def test_audit_list_filters_by_user_patient_and_since(site: tuple[Settings, Engi
     assert "xml" in listed("--xml")[0] and listed("--xml")[0]["xml"].startswith("<AuditMessage>")  # type: ignore[union-attr]
     table = runner.invoke(cli, ["audit", "list"], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "110114" in table.output and "bob" in table.output
+
+
+def test_log_filter_masks_patient_attributes_in_query_strings() -> None:
+    import logging
+
+    from radloop.core.logging import RedactPatientQuery
+
+    record = logging.LogRecord(
+        "x",
+        logging.WARNING,
+        __file__,
+        1,
+        "poll failed: 404 for url: %s",
+        ("http://pacs/studies?PatientID=P%5E1&00100010=Doe",),
+        None,
+    )
+    assert RedactPatientQuery().filter(record)
+    assert record.getMessage() == "poll failed: 404 for url: http://pacs/studies?PatientID=***&00100010=***"
