@@ -278,7 +278,11 @@ async def callback(
     return response
 
 
-@router.get("/logout", dependencies=[PUBLIC])
+logout_router = APIRouter(prefix="/review", tags=["sign-on"], include_in_schema=False)
+"""``/review/logout``: under the review cookie's path, so the browser sends the session it ends."""
+
+
+@logout_router.get("/logout", dependencies=[PUBLIC])
 def logout(request: Request, ctx: Ctx) -> Response:
     """End the review session: the cookie is cleared and the logout audited (PS3.15 A.5.3.14)."""
     try:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
@@ -153,8 +154,16 @@ def _audit_query(request: Request, ctx: Ctx, caller: tokens.Caller) -> None:
 
 
 def _audit_access(request: Request, ctx: Ctx, caller: tokens.Caller, study: str) -> None:
-    """A DICOM Instances Accessed audit message (PS3.15 A.5.3.5) for a WADO-RS retrieve of ``study``."""
+    """A DICOM Instances Accessed audit message (PS3.15 A.5.3.5) for a WADO-RS retrieve of ``study``:
+    one per client and study per ``audit.access_window_s`` (a viewer reads frame by frame)."""
     address = request.client.host if request.client else ""
+    seen: dict[tuple[str, str, str], float] = request.app.state.__dict__.setdefault("wado_audited", {})
+    now, key = time.monotonic(), (caller.name, address, study)
+    if now - seen.get(key, -1e18) < ctx.settings.audit.access_window_s:
+        return
+    if len(seen) > 10_000:  # forget old entries rather than grow without bound
+        seen.clear()
+    seen[key] = now
     with session_scope(ctx.engine) as s:
         user = atna.person(f"token:{caller.name}", address=address)
         atna.record(s, ctx.settings.audit, atna.instances_accessed(s, user, [study]))

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select, update
 
 from radloop.core.db import session_scope
+from radloop.core.errors import ConfigError
 from radloop.core.jobs import backoff_seconds
 from radloop.core.models import AuditMessage, utcnow
 from radloop.core.settings import AuditRepository, AuditSettings
@@ -76,10 +77,14 @@ class RepositoryError(Exception):
 
 def tls_context(repo: AuditRepository) -> ssl.SSLContext:
     """A client context: TLS 1.2 or newer, the repository's certificate checked, our certificate offered."""
-    context = ssl.create_default_context(cafile=str(repo.ca_file) if repo.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if repo.cert_file is not None and repo.key_file is not None:
-        context.load_cert_chain(str(repo.cert_file), str(repo.key_file))
+    try:
+        context = ssl.create_default_context(cafile=str(repo.ca_file) if repo.ca_file else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if repo.cert_file is not None and repo.key_file is not None:
+            context.load_cert_chain(str(repo.cert_file), str(repo.key_file))
+    except (OSError, ssl.SSLError) as e:
+        files = f"ca_file={repo.ca_file}, cert_file={repo.cert_file}, key_file={repo.key_file}"
+        raise ConfigError(f"audit.repository: cannot load the TLS files ({files}): {e}") from e
     return context
 
 

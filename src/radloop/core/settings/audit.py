@@ -61,6 +61,12 @@ class AuditSettings(StrictModel):
     )
     send_interval_s: float = Field(1.0, gt=0, description="The sender looks for unsent messages this often.")
     batch: int = Field(200, ge=1, le=10_000, description="Messages written per connection and tick at most.")
+    access_window_s: float = Field(
+        60.0,
+        ge=0,
+        description="WADO-RS reads of one study by one client within this many seconds are one "
+        "DICOM Instances Accessed message (a viewer fetches frame by frame).",
+    )
     retry_base_s: float = Field(
         2.0, gt=0, description="First pause after the repository could not be reached; doubles per failure."
     )
