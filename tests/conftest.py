@@ -6,6 +6,7 @@ with `CI` set, a session that selected `peers` tests fails before running anythi
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -156,3 +157,56 @@ def ct_volume() -> Volume:
     """The 20-slice JPEG 2000 CT series as a Volume (loaded once per test module)."""
     paths = ct_series_paths()
     return load_volume(paths, series_ref_of(paths[0]))
+
+
+# --------------------------------------------------------------------------- PHI hygiene
+
+_PHI_FOUND: list[str] = []
+
+
+@functools.cache
+def patient_identifiers_of_test_data() -> tuple[str, ...]:
+    """PatientName and PatientID of the shared test data, read from the data headers themselves."""
+    import gzip
+    import io
+
+    import pydicom
+
+    data = peers.shared_data_dir()
+    values: set[str] = set()
+    headers = [sorted((data / "mr-brain-t1-philips" / "series").glob("*.dcm.gz"))[0]]
+    headers += [sorted((data / "ct-abdomen-totalseg" / "series").iterdir())[0]]
+    for path in headers:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+        name = str(ds.get("PatientName", "") or "")
+        values |= {str(ds.get("PatientID", "") or ""), name, *name.split("^")}
+    return tuple(sorted(v for v in values if len(v) >= 6))  # short name parts would match anything
+
+
+def _phi_lines(text: str) -> list[str]:
+    ids = patient_identifiers_of_test_data()
+    return [line for line in text.splitlines() if any(v in line for v in ids)]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Log records of radloop code at INFO and above (pytest captures INFO+) must name no patient."""
+    for line in _phi_lines(report.caplog):
+        _PHI_FOUND.append(f"{report.nodeid} ({report.when}): {line[:300]}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Grep every ``radloop serve`` log of the run (``serve.log`` under the base temp folder, all
+    xdist workers') and the captured records for the test data's patient names and IDs: any hit
+    fails the run."""
+    if hasattr(session.config, "workerinput"):
+        return  # the controller checks, with every worker's reports and files
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        base = factory.getbasetemp()
+        for log_file in sorted(base.rglob("serve.log")):
+            for line in _phi_lines(log_file.read_text(errors="replace")):
+                _PHI_FOUND.append(f"{log_file}: {line[:300]}")
+    if _PHI_FOUND:
+        print("\nPHI in log lines (patient names/IDs of the test data):\n" + "\n".join(_PHI_FOUND[:50]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from radloop.connector.assembler import Assembler
 from radloop.connector.dicomweb.qido import ReadIndex
 from radloop.connector.dicomweb.ups import Worklist
+from radloop.connector.outbound.audit_repository import AuditSender
 from radloop.connector.outbound.outbox import Outbox
 from radloop.connector.pull.priors import PriorFinder
 from radloop.connector.pull.puller import Puller
@@ -76,6 +77,7 @@ class Runtime:
         "metrics",
         "outbox",
         "worklist",
+        "audit_sender",
     )
 
     def __init__(self, settings: Settings, *, migrated: bool) -> None:
@@ -165,6 +167,13 @@ class Runtime:
     def worklist(self) -> Worklist:
         """The AI worklist: jobs as UPS workitems, for UPS-RS clients."""
         return Worklist(self.settings, self.engine, self.catalog)
+
+    @cached_property
+    def audit_sender(self) -> AuditSender | None:
+        """Sends the queued audit messages to ``audit.repository``; None when none is configured."""
+        if self.settings.audit.repository is None:
+            return None
+        return AuditSender(self.settings.audit, self.engine)
 
     def executor(self) -> LocalExecutor:
         """A new local executor (dispatcher thread + worker processes); the caller starts and stops it."""

@@ -8,6 +8,9 @@ destination a pipeline names) and refuses to start on the first problem, naming 
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import hmac
 import logging
 import signal
 import threading
@@ -22,6 +25,8 @@ from radloop.connector.dimse.scp import StorageSCP
 from radloop.connector.dimse.tls import check_dicom_tls
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.pull.puller import Puller
+from radloop.core import atna
+from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError, PullError
 from radloop.core.settings import Settings
 from radloop.core.ticking import run_every
@@ -71,6 +76,9 @@ class Server:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
         self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
         self.spawn("radloop-worklist", self.runtime.worklist.tick, 0.5)  # jobs → UPS workitems + events
+        sender = self.runtime.audit_sender
+        if sender is not None:  # queued audit messages → the syslog audit repository
+            self.spawn("radloop-audit", sender.tick, self.settings.audit.send_interval_s)
         run_every("assembler", self.runtime.assembler.tick, 1.0, self.stop_event)
         self._shutdown()
 
@@ -97,6 +105,39 @@ class Server:
         self.executor.stop(wait=False)
         for t in self._threads:
             t.join(timeout=10)
+        record_application_activity(self.runtime, started=False)
+        sender = self.runtime.audit_sender
+        if sender is not None:  # the stop message (and what is left) goes out now if it can
+            sender.tick()
+
+
+def record_application_activity(runtime: Runtime, *, started: bool) -> None:
+    """Audit (PS3.15 A.5.3.1) that radloop started or stops, with its AE titles and the OS user."""
+    titles = [lst.ae_title for lst in runtime.settings.dicom.listeners]
+    with session_scope(runtime.engine) as s:
+        atna.record(s, runtime.settings.audit, atna.application_activity(started, titles, getpass.getuser()))
+
+
+def record_configuration_change(runtime: Runtime) -> None:
+    """A Security Alert (Software Configuration) when the settings differ from the last start's.
+
+    The fingerprint is an HMAC (keyed by ``secret_key``) of the settings with their secrets, kept in
+    ``data_dir/config.fingerprint``: a changed password or key counts as a change too."""
+    settings = runtime.settings
+    path = settings.data_dir / "config.fingerprint"
+    key = settings.secret_key.get_secret_value().encode("utf-8")
+    digest = hmac.new(key, settings.to_worker_json().encode("utf-8"), hashlib.sha256).hexdigest()
+    previous = path.read_text().strip() if path.is_file() else ""
+    if previous and previous != digest:
+        alert = atna.security_alert(
+            atna.person(getpass.getuser()),
+            atna.SOFTWARE_CONFIGURATION,
+            "radloop:settings",
+            "the settings differ from those of the last start",
+        )
+        with session_scope(runtime.engine) as s:
+            atna.record(s, settings.audit, alert)
+    path.write_text(digest + "\n")
 
 
 def build_server(settings: Settings) -> Server:
@@ -136,6 +177,8 @@ def serve(settings: Settings, on_ready: Callable[[Server], None] | None = None) 
     # younger than a minute are left for the next start.
     single_node = settings.database_url.startswith("sqlite")
     runtime.store.reconcile(min_age_s=0.0 if single_node else 60.0)
+    record_application_activity(runtime, started=True)
+    record_configuration_change(runtime)
     processes = settings.dicom.processes()
     server.port = server.scp.start(reuse_port=processes > 1)
     if processes > 1:  # the others on the same port; their association ends come back here

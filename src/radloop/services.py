@@ -5,6 +5,7 @@ through), return read models (:mod:`radloop.core.read_models`), and raise radloo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from pydicom import Dataset
@@ -14,12 +15,13 @@ from sqlmodel import Session, SQLModel, col, func, select
 
 from radloop.connector.dicomweb.ups import Event, Worklist, parse_state, transaction_uid_of
 from radloop.connector.pull.puller import Puller
+from radloop.core import atna, tokens
 from radloop.core import jobs as job_states
-from radloop.core import tokens
 from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError, RadloopError
 from radloop.core.models import (
     ApiToken,
+    AuditMessage,
     Delivery,
     DeliveryState,
     Job,
@@ -34,6 +36,7 @@ from radloop.core.models import (
     utcnow,
 )
 from radloop.core.read_models import (
+    AuditMessageOut,
     CursorOut,
     DeliveryOut,
     Health,
@@ -508,3 +511,38 @@ def suspend_worklist_subscription(worklist: Worklist, ae_title: str) -> None:
 def workitem_events(worklist: Worklist, ae_title: str, after_id: int) -> list[Event]:
     """The next event reports for an AE title's notification channel."""
     return worklist.events_for(ae_title, after_id)
+
+
+# --------------------------------------------------------------------------- audit trail (IHE ATNA)
+
+
+def record_security_change(
+    settings: Settings, engine: Engine, actor: str, subject: str, description: str
+) -> None:
+    """A Security Alert audit message (PS3.15 A.5.3.11): ``actor`` changed ``subject`` (a token, a
+    model stage); a change of roles or credentials is Security Configuration, others Software."""
+    alert = atna.SECURITY_CONFIGURATION if subject.startswith("token:") else atna.SOFTWARE_CONFIGURATION
+    with session_scope(engine) as s:
+        atna.record(s, settings.audit, atna.security_alert(atna.person(actor), alert, subject, description))
+
+
+def list_audit_messages(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    user: str | None = None,
+    patient: str | None = None,
+    limit: int = 200,
+    with_xml: bool = False,
+) -> list[AuditMessageOut]:
+    """Audit messages, newest first: at or after ``since``, requested by ``user``, naming ``patient``."""
+    q = select(AuditMessage)
+    if since is not None:
+        q = q.where(AuditMessage.at >= since)
+    if user:
+        q = q.where(AuditMessage.user == user)
+    if patient:
+        q = q.where(AuditMessage.patient_id == patient)
+    with session_scope(engine) as s:
+        rows = s.exec(q.order_by(col(AuditMessage.id).desc()).limit(limit)).all()
+        return [AuditMessageOut.model_validate(r, update={} if with_xml else {"xml": ""}) for r in rows]

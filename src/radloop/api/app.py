@@ -45,7 +45,7 @@ def create_app(source: Runtime | Settings) -> FastAPI:
     routers += [reviews.router, review.router]
     routers.append(exports.router)  # training datasets from reviewed results
     routers.append(workitems.router)  # UPS-RS AI worklist (IHE AIW-I Task Manager)
-    routers.append(oidc.router)  # sign-on for people (oidc.issuer)
+    routers += [oidc.router, oidc.logout_router]  # sign-on for people (oidc.issuer), sign-out
     if not public:
         routers.append(health.docs_router)
     for router in routers:

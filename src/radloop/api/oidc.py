@@ -30,11 +30,19 @@ from fastapi.responses import RedirectResponse, Response
 
 from radloop.api.auth import PUBLIC
 from radloop.api.deps import Ctx
+from radloop.core import atna
+from radloop.core.db import session_scope
 from radloop.core.errors import RadloopError
 from radloop.core.roles import Role
 from radloop.core.settings import OidcSettings, Settings
 from radloop.viewer_launch.routes import COOKIE, is_https
-from radloop.viewer_launch.signing import ReviewSession, encode_session, session_key
+from radloop.viewer_launch.signing import (
+    LaunchDeniedError,
+    ReviewSession,
+    decode_session,
+    encode_session,
+    session_key,
+)
 
 LOGIN_COOKIE = "radloop_login"
 _ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
@@ -232,15 +240,20 @@ async def callback(
     request: Request, ctx: Ctx, client: Client, code: str = "", state: str = "", error: str = ""
 ) -> Response:
     """Finish a sign-on: check state, exchange the code, verify the ID token, open a review session."""
-    started = _started_login(request.cookies.get(LOGIN_COOKIE, ""), ctx.settings)
-    if error or not code:
-        raise LoginError(f"the provider refused the sign-on: {error or 'no code'}")
-    if not hmac.compare_digest(state, started["state"]):
-        raise LoginError("the sign-on's state does not match (start again)")
-    token = await run_in_threadpool(
-        client.exchange_code, code, _redirect_uri(request, ctx.settings), started["verifier"]
-    )
-    user = await run_in_threadpool(client.verify_id_token, token, started["nonce"])
+    try:
+        started = _started_login(request.cookies.get(LOGIN_COOKIE, ""), ctx.settings)
+        if error or not code:
+            raise LoginError(f"the provider refused the sign-on: {error or 'no code'}")
+        if not hmac.compare_digest(state, started["state"]):
+            raise LoginError("the sign-on's state does not match (start again)")
+        token = await run_in_threadpool(
+            client.exchange_code, code, _redirect_uri(request, ctx.settings), started["verifier"]
+        )
+        user = await run_in_threadpool(client.verify_id_token, token, started["nonce"])
+    except LoginError as e:
+        await run_in_threadpool(_audit_failed_login, request, ctx, str(e))
+        raise
+    await run_in_threadpool(_audit_login, request, ctx, user.username, True)
     now = int(time.time())
     session = ReviewSession(
         session_id=secrets.token_hex(16),
@@ -263,6 +276,50 @@ async def callback(
         secure=is_https(request, ctx.settings),
     )
     return response
+
+
+logout_router = APIRouter(prefix="/review", tags=["sign-on"], include_in_schema=False)
+"""``/review/logout``: under the review cookie's path, so the browser sends the session it ends."""
+
+
+@logout_router.get("/logout", dependencies=[PUBLIC])
+def logout(request: Request, ctx: Ctx) -> Response:
+    """End the review session: the cookie is cleared and the logout audited (PS3.15 A.5.3.14)."""
+    try:
+        session = decode_session(session_key(ctx.settings), request.cookies.get(COOKIE), now=time.time())
+    except LaunchDeniedError:
+        session = None
+    if session is not None:
+        _audit_login(request, ctx, session.reviewer, False)
+    response = Response("signed out\n", media_type="text/plain")
+    response.delete_cookie(COOKIE, path="/review")
+    return response
+
+
+def _audit_login(request: Request, ctx: Ctx, user: str, login: bool) -> None:
+    """A User Authentication audit message: ``user`` logged in (``login``) or out."""
+    address = request.client.host if request.client else ""
+    with session_scope(ctx.engine) as s:
+        atna.record(s, ctx.settings.audit, atna.user_authentication(user, login, address=address))
+
+
+def _audit_failed_login(request: Request, ctx: Ctx, reason: str) -> None:
+    """A failed login, audited once per reason per ``review.denied_audit_interval_s`` with the
+    count of those in between (junk callbacks must not flood the audit trail)."""
+    denials: dict[str, tuple[float, int]] = request.app.state.__dict__.setdefault("login_denials", {})
+    now = time.monotonic()
+    last, count = denials.get(reason, (-1e18, 0))  # a race between two threads costs one extra row
+    if now - last < ctx.settings.review.denied_audit_interval_s:
+        denials[reason] = (last, count + 1)
+        return
+    denials[reason] = (now, 0)
+    address = request.client.host if request.client else ""
+    text = f"{reason} (+{count} more since the last one audited)" if count else reason
+    message = atna.user_authentication(
+        "unknown", True, address=address, outcome=atna.Outcome.minor_failure, description=text
+    )
+    with session_scope(ctx.engine) as s:
+        atna.record(s, ctx.settings.audit, message)
 
 
 def _started_login(cookie: str, settings: Settings) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from radloop.cli import (
+    audit,
     config,
     db,
     deliveries,
@@ -51,6 +52,7 @@ for group, name in [
     (triton.app, "triton"),
     (xnat.app, "xnat"),
     (export.app, "export"),
+    (audit.app, "audit"),
 ]:
     app.add_typer(group, name=name)
 app.command("run-pipeline")(run_pipeline.run_pipeline)

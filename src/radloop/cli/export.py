@@ -5,6 +5,7 @@ The work is :func:`radloop.training_export.export_dataset`.
 
 from __future__ import annotations
 
+import getpass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -89,6 +90,7 @@ def export_dataset_command(
             seed=seed,
             dataset_name=name,
             dataset_id=dataset_id,
+            requested_by=getpass.getuser(),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e

@@ -13,7 +13,7 @@ import yaml
 from radloop.cli import options
 from radloop.cli.options import ConfigOpt, JsonOpt
 from radloop.cli.output import console, emit, table, write_json
-from radloop.core import audit
+from radloop.core import atna, audit
 from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError
 from radloop.core.settings import Settings
@@ -168,6 +168,9 @@ def models_rollback(name: str, by: ActorOpt = None, config: ConfigOpt = None) ->
     previous, _ = store.rollback(name, actor)
     with session_scope(runtime.engine) as s:
         audit.record(s, actor, "model.rollback", f"model:{name}", {"from": current, "to": previous})
+        change = f"production rolled back from {current} to {previous}"
+        alert = atna.security_alert(atna.person(actor), atna.SOFTWARE_CONFIGURATION, f"model:{name}", change)
+        atna.record(s, runtime.settings.audit, alert)
     console.print(f"{name}: production is {previous} again (was {current})")
 
 
@@ -239,6 +242,15 @@ def _set_stage(
             f"model.stage.{stage.value}",
             f"model:{name}@{version}",
             {"before": None if before is None else before.value, "forced": force},
+        )
+        change = f"stage {None if before is None else before.value} -> {stage.value}" + (
+            " (forced)" if force else ""
+        )
+        subject = f"model:{name}@{version}"
+        atna.record(
+            s,
+            runtime.settings.audit,
+            atna.security_alert(atna.person(actor), atna.SOFTWARE_CONFIGURATION, subject, change),
         )
     console.print(f"{name}@{version} is now {stage.value}")
 

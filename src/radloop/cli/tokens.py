@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 from typing import Annotated
 
@@ -32,7 +33,15 @@ def tokens_create(
 ) -> None:
     """Create an API token holding roles and print it once (only its hash is stored)."""
     roles = role or list(DEFAULT_TOKEN_ROLES)
-    row = services.create_token(options.runtime(config, migrate=True).engine, name, roles)
+    runtime = options.runtime(config, migrate=True)
+    row = services.create_token(runtime.engine, name, roles)
+    services.record_security_change(
+        runtime.settings,
+        runtime.engine,
+        getpass.getuser(),
+        f"token:{row.name}",
+        f"created with roles {row.roles}",
+    )
     if as_json:
         write_json(row)
         return
@@ -55,5 +64,9 @@ def tokens_revoke(
     as_json: JsonOpt = False,
 ) -> None:
     """Revoke an active token: requests carrying it get 401 from now on."""
-    row = services.revoke_token(options.runtime(config, migrate=True).engine, name_or_id)
+    runtime = options.runtime(config, migrate=True)
+    row = services.revoke_token(runtime.engine, name_or_id)
+    services.record_security_change(
+        runtime.settings, runtime.engine, getpass.getuser(), f"token:{row.name}", "revoked"
+    )
     emit(row, as_json, ["id", "name", "revoked_at"], "Revoked")

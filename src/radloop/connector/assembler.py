@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from radloop.connector.routing import route_series
 from radloop.connector.study_routing import due_triggers, route_study
+from radloop.core import atna
 from radloop.core.db import session_scope
 from radloop.core.models import Series, SeriesState, Study, utcnow
 from radloop.core.settings import Settings
@@ -47,11 +48,30 @@ class Assembler:
 
     def on_association_end(self, series_ids: set[int], called_ae: str) -> None:
         """SCP notification: an association was released after storing into these series."""
+        self.audit_received(series_ids, called_ae)
         listener = self.settings.listener(called_ae)
         if listener is None or not listener.complete_on_release:
             return
         for series_id in sorted(series_ids):
             self.complete(series_id, reason="association released")
+
+    def audit_received(self, series_ids: set[int], called_ae: str) -> None:
+        """One DICOM Instances Transferred audit message (PS3.15 A.5.3.4) per batch and sender: the
+        association, STOW-RS request or retrieve that stored into ``series_ids``."""
+        with session_scope(self.engine) as s:
+            series = s.exec(select(Series).where(col(Series.id).in_(series_ids))).all()
+            by_sender: dict[str, list[str]] = {}
+            for x in series:
+                study = s.get(Study, x.study_id)
+                if study is not None:
+                    by_sender.setdefault(x.calling_ae, []).append(study.study_instance_uid)
+            for calling_ae, study_uids in sorted(by_sender.items()):
+                source = atna.dicom_peer(calling_ae, requestor=True, role=atna.ROLE_SOURCE)
+                destination = atna.radloop_process([called_ae], role=atna.ROLE_DESTINATION)
+                message = atna.instances_transferred(
+                    s, atna.EventAction.create, source, destination, study_uids
+                )
+                atna.record(s, self.settings.audit, message)
 
     def tick(self) -> int:
         """Complete every open series whose quiet period has passed; returns how many."""

@@ -224,6 +224,38 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
+class AuditMessageBase(SQLModel):
+    """One DICOM audit message (PS3.15 A.5): the local ATNA trail and the queue to the repository.
+
+    ``event_id`` is the EventID code (``110104``), ``user`` the requesting participant,
+    ``patient_id``/``study_instance_uid`` the first patient and study it names (for
+    ``radloop audit list``); ``xml`` is the message as sent. ``sent_at`` is set only after the
+    syslog write succeeded; ``attempts``/``next_attempt_at``/``last_error`` are the retry state.
+    """
+
+    at: datetime = Field(default_factory=utcnow, index=True)
+    event_id: str = Field(index=True)
+    event_action: str = ""
+    outcome: int = 0
+    user: str = Field(default="", index=True)
+    patient_id: str = Field(default="", index=True)
+    study_instance_uid: str = ""
+    sent_at: datetime | None = None
+    attempts: int = 0
+    last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+
+
+class AuditMessage(AuditMessageBase, table=True):
+    """One DICOM audit message and its delivery state (the durable queue to the repository)."""
+
+    __tablename__ = "audit_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    xml: str = Field(sa_column=Column(Text, nullable=False))
+    pending: bool = Field(default=True, index=True)
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+
+
 class UsedLaunchLink(SQLModel, table=True):
     """A one-time review launch link that was used: its nonce (or signature), kept until it expires."""
 

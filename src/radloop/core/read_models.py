@@ -16,6 +16,7 @@ from pydantic import Field as PydanticField
 
 from radloop.core.models import (
     ApiTokenBase,
+    AuditMessageBase,
     DeliveryBase,
     JobBase,
     JobStepBase,
@@ -85,6 +86,15 @@ class DeliveryOut(DeliveryBase):
     job_id: int
     kind: str
     sop_instance_uid: str
+
+
+class AuditMessageOut(AuditMessageBase):
+    """A DICOM audit message as listed (``radloop audit list``): its row id (the syslog
+    ``sequenceId``) and columns; the XML with ``--xml``."""
+
+    id: int
+    pending: bool
+    xml: str = ""
 
 
 class TokenOut(ApiTokenBase):

@@ -28,6 +28,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from radloop.core import atna
+from radloop.core.db import session_scope
 from radloop.core.errors import ExportError, InputDataError
 from radloop.core.models import ReviewDecision
 from radloop.core.settings import Settings
@@ -77,6 +79,7 @@ class ExportRequest:
     seed: int = 0
     dataset_name: str = ""
     dataset_id: int = 500
+    requested_by: str = "unknown"  # who asked (a token, an OS user): the Export audit message's user
 
     def __post_init__(self) -> None:
         validation_target(2, self.val_fraction)  # raises for a fraction outside [0, 1)
@@ -167,6 +170,12 @@ def _export_locked(
     summary.new = len(plan.todo) - len(summary.failed) - summary.updated
     _finish(root, fmt, request.info, state)
     _count(state, summary)
+    failed = {c for c, _ in summary.failed}
+    exported = [case.series.StudyInstanceUID for cid, case in plan.todo.items() if cid not in failed]
+    if exported:  # PS3.15 A.5.3.7 Export: the studies whose data left radloop in this run
+        with session_scope(engine) as s:
+            message = atna.export(s, atna.person(request.requested_by), str(root), exported)
+            atna.record(s, settings.audit, message)
     log.info(
         "exported %s: %d new, %d updated, %d unchanged, %d removed, %d failed",
         root,

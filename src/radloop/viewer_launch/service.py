@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select
 
-from radloop.core import audit
+from radloop.core import atna, audit
 from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError, RequestError
 from radloop.core.models import AuditEvent, Result, ReviewDecision, Study, UsedLaunchLink
@@ -178,6 +178,9 @@ class ReviewService:
                 s, session.reviewer, "review.view", f"result:{result_id}", {"session": session.session_id}
             )
             view_id = event.id
+            viewer = atna.person(session.reviewer)
+            accessed = atna.instances_accessed(s, viewer, [source.study.study_instance_uid])
+            atna.record(s, self.settings.audit, accessed)
         study, series, job = source.study, source.series, source.job
         return {
             "result_id": result_id,
@@ -230,6 +233,9 @@ class ReviewService:
             session=session.session_id,
             results=len(rows),
         )
+        with session_scope(self.engine) as s:  # the worklist lists patients: audited as a query
+            listed = atna.query(atna.person(session.reviewer), f"review worklist (limit {limit})")
+            atna.record(s, self.settings.audit, listed)
         return rows
 
     def quality(self, session: ReviewSession, period: Period = "week") -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
@@ -23,7 +24,8 @@ from radloop.api.problems import responses
 from radloop.connector.dicomweb import qido, stow, wado
 from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.connector.ingest import IngestSession
-from radloop.core import tokens
+from radloop.core import atna, tokens
+from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError
 from radloop.core.roles import PermissionDeniedError
 
@@ -141,6 +143,32 @@ async def stow_study_default(study: str, request: Request, ctx: Ctx, caller: Ope
 # --------------------------------------------------------------------------- QIDO-RS
 
 
+def _audit_query(request: Request, ctx: Ctx, caller: tokens.Caller) -> None:
+    """A Query audit message (PS3.15 A.5.3.12) naming the QIDO-RS path and query string."""
+    text = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    address = request.client.host if request.client else ""
+    with session_scope(ctx.engine) as s:
+        atna.record(
+            s, ctx.settings.audit, atna.query(atna.person(f"token:{caller.name}", address=address), text)
+        )
+
+
+def _audit_access(request: Request, ctx: Ctx, caller: tokens.Caller, study: str) -> None:
+    """A DICOM Instances Accessed audit message (PS3.15 A.5.3.5) for a WADO-RS retrieve of ``study``:
+    one per client and study per ``audit.access_window_s`` (a viewer reads frame by frame)."""
+    address = request.client.host if request.client else ""
+    seen: dict[tuple[str, str, str], float] = request.app.state.__dict__.setdefault("wado_audited", {})
+    now, key = time.monotonic(), (caller.name, address, study)
+    if now - seen.get(key, -1e18) < ctx.settings.audit.access_window_s:
+        return
+    if len(seen) > 10_000:  # forget old entries rather than grow without bound
+        seen.clear()
+    seen[key] = now
+    with session_scope(ctx.engine) as s:
+        user = atna.person(f"token:{caller.name}", address=address)
+        atna.record(s, ctx.settings.audit, atna.instances_accessed(s, user, [study]))
+
+
 def _qido(rows: list[dict[str, Any]], ignored: list[str]) -> JSONResponse:
     response = JSONResponse(rows, media_type=DICOM_JSON)
     if ignored:
@@ -154,41 +182,46 @@ _QIDO_DOC = responses(400, 404, ok=_JSON_OK)
 
 
 @router.get("/studies", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_studies(request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def search_studies(request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Studies (matching keys, ``includefield``, ``limit``, ``offset`` as query)."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
+    _audit_query(request, ctx, caller)
     rows = qido.search_studies(ctx.index, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.STUDY_KEYS))
 
 
 @router.get("/series", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_all_series(request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def search_all_series(request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series in all studies."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
+    _audit_query(request, ctx, caller)
     rows = qido.search_series(ctx.index, None, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.SERIES_KEYS + qido.STUDY_KEYS[:-1]))
 
 
 @router.get("/studies/{study}/series", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_series(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def search_series(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
+    _audit_query(request, ctx, caller)
     rows = qido.search_series(ctx.index, study, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.SERIES_KEYS))
 
 
 @router.get("/studies/{study}/instances", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_study_instances(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def search_study_instances(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
+    _audit_query(request, ctx, caller)
     rows = qido.search_instances(ctx.index, study, None, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.INSTANCE_KEYS + qido.SERIES_KEYS))
 
 
 @router.get("/studies/{study}/series/{series}/instances", response_class=JSONResponse, responses=_QIDO_DOC)
-def search_instances(study: str, series: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def search_instances(study: str, series: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one series."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
+    _audit_query(request, ctx, caller)
     rows = qido.search_instances(ctx.index, study, series, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.INSTANCE_KEYS + qido.SERIES_KEYS))
 
@@ -207,16 +240,20 @@ _WADO_DOC = responses(400, 404, 406, ok=_MULTIPART_OK)
 
 
 @router.get("/studies/{study}", response_class=StreamingResponse, responses=_WADO_DOC)
-def retrieve_study(study: str, ctx: Ctx, _caller: Viewer, accept: Accept = None) -> StreamingResponse:
+def retrieve_study(
+    study: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
+) -> StreamingResponse:
     """WADO-RS Retrieve Study: every instance (received and results) as application/dicom."""
+    _audit_access(request, ctx, caller, study)
     return _multipart(wado.instance_bodies(ctx.index.instances(study), accept), "application/dicom")
 
 
 @router.get("/studies/{study}/series/{series}", response_class=StreamingResponse, responses=_WADO_DOC)
 def retrieve_series(
-    study: str, series: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
+    study: str, series: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Series."""
+    _audit_access(request, ctx, caller, study)
     return _multipart(wado.instance_bodies(ctx.index.instances(study, series), accept), "application/dicom")
 
 
@@ -224,9 +261,10 @@ def retrieve_series(
     "/studies/{study}/series/{series}/instances/{sop}", response_class=StreamingResponse, responses=_WADO_DOC
 )
 def retrieve_instance(
-    study: str, series: str, sop: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
+    study: str, series: str, sop: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Instance."""
+    _audit_access(request, ctx, caller, study)
     return _multipart(
         wado.instance_bodies(ctx.index.instances(study, series, sop), accept), "application/dicom"
     )
@@ -236,15 +274,17 @@ _META_DOC = responses(404, ok=_JSON_OK)
 
 
 @router.get("/studies/{study}/metadata", response_class=JSONResponse, responses=_META_DOC)
-def study_metadata(study: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def study_metadata(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Study Metadata (DICOM JSON; large binary values as BulkDataURI)."""
+    _audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
 
 @router.get("/studies/{study}/series/{series}/metadata", response_class=JSONResponse, responses=_META_DOC)
-def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _caller: Viewer) -> JSONResponse:
+def series_metadata(study: str, series: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Series Metadata."""
+    _audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study, series), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
@@ -255,9 +295,10 @@ def series_metadata(study: str, series: str, request: Request, ctx: Ctx, _caller
     responses=_META_DOC,
 )
 def instance_metadata(
-    study: str, series: str, sop: str, request: Request, ctx: Ctx, _caller: Viewer
+    study: str, series: str, sop: str, request: Request, ctx: Ctx, caller: Viewer
 ) -> JSONResponse:
     """WADO-RS Retrieve Instance Metadata."""
+    _audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study, series, sop), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
@@ -268,9 +309,17 @@ def instance_metadata(
     responses=_WADO_DOC,
 )
 def retrieve_frames(
-    study: str, series: str, sop: str, frames: str, ctx: Ctx, _caller: Viewer, accept: Accept = None
+    study: str,
+    series: str,
+    sop: str,
+    frames: str,
+    request: Request,
+    ctx: Ctx,
+    caller: Viewer,
+    accept: Accept = None,
 ) -> Response:
     """WADO-RS Retrieve Frames (``1`` or ``1,2,5``): uncompressed octet-stream, or as stored if compressed."""
+    _audit_access(request, ctx, caller, study)
     (inst,) = ctx.index.instances(study, series, sop)
     bodies = wado.frames(inst, frames, accept)
     return _multipart(bodies, bodies[0].content_type.split(";")[0])
@@ -281,8 +330,11 @@ def retrieve_frames(
     response_class=StreamingResponse,
     responses=_WADO_DOC,
 )
-def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, ctx: Ctx, _caller: Viewer) -> Response:
+def retrieve_bulkdata(
+    study: str, series: str, sop: str, tag: str, request: Request, ctx: Ctx, caller: Viewer
+) -> Response:
     """WADO-RS Retrieve Bulk Data of one top-level attribute (a ``BulkDataURI`` from the metadata)."""
+    _audit_access(request, ctx, caller, study)
     (inst,) = ctx.index.instances(study, series, sop)
     bodies = wado.bulkdata(inst, tag)
     return _multipart(bodies, bodies[0].content_type.split(";")[0])

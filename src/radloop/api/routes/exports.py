@@ -70,7 +70,7 @@ def exports_dir(settings: Settings) -> Path:
 
 
 @router.post("/exports", response_model=ExportOut, responses=responses(400, 409, 422))
-async def post_export(body: ExportIn, ctx: Ctx, _caller: DataSteward) -> dict[str, Any]:
+async def post_export(body: ExportIn, ctx: Ctx, caller: DataSteward) -> dict[str, Any]:
     """Export the reviewed results of a pipeline into the exports folder (or add to an earlier export)."""
     since = body.since if body.since is None or body.since.tzinfo else body.since.replace(tzinfo=UTC)
     try:
@@ -84,6 +84,7 @@ async def post_export(body: ExportIn, ctx: Ctx, _caller: DataSteward) -> dict[st
             seed=body.seed,
             dataset_name=body.dataset_name,
             dataset_id=body.dataset_id,
+            requested_by=f"token:{caller.name}",
         )
     except ValueError as e:
         raise RequestError(str(e)) from e

@@ -13,14 +13,15 @@ import logging
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from radloop.connector.outbound.destinations import sender_for
+from radloop.core import atna
 from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError, DeliveryError
 from radloop.core.jobs import backoff_seconds
 from radloop.core.models import Delivery, DeliveryState, Result, utcnow
-from radloop.core.settings import Settings
+from radloop.core.settings import DicomDestination, Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,26 @@ class Outbox:
             else:
                 self._schedule_retry(row, error)
             s.add(row)
+            if result is not None and row.state != DeliveryState.pending:
+                self._audit(s, row, result)
         return not error
+
+    def _audit(self, s: Session, row: Delivery, result: Result) -> None:
+        """DICOM Instances Transferred (PS3.15 A.5.3.4, action Read: radloop sent them), in the
+        transaction that marks the delivery sent or failed for good."""
+        source = atna.radloop_process(requestor=True, role=atna.ROLE_SOURCE)
+        destination = _participant(self.settings, row.destination)
+        failed = row.state == DeliveryState.failed
+        message = atna.instances_transferred(
+            s,
+            atna.EventAction.read,
+            source,
+            destination,
+            [result.study_instance_uid],
+            outcome=atna.Outcome.serious_failure if failed else atna.Outcome.success,
+            description=row.last_error if failed else f"{result.kind} {result.sop_instance_uid}",
+        )
+        atna.record(s, self.settings.audit, message)
 
     def _schedule_retry(self, row: Delivery, error: str) -> None:
         cfg = self.settings.outbox
@@ -91,3 +111,14 @@ class Outbox:
                 delay,
                 error,
             )
+
+
+def _participant(settings: Settings, name: str) -> atna.Participant:
+    """The destination as an audit participant: its AE title and host when it is a DICOM peer."""
+    try:
+        dest = settings.destination(name)
+    except ConfigError:
+        dest = None
+    if isinstance(dest, DicomDestination):
+        return atna.dicom_peer(dest.ae_title, requestor=False, role=atna.ROLE_DESTINATION, address=dest.host)
+    return atna.Participant(user_id=name, requestor=False, role=atna.ROLE_DESTINATION)

@@ -13,11 +13,13 @@ One module per section of the config file; import any name from here
 * :mod:`~radloop.core.settings.review`: launch URLs and the review app (``review``)
 * :mod:`~radloop.core.settings.oidc`: sign-on for people (``oidc``)
 * :mod:`~radloop.core.settings.xnat`: XNAT destinations, watcher and command (``xnat``)
+* :mod:`~radloop.core.settings.audit`: the ATNA audit trail and its syslog repository (``audit``)
 * :mod:`~radloop.core.settings.export`: training dataset export (``training_export``)
 * :mod:`~radloop.core.settings.common`: the shared ``Secret`` type and AE title check
 """
 
 from radloop.core.settings.api import ApiSettings
+from radloop.core.settings.audit import AuditRepository, AuditSettings
 from radloop.core.settings.common import (
     REVEAL_SECRETS,
     Key,
@@ -83,6 +85,8 @@ __all__ = [
     "AllowedCaller",
     "CommitmentPeer",
     "ApiSettings",
+    "AuditRepository",
+    "AuditSettings",
     "AutoBackendSettings",
     "DatabaseSettings",
     "Destination",

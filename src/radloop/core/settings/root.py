@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from radloop.core.errors import ConfigError
 from radloop.core.settings.api import ApiSettings
+from radloop.core.settings.audit import AuditSettings
 from radloop.core.settings.common import REVEAL_SECRETS, Key, StrictModel, iter_keys, key_weakness
 from radloop.core.settings.destinations import Destination, DestinationSettings, OutboxSettings
 from radloop.core.settings.dicom import DicomSettings, ListenerSettings
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     xnat: XnatSettings = Field(default_factory=XnatSettings)
     training_export: TrainingExportSettings = Field(default_factory=TrainingExportSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(
