@@ -124,6 +124,8 @@ class PrivateRabbit:
             conf.append(f"consumer_timeout = {consumer_timeout_ms}")
         (workdir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (workdir / "enabled_plugins").write_text("[].\n")
+        # consumer timeouts are checked on the channel tick (60 s by default): every second here
+        (workdir / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
         self.log_path = workdir / "rabbit.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -140,6 +142,7 @@ class PrivateRabbit:
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq"),
             "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(w / "advanced.config"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
             "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
             "RABBITMQ_LOG_BASE": str(w / "log"),
@@ -163,6 +166,10 @@ class PrivateRabbit:
                 f"RabbitMQ exited with {self._proc.returncode}: {self.log_path.read_text()[-3000:]}"
             )
         return _listening(self.host, self.port)
+
+    def log_text(self) -> str:
+        """The node's own log (connections, consumer timeouts)."""
+        return "".join(p.read_text(errors="replace") for p in (self.workdir / "log").glob("*.log"))
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
