@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from radloop.core.settings.common import StrictModel
+from radloop.core.settings.common import Secret, StrictModel
 
 
 class WorkerSettings(StrictModel):
@@ -38,7 +38,7 @@ class WorkerSettings(StrictModel):
         300.0, gt=0, description="How long `radloop serve` waits for its worker processes to start and warm."
     )
     # scale-out (workers.executor: celery); see pipelines/celery_executor.py
-    broker_url: SecretStr = Field(
+    broker_url: Secret = Field(
         SecretStr("amqp://guest:guest@127.0.0.1:5672//"), description="RabbitMQ URL for the celery executor."
     )
     queues: list[str] = Field(
