@@ -96,6 +96,10 @@ def make_app(settings: Settings, queues: list[str] | None = None) -> Celery:
         task_ignore_result=True,  # outcomes are job rows, not Celery results
         worker_prefetch_multiplier=1,  # a busy worker holds no message another worker could run
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # RabbitMQ's consumer timeout closes the channel of a long job (PRECONDITION_FAILED): a
+        # channel error Celery would treat as fatal (the worker, and its job, would stop); retried,
+        # the consumer reconnects, the job runs on, and the redelivered message is ignored
+        broker_channel_error_retry=True,
         worker_proc_alive_timeout=cfg.start_timeout_s,  # pool processes load their models first
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
