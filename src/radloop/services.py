@@ -130,6 +130,7 @@ def get_job(engine: Engine, job_id: int) -> JobDetail:
         return JobDetail.model_validate(
             job,
             update={
+                "worker": job.leased_by,
                 "steps": [JobStepOut.model_validate(x) for x in steps],
                 "results": [ResultOut.model_validate(r) for r in results],
             },

@@ -57,6 +57,8 @@ for group, name in [
     app.add_typer(group, name=name)
 app.command("run-pipeline")(run_pipeline.run_pipeline)
 app.command("serve")(serve.serve)
+app.command("worker")(serve.worker)
+app.command("health")(serve.health)
 app.command("send")(send.send)
 app.command("pull")(pulls.pull)
 app.command("review-url")(review.review_url)

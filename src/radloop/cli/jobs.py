@@ -32,7 +32,7 @@ def jobs_show(job_id: int, config: ConfigOpt = None, as_json: JsonOpt = False) -
     if as_json:
         write_json(job)
         return
-    table([job], ["id", "pipeline", "state", "attempts", "max_attempts", "error"], f"Job {job_id}")
+    table([job], ["id", "pipeline", "state", "attempts", "max_attempts", "worker", "error"], f"Job {job_id}")
     table(job.steps, ["attempt", "operator_id", "operator", "state", "duration_s", "error"], "Steps")
     table(job.results, ["kind", "sop_instance_uid", "series_instance_uid"], "Results")
 

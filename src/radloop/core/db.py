@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, make_url
+from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, create_engine, select
@@ -23,6 +23,7 @@ from radloop.core.settings import Settings
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x7261646C  # "radl": PostgreSQL advisory lock held while migrating
 MAX_ROW_ID = 2**63 - 1  # the largest integer SQLite and PostgreSQL BIGINT hold: larger ids are refused (422)
 
 
@@ -62,7 +63,19 @@ def upgrade(settings: Settings) -> None:
     """Bring the database schema to the newest migration (idempotent)."""
     if settings.database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(settings.database_url), "head")
+        command.upgrade(alembic_config(settings.database_url), "head")
+        return
+    # Several roles on several hosts may start together: one migrates at a time (an advisory lock).
+    engine = create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(settings.database_url), "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK})
+    finally:
+        engine.dispose()
 
 
 def require_current(settings: Settings) -> None:

@@ -74,6 +74,76 @@ def claim_next(engine: Engine, worker_id: str, lease_s: float) -> Job | None:
     return None
 
 
+def claim(engine: Engine, job_id: int, worker_id: str, lease_s: float) -> Job | None:
+    """Take one named job if it is queued and due (celery executor: the message named it).
+
+    None when the job is running elsewhere, finished, cancelled, not yet due or gone: a duplicate
+    or redelivered message then does nothing.
+    """
+    now = utcnow()
+    with session_scope(engine) as s:
+        res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.queued, col(Job.next_attempt_at) <= now)
+            .values(
+                state=JobState.running,
+                attempts=Job.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_s),
+                leased_by=worker_id,
+                started_at=now,
+                error="",
+            )
+        )
+        if res.rowcount != 1:
+            return None
+        s.commit()
+        return s.get(Job, job_id)
+
+
+def to_publish(engine: Engine, republish_after_s: float, limit: int = 200) -> list[Job]:
+    """Queued, due jobs whose id must go to the broker: never published, published before they were
+    last re-queued, or published ``republish_after_s`` ago and still not claimed (a lost message)."""
+    now = utcnow()
+    stale = now - timedelta(seconds=republish_after_s)
+    with session_scope(engine) as s:
+        return list(
+            s.exec(
+                select(Job)
+                .where(Job.state == JobState.queued, col(Job.next_attempt_at) <= now)
+                .where(
+                    col(Job.published_at).is_(None)
+                    | (col(Job.published_at) < col(Job.next_attempt_at))
+                    | (col(Job.published_at) < stale)
+                )
+                .order_by(col(Job.priority_rank), col(Job.created_at), col(Job.id))
+                .limit(limit)
+            ).all()
+        )
+
+
+def mark_published(engine: Engine, job: Job) -> bool:
+    """Take the right to publish ``job`` (as read by :func:`to_publish`): one conditional UPDATE, so
+    of several publishers (ingest hosts) only one sends it."""
+    previous = (
+        col(Job.published_at).is_(None)
+        if job.published_at is None
+        else col(Job.published_at) == job.published_at
+    )
+    with session_scope(engine) as s:
+        res: CursorResult[object] = s.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(col(Job.id) == job.id, col(Job.state) == JobState.queued, previous)
+            .values(published_at=utcnow())
+        )
+        return res.rowcount == 1
+
+
+def unmark_published(engine: Engine, job_id: int) -> None:
+    """The broker refused or could not be reached: publish this job again at the next tick."""
+    with session_scope(engine) as s:
+        s.execute(update(Job).where(col(Job.id) == job_id).values(published_at=None))
+
+
 def renew_lease(engine: Engine, job_id: int, worker_id: str, lease_s: float) -> bool:
     """Extend a running job's lease; False if the job is no longer ours (cancelled or re-queued)."""
     with session_scope(engine) as s:

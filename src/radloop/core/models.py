@@ -148,6 +148,7 @@ class Job(JobBase, table=True):
     idempotency_key: str = Field(unique=True)
     priority_rank: int = 2
     leased_by: str = ""
+    published_at: datetime | None = None  # celery executor: when its id was last sent to the broker
 
 
 class JobStepBase(SQLModel):

@@ -75,6 +75,7 @@ class ResultOut(ResultBase):
 class JobDetail(JobOut):
     """A job with its operator steps (every attempt) and its results."""
 
+    worker: str = ""  # who holds or last held its lease (e.g. ``worker-a:1234``)
     steps: list[JobStepOut]
     results: list[ResultOut]
 

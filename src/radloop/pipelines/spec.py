@@ -141,6 +141,11 @@ class ResourceNeeds(BaseModel):
 
     gpus: int = Field(0, ge=0, description="GPUs the pipeline needs; 0 = it runs on CPU.")
     memory_mb: int | None = Field(None, ge=1, description="Memory to reserve, in MiB; None = no reservation.")
+    queue: str | None = Field(
+        None,
+        min_length=1,
+        description="Celery queue of its jobs; None = workers.gpu_queue if gpus else cpu_queue.",
+    )
 
 
 class PipelineSpec(BaseModel):

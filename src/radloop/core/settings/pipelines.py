@@ -5,15 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
-from radloop.core.settings.common import StrictModel
+from radloop.core.settings.common import Secret, StrictModel
 
 
 class WorkerSettings(StrictModel):
     """The job executor."""
 
-    executor: Literal["local"] = "local"
+    executor: Literal["local", "celery"] = Field(
+        "local",
+        description="'local': worker processes of this host claim jobs from the database; "
+        "'celery': job ids travel over RabbitMQ to `radloop worker` processes on any host.",
+    )
     processes: int = Field(1, ge=1, description="Pipeline worker processes of the local executor.")
     lease_s: float = Field(
         120.0, gt=1, description="A running job whose lease is not renewed for this long is re-queued."
@@ -33,6 +37,21 @@ class WorkerSettings(StrictModel):
     start_timeout_s: float = Field(
         300.0, gt=0, description="How long `radloop serve` waits for its worker processes to start and warm."
     )
+    # scale-out (workers.executor: celery); see pipelines/celery_executor.py
+    broker_url: Secret = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672//"), description="RabbitMQ URL for the celery executor."
+    )
+    queues: list[str] = Field(
+        default_factory=lambda: ["cpu"], description="Queues a `radloop worker` consumes (--queues)."
+    )
+    cpu_queue: str = Field("cpu", min_length=1, description="Queue of pipelines that need no GPU.")
+    gpu_queue: str = Field("gpu", min_length=1, description="Queue of pipelines with resources.gpus > 0.")
+    republish_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="A queued job published this long ago and still not claimed is published again.",
+    )
+    name: str = Field("", description="Worker name in leases and `jobs show` (default: the host name).")
 
 
 class PipelineSettings(StrictModel):
