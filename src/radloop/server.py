@@ -66,7 +66,11 @@ class Server:
 
     def run_forever(self) -> None:
         """Tick the assembler until :meth:`stop` (or SIGTERM/SIGINT via :func:`serve`)."""
-        self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
+        outbox = threading.Thread(
+            target=self.runtime.outbox.run, args=(self.stop_event,), name="radloop-outbox", daemon=True
+        )
+        outbox.start()  # sends a job's results the moment its worker returns (runtime.results_ready)
+        self._threads.append(outbox)
         self.spawn("radloop-worklist", self.runtime.worklist.tick, 0.5)  # jobs → UPS workitems + events
         run_every("assembler", self.runtime.assembler.tick, 1.0, self.stop_event)
         self._shutdown()
@@ -82,6 +86,7 @@ class Server:
     def stop(self) -> None:
         """Ask :meth:`run_forever` and every spawned thread to finish after their current tick."""
         self.stop_event.set()
+        self.runtime.results_ready.notify()  # the outbox waits on it, not on stop_event
 
     def _shutdown(self) -> None:
         log.info("shutting down")

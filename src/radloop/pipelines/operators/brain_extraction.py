@@ -45,7 +45,6 @@ from radloop.inference.torchscript import TorchScriptBackend
 from radloop.pipelines.ports import AlgorithmIdentification, Code, LabelMap, Segment, Volume
 from radloop.pipelines.registry import Operator, OperatorContext
 from radloop.pipelines.timing import StageTimer
-from radloop.pipelines.warm import resolve_model
 
 BBOX_SHAPE = (128, 128, 128)
 """Grid of the bounding-box network (deepbet ``small_shape``)."""
@@ -145,7 +144,7 @@ def _backend(
     if path is not None:
         return torchscript_backend(path, name, shape)
     if ctx.models is not None:
-        return resolve_model(ctx.models, name).backend
+        return ctx.models.resolve(name).backend
     return torchscript_backend(deepbet_model_path(wheel_file), name, shape)
 
 
