@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -208,10 +209,16 @@ def report(studies: list[Study]) -> None:
         print(f"  SEG writer target ≤ 0.5 s: {'met' if writer <= 0.5 else 'NOT met'} ({writer:.2f} s)")
 
 
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages (other users inflate every figure)."""
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    print(f"load average at start: {load_average()} ({os.cpu_count()} CPUs)", flush=True)
     with tempfile.TemporaryDirectory(prefix="radloop-e2e-") as tmp_name:
         tmp = Path(tmp_name)
         t1 = peers.gunzip_series(T1_DIR, tmp / "t1")
@@ -220,6 +227,7 @@ def main() -> None:
             for n in range(1, args.rounds + 1):
                 studies += run_round(n, orthanc, t1, tmp)
         report(studies)
+    print(f"\nload average at end: {load_average()} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
