@@ -60,6 +60,7 @@ BRAIN_AE = "RADLOOP_BRAIN"
 STORESCU = "/usr/bin/storescu"
 T1_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mr-brain-t1-philips" / "series"
 SEG_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 600.0  # worker processes load their models before "ready": slow on a loaded machine
 POLL_S = 0.02
 
 
@@ -179,7 +180,9 @@ def run_round(n: int, orthanc: peers.OrthancServer, t1: list[Path], tmp: Path) -
     cold_dir, warm_dir = reidentify(t1, tmp / f"r{n}-cold"), reidentify(t1, tmp / f"r{n}-warm")
     studies = []
     (tmp / f"r{n}-server").mkdir()
-    with RadloopServer(tmp / f"r{n}-server", config(orthanc)) as server:
+    server = RadloopServer(tmp / f"r{n}-server", config(orthanc))
+    try:
+        server.start(timeout=START_TIMEOUT_S)
         for label, folder in (("cold", cold_dir), ("warm", warm_dir)):
             study, uid = Study(label), study_uid(folder)
             study.send_s, study.released_at = send(folder, server.port)
@@ -187,6 +190,8 @@ def run_round(n: int, orthanc: peers.OrthancServer, t1: list[Path], tmp: Path) -
             fill_split(study, server, uid)
             studies.append(study)
             print(f"round {n} {label}: end-to-end {study.split['end-to-end']:.2f} s", flush=True)
+    finally:
+        server.stop()
     return studies
 
 
