@@ -119,7 +119,11 @@ class RadloopServer:
         )
 
     def __enter__(self) -> RadloopServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a server that never got ready (a start timeout) must not outlive the test
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -1,9 +1,10 @@
 """The composition root: :meth:`Runtime.build` is the one place radloop's object graph is built.
 
 settings → engine → pipeline catalog → instance store → assembler → puller, read index, metrics
-registry, outbox, and a factory of local executors. ``radloop serve`` (:mod:`radloop.server`), the
-HTTP API (:func:`radloop.api.create_app`), every CLI command and each worker process take what they
-need from a :class:`Runtime`; nothing else calls these constructors.
+registry, outbox, the process's wake-up channels and model cache, and a factory of local executors.
+``radloop serve`` (:mod:`radloop.server`), the HTTP API (:func:`radloop.api.create_app`), every CLI
+command and each worker process take what they need from a :class:`Runtime`; nothing else calls
+these constructors.
 
 Parts are built on first use and then shared, so a command picks the parts it needs: ``pipelines
 list`` loads the catalog and never opens the database; ``jobs list`` opens the database and never
@@ -32,9 +33,12 @@ from radloop.connector.store import InstanceStore
 from radloop.core import db
 from radloop.core.metrics import registry_for
 from radloop.core.settings import Settings
+from radloop.inference.resolve import ModelResolver
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.executor import LocalExecutor
 from radloop.pipelines.operators import builtin_registry
+from radloop.pipelines.wakeup import Wakeup
+from radloop.pipelines.warm import MB, ModelCache
 
 OWNER_ONLY_UMASK = 0o077
 GROUP_UMASK = 0o007
@@ -136,7 +140,7 @@ class Runtime:
     @cached_property
     def assembler(self) -> Assembler:
         """Series completion and routing to pipelines."""
-        return Assembler(self.settings, self.engine, self.catalog)
+        return Assembler(self.settings, self.engine, self.catalog, self.jobs_queued)
 
     @cached_property
     def puller(self) -> Puller:
@@ -161,7 +165,7 @@ class Runtime:
     @cached_property
     def outbox(self) -> Outbox:
         """Deliveries of results to destinations, retried with backoff."""
-        return Outbox(self.settings, self.engine)
+        return Outbox(self.settings, self.engine, self.results_ready)
 
     @cached_property
     def worklist(self) -> Worklist:
@@ -175,6 +179,24 @@ class Runtime:
             return None
         return AuditSender(self.settings.audit, self.engine)
 
+    @cached_property
+    def jobs_queued(self) -> Wakeup:
+        """Jobs were queued in this process: the :attr:`assembler` notifies, the local executor waits."""
+        return Wakeup()
+
+    @cached_property
+    def results_ready(self) -> Wakeup:
+        """A job's results (and their deliveries) were committed: the local executor notifies when a
+        worker returns one, the :attr:`outbox` sends at once."""
+        return Wakeup()
+
+    @cached_property
+    def models(self) -> ModelCache:
+        """This process's loaded models, least recently used evicted beyond ``workers.model_memory_mb``
+        (a worker process warms it at start and its job runner resolves models through it)."""
+        budget = self.settings.workers.model_memory_mb * MB
+        return ModelCache(ModelResolver.from_settings(self.settings), budget)
+
     def executor(self) -> LocalExecutor:
         """A new local executor (dispatcher thread + worker processes); the caller starts and stops it."""
-        return LocalExecutor(self.settings, self.engine)
+        return LocalExecutor(self.settings, self.engine, self.jobs_queued, self.results_ready)

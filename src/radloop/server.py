@@ -35,7 +35,6 @@ from radloop.node_roles import HEARTBEAT_S, PARTS, Heartbeat, Role, check_role
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.celery_executor import JobPublisher, run_worker
 from radloop.pipelines.executor import LocalExecutor
-from radloop.pipelines.wakeup import JOBS_QUEUED
 from radloop.runtime import Runtime
 from radloop.viewer_launch.prefetch import ReviewPrefetcher
 
@@ -84,7 +83,11 @@ class Server:
         heartbeat = Heartbeat(self.settings, self.role)
         self.spawn("radloop-heartbeat", heartbeat.beat, HEARTBEAT_S)
         if "outbox" in parts:
-            self.spawn("radloop-outbox", self.runtime.outbox.tick, self.settings.outbox.poll_interval_s)
+            outbox = threading.Thread(
+                target=self.runtime.outbox.run, args=(self.stop_event,), name="radloop-outbox", daemon=True
+            )
+            outbox.start()  # sends a job's results the moment its worker returns (runtime.results_ready)
+            self._threads.append(outbox)
             sender = self.runtime.audit_sender
             if sender is not None:  # queued audit messages (of every role) → the syslog audit repository
                 self.spawn("radloop-audit", sender.tick, self.settings.audit.send_interval_s)
@@ -92,7 +95,9 @@ class Server:
             self.spawn("radloop-worklist", self.runtime.worklist.tick, 0.5)  # jobs → UPS workitems + events
         if self.publisher is not None:  # woken when this process queues a job, else polls
             args = ("publisher", self.publisher.tick, self.settings.workers.poll_interval_s, self.stop_event)
-            t = threading.Thread(target=run_every, args=(*args, JOBS_QUEUED.wait), name="radloop-publisher")
+            t = threading.Thread(
+                target=run_every, args=(*args, self.runtime.jobs_queued.wait), name="radloop-publisher"
+            )
             t.start()
             self._threads.append(t)
         if "ingest" in parts:
@@ -113,7 +118,8 @@ class Server:
     def stop(self) -> None:
         """Ask :meth:`run_forever` and every spawned thread to finish after their current tick."""
         self.stop_event.set()
-        JOBS_QUEUED.notify()
+        self.runtime.jobs_queued.notify()  # the celery publisher waits on it
+        self.runtime.results_ready.notify()  # the outbox waits on it, not on stop_event
 
     def _shutdown(self) -> None:
         log.info("shutting down")

@@ -4,6 +4,8 @@ Once ``radloop serve`` has logged that it is ready, its worker processes have st
 the brain pipeline's models, and the first study's job is claimed the moment it is queued: the
 job's own timestamps (``created_at`` when routing queued it, ``started_at`` when the dispatcher
 claimed it) are less than 100 ms apart, although the dispatcher's poll interval is far longer.
+Likewise its SEG is sent to the PACS (a real Orthanc) as soon as the job has finished, although
+the outbox's poll interval is ten minutes: the worker's return wakes the outbox.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 import peers
-from radloop.core.models import Job, JobStep
+from radloop.core.models import Delivery, Job, JobStep, Result
 from radloop.inference.packaged import DEEPBET_BBOX, DEEPBET_MASK
 from radloop_proc import RadloopServer
 
@@ -23,14 +25,18 @@ pytestmark = [pytest.mark.peers]
 
 BRAIN_AE = "RADLOOP_BRAIN"
 POLL_INTERVAL_S = 5.0  # far longer than the bound: only the wake-up can meet it
+OUTBOX_POLL_INTERVAL_S = 600.0  # likewise for the outbox's bound (60 s)
 
 
-def _config() -> dict[str, object]:
+def _config(orthanc: peers.OrthancServer) -> dict[str, object]:
     return {
         "dicom": {
             "listeners": [{"ae_title": BRAIN_AE, "pipelines": ["brain-extraction"], "quiet_period_s": 60}]
         },
         "workers": {"poll_interval_s": POLL_INTERVAL_S},
+        "outbox": {"poll_interval_s": OUTBOX_POLL_INTERVAL_S},
+        "destinations": [orthanc.destination()],
+        "pipelines": {"destinations": {"brain-extraction": ["pacs"]}},
     }
 
 
@@ -39,10 +45,17 @@ def _started_job(server: RadloopServer) -> Job | None:
         return s.exec(select(Job).where(col(Job.started_at).is_not(None))).first()
 
 
+def _seg_delivery(server: RadloopServer) -> Delivery | None:
+    with Session(server.engine) as s:
+        return s.exec(
+            select(Delivery).join(Result).where(Result.kind == "SEG", col(Delivery.sent_at).is_not(None))
+        ).first()
+
+
 def test_first_job_after_ready_starts_within_100_ms_of_being_queued_on_a_warm_worker(
-    t1_series_dir: Path, tmp_path: Path
+    t1_series_dir: Path, tmp_path: Path, orthanc: peers.OrthancServer
 ) -> None:
-    with RadloopServer(tmp_path, _config()) as server:
+    with RadloopServer(tmp_path, _config(orthanc)) as server:
         log = server.log_text()
         ready_at = log.index("radloop ready")
         warm_line = log.index("warm models: ")
@@ -70,3 +83,10 @@ def test_first_job_after_ready_starts_within_100_ms_of_being_queued_on_a_warm_wo
         assert step.stages["load"] < 0.25, step.stages  # taken from the warm cache, not loaded
         log = server.log_text()
         assert log.rindex(": in process (") < log.index("radloop ready"), log  # no model loaded after ready
+
+        # the SEG went to Orthanc when the job finished, not at the outbox's next poll (10 min)
+        delivery = peers.wait_for(lambda: _seg_delivery(server), 120, interval=0.2, what="the SEG's delivery")
+        with Session(server.engine) as s:
+            finished = s.get(Job, job.id)
+        assert finished is not None and finished.finished_at is not None and delivery.sent_at is not None
+        assert delivery.sent_at - finished.finished_at < timedelta(seconds=60), (delivery, finished)

@@ -1,15 +1,21 @@
 """The composition root builds each part once, on first use, and never migrates unless asked to;
-``run_every`` survives a failing tick and stops when told."""
+it owns the process's wake-up channels and model cache; ``run_every`` survives a failing tick and
+stops when told; the outbox attempts a delivery when woken, not at its next poll."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session
 
+from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError
+from radloop.core.models import Delivery, Job, Result, Series, Study
 from radloop.core.settings import Settings, load_settings
 from radloop.core.ticking import run_every
 from radloop.runtime import Runtime
@@ -57,3 +63,80 @@ def test_run_every_logs_a_failing_tick_and_goes_on(caplog: pytest.LogCaptureFixt
     assert len(calls) == 3
     assert [r.getMessage() for r in caplog.records] == ["outbox tick failed"]
     assert caplog.records[0].exc_info is not None
+
+
+def test_wakeups_and_model_cache_belong_to_the_runtime(settings: Settings) -> None:
+    runtime = Runtime.build(settings, migrate=True).preload()
+    assert runtime.assembler.jobs_queued is runtime.jobs_queued
+    assert runtime.outbox.wakeup is runtime.results_ready
+    executor = runtime.executor()
+    try:
+        assert executor.wakeup is runtime.jobs_queued and executor.results_ready is runtime.results_ready
+    finally:
+        executor.stop(wait=True)
+    assert runtime.models is runtime.models
+    assert runtime.models.budget_bytes == settings.workers.model_memory_mb << 20
+    other = Runtime.build(settings, migrate=False)  # another process's runtime: channels of its own
+    assert other.jobs_queued is not runtime.jobs_queued and other.models is not runtime.models
+
+
+def _pending_delivery(s: Session, key: str) -> int:
+    study = Study(study_instance_uid=f"1.2.{key}")
+    s.add(study)
+    s.flush()
+    series = Series(study_id=study.id, series_instance_uid=f"1.2.{key}.1")  # type: ignore[arg-type]
+    s.add(series)
+    s.flush()
+    job = Job(pipeline="p", series_id=series.id, idempotency_key=key)  # type: ignore[arg-type]
+    s.add(job)
+    s.flush()
+    result = Result(job_id=job.id, kind="SEG", sop_instance_uid=f"1.2.{key}.9", path="x.dcm")  # type: ignore[arg-type]
+    s.add(result)
+    s.flush()
+    delivery = Delivery(result_id=result.id, destination="nowhere")  # type: ignore[arg-type]
+    s.add(delivery)
+    s.flush()
+    return int(delivery.id)  # type: ignore[arg-type]
+
+
+def _attempts(runtime: Runtime, delivery_id: int) -> int:
+    with session_scope(runtime.engine) as s:
+        row = s.get(Delivery, delivery_id)
+        assert row is not None
+        return row.attempts
+
+
+def test_the_outbox_attempts_a_delivery_when_woken_not_at_its_poll_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RADLOOP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RADLOOP_OUTBOX__POLL_INTERVAL_S", "3600")  # only a wake-up can be in time
+    runtime = Runtime.build(load_settings(None), migrate=True)
+    with session_scope(runtime.engine) as s:
+        first = _pending_delivery(s, "first")
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.outbox.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # the first tick runs at once: the delivery to an unconfigured destination is attempted
+        # (and fails, visibly); the outbox then waits for a wake-up or an hour
+        _wait_until(lambda: _attempts(runtime, first) == 1)
+        with session_scope(runtime.engine) as s:
+            second = _pending_delivery(s, "second")
+        runtime.results_ready.notify()  # what the executor does when a job's worker returns
+        _wait_until(lambda: _attempts(runtime, second) == 1)
+    finally:
+        stop.set()
+        runtime.results_ready.notify()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    with session_scope(runtime.engine) as s:
+        row = s.get(Delivery, second)
+        assert row is not None and "nowhere" in row.last_error
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout (far below the outbox's poll interval)"
+        time.sleep(0.05)

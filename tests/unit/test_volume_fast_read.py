@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from helpers_data import series_ref_of, t1_series_paths
+from radloop.core.errors import InputDataError
 from radloop.pipelines.volume import load_volume
 
 
@@ -54,3 +55,27 @@ def test_fast_and_whole_file_reads_give_the_same_volume(
     assert len(volume.source_frames) == len(paths)
     for index, frame in enumerate(volume.source_frames):
         assert np.array_equal(volume.array[index], expected[frame.sop_instance_uid]), frame
+
+
+def test_a_bad_value_fails_by_file_name_although_other_slices_repeat_the_tag(
+    t1_few: list[Path], tmp_path: Path
+) -> None:
+    """Values repeated across slices are decoded once per series; a slice whose copy of the tag holds
+    a different (bad) value is still decoded, and fails the load naming that file."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    paths = []
+    for path in t1_few:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00189087, "FD", 1000.0)  # Diffusion b-value: group 0018, inside the fast path
+        paths.append(folder / path.name)
+        ds.save_as(paths[-1], enforce_file_format=True)
+    good = b"\x18\x00\x87\x90FD\x08\x00" + np.float64(1000.0).tobytes()
+    raw = paths[3].read_bytes()
+    assert raw.count(good) == 1
+    paths[3].write_bytes(raw.replace(good, b"\x18\x00\x87\x90FD\x05\x00" + b"\x01" * 5))  # 5 bytes: no FD
+
+    with pytest.raises(InputDataError, match=paths[3].name):
+        load_volume(paths, series_ref_of(paths[0]))
+    volume = load_volume(paths[:3], series_ref_of(paths[0]))  # the same tag with good values loads
+    assert len(volume.source_frames) == 3

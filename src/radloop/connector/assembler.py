@@ -25,7 +25,7 @@ from radloop.core.db import session_scope
 from radloop.core.models import Series, SeriesState, Study, utcnow
 from radloop.core.settings import Settings
 from radloop.pipelines.catalog import PipelineCatalog
-from radloop.pipelines.wakeup import JOBS_QUEUED
+from radloop.pipelines.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 DEFAULT_QUIET_PERIOD_S = 10.0
@@ -34,10 +34,14 @@ DEFAULT_QUIET_PERIOD_S = 10.0
 class Assembler:
     """Series completion and routing."""
 
-    def __init__(self, settings: Settings, engine: Engine, catalog: PipelineCatalog) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, catalog: PipelineCatalog, jobs_queued: Wakeup | None = None
+    ) -> None:
+        """``jobs_queued`` is notified after jobs are committed (the runtime's, which its executor awaits)."""
         self.settings = settings
         self.engine = engine
         self.catalog = catalog
+        self.jobs_queued = jobs_queued if jobs_queued is not None else Wakeup()
 
     def resume(self) -> None:
         """At start-up: restart the quiet period of every open series (a sender may be resending)."""
@@ -85,12 +89,17 @@ class Assembler:
 
     def _finish_waiting_studies(self) -> None:
         """Study-level pipelines whose ``wait_s`` passed: queue the job or mark the study unmatched."""
+        queued = False
         with session_scope(self.engine) as s:
             for trigger in due_triggers(s):
                 study = s.get(Study, trigger.study_id)
                 if study is None or trigger.pipeline not in self.catalog:
                     continue
-                route_study(s, study, self.catalog.get(trigger.pipeline), self.settings, deadline_passed=True)
+                pipeline = self.catalog.get(trigger.pipeline)
+                job = route_study(s, study, pipeline, self.settings, deadline_passed=True)
+                queued = queued or job is not None
+        if queued:
+            self.jobs_queued.notify()  # committed: the dispatcher claims them now
 
     def _quiet(self, series: Series) -> timedelta:
         listener = self.settings.listener(series.called_ae) if series.called_ae else None
@@ -117,5 +126,5 @@ class Assembler:
                 series.instance_count,
                 len(jobs),
             )
-        JOBS_QUEUED.notify()  # committed: the dispatcher claims them now, not at its next poll
+        self.jobs_queued.notify()  # committed: the dispatcher claims them now, not at its next poll
         return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 from radloop.core.errors import PermanentJobError
 from radloop.core.settings import (
@@ -54,6 +55,19 @@ class ResolvedModel:
                 "prepare its input"
             )
         return self.spec
+
+
+class ModelSource(Protocol):
+    """Where a job's operators get models by name: a :class:`ModelResolver`, or a worker's
+    :class:`~radloop.pipelines.warm.ModelCache` in front of one."""
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """The backend that runs ``name``."""
+        ...
+
+    def shadows(self, name: str) -> list[ResolvedModel]:
+        """The versions of ``name`` staged ``shadow``."""
+        ...
 
 
 class ModelResolver:

@@ -28,8 +28,8 @@ from radloop.core.errors import JobError
 from radloop.core.logging import configure_logging
 from radloop.core.settings import Settings
 from radloop.core.ticking import run_every
-from radloop.pipelines.wakeup import JOBS_QUEUED, Wakeup
-from radloop.pipelines.warm import warm_models, warm_summary
+from radloop.pipelines.wakeup import Wakeup
+from radloop.pipelines.warm import ModelCache, warm_models
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,19 @@ class _Running:
 class LocalExecutor:
     """Claims jobs from the database and runs them in worker processes."""
 
-    def __init__(self, settings: Settings, engine: Engine, wakeup: Wakeup = JOBS_QUEUED) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        wakeup: Wakeup | None = None,
+        results_ready: Wakeup | None = None,
+    ) -> None:
+        """``wakeup``: notified when jobs are queued (the runtime's ``jobs_queued``); ``results_ready``:
+        notified here when a job's worker returns, its results committed (the outbox awaits it)."""
         self.settings = settings
         self.engine = engine
-        self.wakeup = wakeup
+        self.wakeup = wakeup if wakeup is not None else Wakeup()
+        self.results_ready = results_ready if results_ready is not None else Wakeup()
         self.worker_id = f"{worker_prefix()}:{os.getpid()}"
         self._stop = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -133,8 +142,13 @@ class LocalExecutor:
                 "job %s (%s) started, attempt %d/%d", job.id, job.pipeline, job.attempts, job.max_attempts
             )
             future = self._pool.submit(_run_in_worker, job.id, self.worker_id)
-            future.add_done_callback(lambda _: self.wakeup.notify())  # reap it and start the next now
+            future.add_done_callback(self._job_returned)
             self._running[job.id] = _Running(future, time.monotonic())
+
+    def _job_returned(self, _future: Future[str]) -> None:
+        """A worker returned a job: its results are committed; send them, reap it, start the next."""
+        self.results_ready.notify()
+        self.wakeup.notify()
 
     def _renew_leases(self) -> None:
         interval = self.settings.workers.lease_s / 3
@@ -195,15 +209,19 @@ def _init_worker(settings_json: str) -> None:
     if settings.workers.torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
     runtime = Runtime.build(settings, migrate=False)
-    _WORKER["runner"] = JobRunner(settings, runtime.engine, runtime.catalog, priors=runtime.priors)
-    warm_models(settings, runtime.catalog)
+    _WORKER["runner"] = JobRunner(
+        settings, runtime.engine, runtime.catalog, priors=runtime.priors, models=runtime.models
+    )
+    warm_models(runtime.models, settings, runtime.catalog)
+    _WORKER["models"] = runtime.models
     _WORKER["settings"] = settings
     _WORKER["engine"] = runtime.engine
 
 
 def _worker_started() -> tuple[int, str]:
     """A no-op run in a worker process once its initializer is done: its pid and warm models."""
-    return os.getpid(), warm_summary()
+    models = _WORKER.get("models")
+    return os.getpid(), models.summary() if isinstance(models, ModelCache) else ""
 
 
 def _run_in_worker(job_id: int, worker_id: str) -> str:

@@ -28,7 +28,7 @@ from radloop.core.uids import derived_uid
 from radloop.pipelines.timing import StageTimer
 
 if TYPE_CHECKING:
-    from radloop.inference.resolve import ModelResolver
+    from radloop.inference.resolve import ModelSource
 
 
 class NoOptions(BaseModel):
@@ -48,8 +48,8 @@ class OperatorContext:
     models_dir: Path | None = None
     pipeline_name: str = ""
     pipeline_version: str = ""
-    models: ModelResolver | None = None
-    """Model name → backend (settings + model store); set by the job runner."""
+    models: ModelSource | None = None
+    """Model name → backend (settings + model store; a worker's warm model cache); set by the job runner."""
     stages: StageTimer = field(default_factory=StageTimer)
     """Timings of the running step's stages; the step loop gives each step a fresh timer."""
 

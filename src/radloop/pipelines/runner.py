@@ -43,7 +43,7 @@ from radloop.core.models import (
 )
 from radloop.core.refs import SeriesRef
 from radloop.core.settings import Settings
-from radloop.inference.resolve import ModelResolver
+from radloop.inference.resolve import ModelResolver, ModelSource
 from radloop.pipelines.catalog import PipelineCatalog
 from radloop.pipelines.ports import DicomObjects, SeriesInput
 from radloop.pipelines.priors import PriorLookup
@@ -65,13 +65,20 @@ class JobRunner:
     """Executes jobs of the pipelines in ``catalog`` against the store and database."""
 
     def __init__(
-        self, settings: Settings, engine: Engine, catalog: PipelineCatalog, priors: PriorLookup | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        catalog: PipelineCatalog,
+        priors: PriorLookup | None = None,
+        models: ModelSource | None = None,
     ) -> None:
+        """``models``: a worker's warm model cache (:attr:`radloop.runtime.Runtime.models`); by
+        default a resolver of its own. Either way backends outlive jobs: a model loads once."""
         self.settings = settings
         self.engine = engine
         self.catalog = catalog
         self.priors = priors
-        self.models = ModelResolver.from_settings(settings)  # backends outlive jobs: a model loads once
+        self.models: ModelSource = models if models is not None else ModelResolver.from_settings(settings)
 
     def run(self, job_id: int) -> list[int]:
         """Run the job (which the caller has claimed); returns the ids of its result rows."""

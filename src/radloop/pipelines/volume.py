@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
@@ -100,7 +101,8 @@ def load_volume(paths: Sequence[Path], series: SeriesRef) -> Volume:
     """
     if not paths:
         raise InputDataError(f"series {series.SeriesInstanceUID}: no files to build a volume from")
-    read = [_read_header(Path(p)) for p in paths]
+    checked: set[Hashable] = set()  # raw values already decoded once in this series
+    read = [_read_header(Path(p), checked) for p in paths]
     datasets = [ds for ds, _ in read]
     frames: list[_Frame] = []
     for index, (path, ds) in enumerate(zip(paths, datasets, strict=True)):
@@ -131,9 +133,16 @@ def _hand_headers_to_writers(paths: Sequence[Path], read: Sequence[tuple[Dataset
             headers.remember(Path(path), ds)
 
 
-def _read_header(path: Path) -> tuple[Dataset, bool]:
+def _read_header(path: Path, checked: set[Hashable] | None = None) -> tuple[Dataset, bool]:
     """Parse ``path`` (tolerantly: no preamble needed), opening it once: groups 0002-0028 and the
-    pixel data where the fast path applies (module docstring; then True), else the whole file."""
+    pixel data where the fast path applies (module docstring; then True), else the whole file.
+
+    Every top-level value is decoded now, so that a bad one fails here, by name. ``checked``
+    (shared by the files of one series) remembers the raw values that decoded: the slices of a
+    series repeat most of their header (patient, study, series, equipment), and a value already
+    decoded with the same character set decodes again, so it is left for pydicom to decode when
+    (if ever) it is read.
+    """
     try:
         with path.open("rb") as fp:
             ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
@@ -141,11 +150,26 @@ def _read_header(path: Path) -> tuple[Dataset, bool]:
             if not partial:
                 fp.seek(0)
                 ds = pydicom.dcmread(fp, force=True)
-        for _element in ds:  # decode every top-level value now: a bad one fails here, by name
-            pass
+        _decode_values(ds, set() if checked is None else checked)
         return ds, partial
     except (InvalidDicomError, OSError) + PARSE_ERRORS as e:
         raise InputDataError(f"{path.name}: not a readable DICOM file ({type(e).__name__}: {e})") from e
+
+
+def _decode_values(ds: Dataset, checked: set[Hashable]) -> None:
+    """Decode each top-level value of ``ds`` unless the same raw value (same tag, VR, encoding and
+    character set) was decoded before; raises what pydicom raises for a bad one."""
+    charset = ds.get_item(0x00080005)
+    charset_key = charset.value if isinstance(charset, RawDataElement) else repr(ds.get(0x00080005))
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset itself would decode every value
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement):
+            continue  # parsed already (sequences, pixel data)
+        key = (charset_key, raw.tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian)
+        if key in checked:
+            continue
+        ds[tag]  # noqa: B018 - decodes the value (and raises for a bad one)
+        checked.add(key)
 
 
 def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool:

@@ -1,10 +1,15 @@
-"""Wake-up of the job dispatcher: "a job was queued", signalled inside one process.
+"""Wake-ups inside one process: "something was committed, look now" instead of at the next poll.
 
-The assembler queues jobs in the same process as the local executor's dispatcher thread
-(``radloop serve``); it notifies :data:`JOBS_QUEUED` after committing them, so the dispatcher
-claims a job the moment it is queued instead of at its next poll. The signal carries no data:
-the database stays the truth, and the dispatcher still polls (``workers.poll_interval_s``) for
-jobs queued elsewhere (another process, a retry falling due).
+The :class:`~radloop.runtime.Runtime` owns one per channel (nothing here is a process global):
+
+* ``jobs_queued``: the assembler notifies it after committing queued jobs; the local executor's
+  dispatcher claims them the moment they are queued.
+* ``results_ready``: the local executor notifies it when a job's worker process has returned (its
+  results and their delivery rows are committed by then); the outbox sends them at once.
+
+A signal carries no data: the database stays the truth, and each waiter still polls
+(``workers.poll_interval_s``, ``outbox.poll_interval_s``) for work from elsewhere (another
+process, a retry falling due).
 """
 
 from __future__ import annotations
@@ -27,7 +32,3 @@ class Wakeup:
         woke = self._event.wait(timeout)
         self._event.clear()
         return woke
-
-
-JOBS_QUEUED = Wakeup()
-"""Jobs were queued in this process (set by the assembler, awaited by the local executor)."""

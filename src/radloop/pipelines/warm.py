@@ -1,12 +1,12 @@
 """Warm models: a worker process loads the models of its pipelines when it starts, not at the
 first job, and keeps them in a least-recently-used cache bounded by a memory budget.
 
-A worker process calls :func:`warm_models` once from its initializer. That builds the process's
-:class:`ModelCache` (``workers.model_memory_mb``) and loads, in order, the models named by the
-pipelines that listeners route to, then those of the other pipelines, while they fit the budget.
-The inference operators resolve models through :func:`resolve_model`, which uses this cache
-when the job's resolver has the same inference settings and model store (always, in a worker),
-and the job's own resolver otherwise (tests, ``radloop run-pipeline``).
+A process's :class:`ModelCache` (``workers.model_memory_mb``) is part of its
+:class:`~radloop.runtime.Runtime` (:attr:`~radloop.runtime.Runtime.models`); a worker process's
+job runner resolves models through it. The worker's initializer calls :func:`warm_models`, which
+loads, in order, the models named by the pipelines that listeners route to, then those of the
+other pipelines, while they fit the budget. Jobs run elsewhere (tests, ``radloop run-pipeline``)
+resolve through their own :class:`~radloop.inference.resolve.ModelResolver`.
 
 The first SEG a process writes also pays a one-off second or so inside highdicom (its tables of
 IODs and modules load on first use), so :func:`warm_models` writes one tiny SEG in memory too.
@@ -68,6 +68,22 @@ class ModelCache:
             resolver.settings == self.resolver.settings and resolver.store.root == self.resolver.store.root
         )
 
+    def resolve(self, name: str) -> ResolvedModel:
+        """:meth:`get` (this cache is a :class:`~radloop.inference.resolve.ModelSource`)."""
+        return self.get(name)
+
+    def shadows(self, name: str) -> list[ResolvedModel]:
+        """Shadow versions of ``name``, from the resolver (they run beside production, uncached here)."""
+        return self.resolver.shadows(name)
+
+    def summary(self) -> str:
+        """E.g. ``deepbet_bbox, deepbet_mask (2 models, 1140 MB of 4096 MB)``; "" if none is held."""
+        names = self.names()
+        if not names:
+            return ""
+        used_mb, budget_mb = self.used_bytes // MB, self.budget_bytes // MB
+        return f"{', '.join(names)} ({len(names)} models, {used_mb} MB of {budget_mb} MB)"
+
     def get(self, name: str) -> ResolvedModel:
         """The model ``name``, loaded if needed; least recently used models make room for it."""
         with self._lock:
@@ -108,20 +124,12 @@ class ModelCache:
         return stored.path.stat().st_size
 
 
-_PROCESS_CACHE: ModelCache | None = None
-"""This process's warm models, set once by :func:`warm_models` (worker processes only)."""
-
-
-def warm_models(settings: Settings, catalog: PipelineCatalog) -> ModelCache | None:
-    """Worker start: build this process's model cache and load the models of ``catalog``'s
-    pipelines that fit the budget (listeners' pipelines first). None if ``workers.warm_models``
-    is off. A model that cannot be loaded is logged and left for the job to report."""
-    global _PROCESS_CACHE
-    cfg = settings.workers
-    if not cfg.warm_models:
-        return None
-    cache = ModelCache(ModelResolver.from_settings(settings), cfg.model_memory_mb * MB)
-    _PROCESS_CACHE = cache
+def warm_models(cache: ModelCache, settings: Settings, catalog: PipelineCatalog) -> None:
+    """Worker start: load into ``cache`` the models of ``catalog``'s pipelines that fit its budget
+    (listeners' pipelines first), unless ``workers.warm_models`` is off. A model that cannot be
+    loaded is logged and left for the job to report."""
+    if not settings.workers.warm_models:
+        return
     for name in models_to_warm(settings, catalog):
         try:
             cache.warm(name)
@@ -129,9 +137,8 @@ def warm_models(settings: Settings, catalog: PipelineCatalog) -> ModelCache | No
             log.info("model %s not warmed: not in the model store", name)
         except RadloopError as e:
             log.warning("model %s not warmed: %s", name, e)
-    log.info("warm models: %s", warm_summary() or "none")
+    log.info("warm models: %s", cache.summary() or "none")
     prime_seg_writer()
-    return cache
 
 
 def prime_seg_writer() -> None:
@@ -188,25 +195,6 @@ def prime_seg_writer() -> None:
         software_versions="0",
         device_serial_number="0",
     )
-
-
-def warm_summary() -> str:
-    """E.g. ``deepbet_bbox, deepbet_mask (2 models, 1140 MB of 4096 MB)``; "" if none is warm."""
-    cache = _PROCESS_CACHE
-    if cache is None or not cache.names():
-        return ""
-    names = cache.names()
-    used_mb, budget_mb = cache.used_bytes // MB, cache.budget_bytes // MB
-    return f"{', '.join(names)} ({len(names)} models, {used_mb} MB of {budget_mb} MB)"
-
-
-def resolve_model(resolver: ModelResolver, name: str) -> ResolvedModel:
-    """The model ``name`` for a job resolving through ``resolver``: from this process's warm cache
-    when it serves that resolver, else from the resolver itself."""
-    cache = _PROCESS_CACHE
-    if cache is not None and cache.serves(resolver):
-        return cache.get(name)
-    return resolver.resolve(name)
 
 
 def models_to_warm(settings: Settings, catalog: PipelineCatalog) -> list[str]:

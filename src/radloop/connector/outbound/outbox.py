@@ -10,6 +10,7 @@ re-sent result replaces (not duplicates) the copy a PACS already holds.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -22,16 +23,26 @@ from radloop.core.errors import ConfigError, DeliveryError
 from radloop.core.jobs import backoff_seconds
 from radloop.core.models import Delivery, DeliveryState, Result, utcnow
 from radloop.core.settings import DicomDestination, Settings
+from radloop.core.ticking import run_every
+from radloop.pipelines.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 
 class Outbox:
-    """Sends due deliveries; call :meth:`tick` periodically."""
+    """Sends due deliveries; call :meth:`tick` periodically, or at once when :attr:`wakeup` fires."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, wakeup: Wakeup | None = None) -> None:
+        """``wakeup``: notified when deliveries were committed (a job's worker returned), so
+        :meth:`run` attempts them the moment they exist instead of at its next poll."""
         self.settings = settings
         self.engine = engine
+        self.wakeup = wakeup if wakeup is not None else Wakeup()
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop``: at once when woken, else every ``outbox.poll_interval_s`` (deliveries
+        queued by other processes, retries falling due). Set ``stop``, then notify, to end it."""
+        run_every("outbox", self.tick, self.settings.outbox.poll_interval_s, stop, self.wakeup.wait)
 
     def tick(self, limit: int = 50) -> int:
         """Attempt every due delivery (at most ``limit``); returns how many were sent."""

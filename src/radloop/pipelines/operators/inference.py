@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from radloop.core.errors import InferenceError, PermanentJobError
 from radloop.inference.model_spec import CodeSpec, ModelSpec
 from radloop.inference.preprocess import normalize, prepare, resize_linear, restore
-from radloop.inference.resolve import ModelResolver, ResolvedModel
+from radloop.inference.resolve import ModelSource, ResolvedModel
 from radloop.inference.sliding_window import run_model, window_size
 from radloop.pipelines.ports import (
     AlgorithmIdentification,
@@ -40,7 +40,6 @@ from radloop.pipelines.ports import (
 from radloop.pipelines.registry import Operator, OperatorContext
 from radloop.pipelines.shadow import run_shadows
 from radloop.pipelines.timing import StageTimer
-from radloop.pipelines.warm import resolve_model
 
 WindowMode = Literal["auto", "always", "never"]
 
@@ -183,7 +182,7 @@ class InferClassify(Operator[ClassifyOptions]):
 # --- the stages ----------------------------------------------------------------------------------
 
 
-def resolver(ctx: OperatorContext) -> ModelResolver:
+def resolver(ctx: OperatorContext) -> ModelSource:
     """The job's model resolver; a pipeline run without one cannot use store models."""
     if ctx.models is None:
         raise PermanentJobError("this operator needs the model store, but the job has no model resolver")
@@ -194,7 +193,7 @@ def load_model(ctx: OperatorContext, name: str, timer: StageTimer) -> ResolvedMo
     """The model ``name`` resolved through the job's model store (or this worker's warm models),
     timed as stage ``load``."""
     with timer.stage("load"):
-        return resolve_model(resolver(ctx), name)
+        return resolver(ctx).resolve(name)
 
 
 def segment(
