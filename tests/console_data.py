@@ -53,7 +53,9 @@ def store_studies(store: InstanceStore, n: int, start: int = 0) -> list[Dataset]
     made = []
     for i in range(start, start + n):
         ds = study_dataset(i)
-        info = describe(ds, ExplicitVRLittleEndian, called_ae=AE_TITLES[i % len(AE_TITLES)], calling_ae="MODALITY")
+        info = describe(
+            ds, ExplicitVRLittleEndian, called_ae=AE_TITLES[i % len(AE_TITLES)], calling_ae="MODALITY"
+        )
         store.store(encode(ds), info, ds)
         made.append(ds)
     return made

@@ -741,9 +741,7 @@ def _bucket_counts(
     sums = [
         func.coalesce(func.sum(case(((column >= t) & (column < t + step), 1), else_=0)), 0) for t in starts
     ]
-    row = s.exec(
-        select(*sums).where(column >= starts[0], column < starts[-1] + step, *where)  # type: ignore[call-overload]
-    ).one()
+    row = s.exec(select(*sums).where(column >= starts[0], column < starts[-1] + step, *where)).one()
     return [int(v) for v in row]
 
 

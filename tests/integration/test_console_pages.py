@@ -33,7 +33,6 @@ from radloop.core.metrics import registry_for
 from radloop.core.models import (
     AuditEvent,
     Delivery,
-    DeliveryState,
     Job,
     JobState,
     JobStep,
@@ -161,9 +160,12 @@ def test_pages_need_a_session_and_actions_the_operator_role(client: TestClient, 
     assert client.post("/console/api/jobs/1/retry", headers={"X-Radloop-Console": "1"}).status_code == 401
     bad = client.post("/console/login", data={"token": "not-a-token"})
     assert bad.status_code == 401 and "unknown API token" in bad.text
-    assert client.post("/console/login", data={"token": env.token("viewer"), "next": "//evil"}).headers[
-        "location"
-    ] == "/console/"
+    assert (
+        client.post("/console/login", data={"token": env.token("viewer"), "next": "//evil"}).headers[
+            "location"
+        ]
+        == "/console/"
+    )
     assert client.get("/console/").status_code == 200
     job_id = _job(env, JobState.failed, "bad input")
     denied = client.post(f"/console/api/jobs/{job_id}/retry", headers={"X-Radloop-Console": "1"})
@@ -209,7 +211,9 @@ def test_study_search_pages_and_filters(client: TestClient, env: Env) -> None:
         "patient=%25": 0,  # a LIKE wildcard is matched literally
     }
     for query, expected in cases.items():
-        found = services.search_studies(env.engine, **dict(kv.split("=") for kv in query.replace("%25", "%").split("&")))  # type: ignore[arg-type]
+        found = services.search_studies(
+            env.engine, **dict(kv.split("=") for kv in query.replace("%25", "%").split("&"))
+        )  # type: ignore[arg-type]
         assert found.total == expected, query
         page = client.get(f"/console/studies?{query}")
         assert page.status_code == 200 and _rows(page.text, "studies") == expected, query
@@ -273,7 +277,6 @@ def test_a_broken_pipeline_file_shows_its_error_with_file_line_and_field(
     finally:
         broken.unlink()
     assert page.status_code == 200
-    cli_said = CliRunner().invoke(cli, ["pipelines", "validate", str(tmp_path / "b.yaml")])
     (tmp_path / "b.yaml").write_text(BROKEN)
     cli_said = CliRunner().invoke(cli, ["pipelines", "validate", str(tmp_path / "b.yaml")])
     expected = str(cli_said.exception).replace(str(tmp_path / "b.yaml"), str(broken))
@@ -302,7 +305,8 @@ def test_job_page_timeline_matches_jobs_show(client: TestClient, env: Env) -> No
     assert page.status_code == 200
     for step in steps:
         m = re.search(
-            rf"data-operator='{step['operator_id']}' data-duration-s='([0-9.]+)'.*?<span class=duration>([0-9.]+) s",
+            rf"data-operator='{step['operator_id']}' data-duration-s='([0-9.]+)'"
+            r".*?<span class=duration>([0-9.]+) s",
             page.text,
         )
         assert m is not None, step
@@ -319,7 +323,9 @@ def test_results_open_in_the_review_app_as_the_console_user(client: TestClient, 
         s.commit()
         result_id = result.id
     page = client.get(f"/console/jobs/{job_id}")
-    assert f"href='/console/review/{result_id}' data-review-app='/review/app/?result={result_id}'" in page.text
+    assert (
+        f"href='/console/review/{result_id}' data-review-app='/review/app/?result={result_id}'" in page.text
+    )
     opened = client.get(f"/console/review/{result_id}")
     assert opened.status_code == 303 and opened.headers["location"] == f"/review/app/?result={result_id}"
     app_page = client.get(f"/review/app/?result={result_id}")
@@ -354,18 +360,20 @@ def test_single_sign_on_session_opens_the_console(client: TestClient, env: Env) 
 
 def test_metrics_export_job_duration_histograms_per_pipeline(env: Env) -> None:
     _job(env, JobState.succeeded, steps=(("seg", 3.0),))
-    text = registry_for(env.engine)
-    from radloop.core.metrics import render
-
-    exposition = render(text).decode()
-    assert re.search(r'radloop_job_duration_seconds_bucket\{le="5.0",pipeline="brain-extraction",state="succeeded"\} [1-9]', exposition), exposition
+    exposition = _exposition(env)
+    bucket = 'radloop_job_duration_seconds_bucket{le="5.0",pipeline="brain-extraction",state="succeeded"}'
+    assert re.search(re.escape(bucket) + " [1-9]", exposition), exposition
     assert "radloop_series_completed_total" in exposition
 
 
 def _exported_names(env: Env) -> set[str]:
     """Every sample name radloop's registry can export (a family's name with its type's suffixes)."""
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "gauge": ("",), "summary": ("_count", "_sum", "")}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+        "summary": ("_count", "_sum", ""),
+    }
     names = set()
     for family in registry_for(env.engine).collect():
         names |= {family.name + s for s in suffixes.get(family.type, ("",))}
@@ -385,8 +393,12 @@ def test_grafana_dashboard_names_only_metrics_radloop_exports(env: Env) -> None:
         assert names <= exported, f"{expr!r} names {sorted(names - exported)}, not exported"
         used |= names
     # the issue's panels: throughput, queue depth, job duration per pipeline, delivery failures
-    assert {"radloop_instances_received_total", "radloop_jobs", "radloop_job_duration_seconds_bucket",
-            "radloop_delivery_failures_total"} <= used
+    assert {
+        "radloop_instances_received_total",
+        "radloop_jobs",
+        "radloop_job_duration_seconds_bucket",
+        "radloop_delivery_failures_total",
+    } <= used
     # and the names really are in /metrics' text format
     families = {f.name for f in text_string_to_metric_families(_exposition(env))}
     assert "radloop_job_duration_seconds" in families

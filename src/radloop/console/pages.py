@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
-from typing import Any
 from urllib.parse import urlencode
 
 from radloop.core.read_models import (
@@ -106,7 +105,8 @@ def login_page(next_url: str, error: str, sso: bool) -> str:
         f"<input type=hidden name=next value='{e(next_url)}'>"
         "<label>API token <input name=token type=password autocomplete=off required></label> "
         "<button type=submit>Sign in</button></form>"
-        "<p class=muted>An admin makes a token for you: <code>radloop tokens create NAME --role operator</code>"
+        "<p class=muted>An admin makes a token for you: <code>radloop tokens create NAME --role operator"
+        "</code>"
         " (viewer: read only).</p></div></body></html>"
     )
 
@@ -147,7 +147,8 @@ def _pager(base: str, params: dict[str, str], offset: int, limit: int, total: in
 def overview_live(o: OverviewOut) -> str:
     """Alerts, counters, charts and destinations of the overview."""
     alerts = "".join(
-        f"<div class='alert {e(a.kind)}' data-kind='{e(a.kind)}'><a href='{e(a.link)}'>{e(a.message)}</a></div>"
+        f"<div class='alert {e(a.kind)}' data-kind='{e(a.kind)}'><a href='{e(a.link)}'>{e(a.message)}</a>"
+        "</div>"
         for a in o.alerts
     )
     banner = f"<section class=alerts aria-label='needs a person'>{alerts}</section>" if alerts else ""
@@ -253,7 +254,8 @@ def studies_live(found: StudyPage, params: dict[str, str]) -> str:
             for se in st.series
         )
         rows.append(
-            f"<tr><td><a href='/console/studies/{e(st.study_instance_uid)}'>{e(st.patient_name) or '(no name)'}</a>"
+            f"<tr><td><a href='/console/studies/{e(st.study_instance_uid)}'>"
+            f"{e(st.patient_name) or '(no name)'}</a>"
             f"</td><td>{e(st.patient_id)}</td><td>{e(st.accession_number)}</td><td>{e(st.study_date)}</td>"
             f"<td>{series}</td><td>{_when(st.created_at)}</td></tr>"
         )
@@ -271,7 +273,8 @@ def study_live(st: StudyDetail) -> str:
     series = _table(
         ["series", "modality", "instances", "called AE", "calling AE", "state", "routing", "reason"],
         (
-            f"<tr><td>{e(se.series_description)}<br><small class=muted>{e(se.series_instance_uid)}</small></td>"
+            f"<tr><td>{e(se.series_description)}<br><small class=muted>{e(se.series_instance_uid)}</small>"
+            "</td>"
             f"<td>{e(se.modality)}</td><td>{se.instance_count}</td><td>{e(se.called_ae)}</td>"
             f"<td>{e(se.calling_ae)}</td><td>{_state(se.state)}</td><td>{_state(se.routing_status)}</td>"
             f"<td class=note>{e(se.routing_note)}</td></tr>"
@@ -294,7 +297,8 @@ def jobs_tools(params: dict[str, str], pipelines: Sequence[str]) -> str:
 
     def select(name: str, options: Sequence[str]) -> str:
         opts = "".join(
-            f"<option value='{e(o)}'{' selected' if params.get(name) == o else ''}>{e(o or 'any ' + name)}</option>"
+            f"<option value='{e(o)}'{' selected' if params.get(name) == o else ''}>{e(o or 'any ' + name)}"
+            "</option>"
             for o in ["", *options]
         )
         return f"<select name={name} aria-label={name}>{opts}</select>"
@@ -324,9 +328,11 @@ def jobs_table(jobs: Sequence[JobOut], actions: bool = True) -> str:
     return _table(
         ["job", "pipeline", "state", "priority", "attempts", "created", "error", ""],
         (
-            f"<tr data-job='{j.id}' data-state='{e(j.state.value)}'><td><a href='/console/jobs/{j.id}'>#{j.id}</a></td>"
+            f"<tr data-job='{j.id}' data-state='{e(j.state.value)}'><td>"
+            f"<a href='/console/jobs/{j.id}'>#{j.id}</a></td>"
             f"<td>{e(j.pipeline)} {e(j.pipeline_version)}</td><td>{_state(j.state)}</td>"
-            f"<td>{e(j.priority.value)}</td><td>{j.attempts}/{j.max_attempts}</td><td>{_when(j.created_at)}</td>"
+            f"<td>{e(j.priority.value)}</td><td>{j.attempts}/{j.max_attempts}</td><td>{_when(j.created_at)}"
+            "</td>"
             f"<td class=error>{e(j.error)}</td><td>{buttons(j)}</td></tr>"
             for j in jobs
         ),
@@ -359,7 +365,8 @@ def job_live(job: JobDetail, review_results: set[int]) -> str:
     results = _table(
         ["kind", "series", "SOP instance", ""],
         (
-            f"<tr data-result='{r.id}' data-kind='{e(r.kind)}'><td>{e(r.kind)}</td><td>{e(r.series_instance_uid)}</td>"
+            f"<tr data-result='{r.id}' data-kind='{e(r.kind)}'><td>{e(r.kind)}</td>"
+            f"<td>{e(r.series_instance_uid)}</td>"
             f"<td>{e(r.sop_instance_uid)}</td><td>"
             + (
                 f"<a class=review href='/console/review/{r.id}' data-review-app='/review/app/?result={r.id}'>"
@@ -373,11 +380,13 @@ def job_live(job: JobDetail, review_results: set[int]) -> str:
         "No results yet.",
     )
     logs = "".join(
-        f"<details><summary>attempt {s.attempt} · {e(s.operator_id)} ({e(s.operator)}) · {e(s.state)}</summary>"
+        f"<details><summary>attempt {s.attempt} · {e(s.operator_id)} ({e(s.operator)}) · {e(s.state)}"
+        "</summary>"
         f"<pre>{e(s.log.rstrip())}{chr(10) + e(s.error) if s.error else ''}</pre></details>"
         for s in job.steps
     )
-    return f"{head}<h2>Timeline</h2>{timelines}<h2>Results</h2>{results}<h2>Logs</h2>{logs or '<p class=muted>No logs.</p>'}"
+    logs = logs or "<p class=muted>No logs.</p>"
+    return f"{head}<h2>Timeline</h2>{timelines}<h2>Results</h2>{results}<h2>Logs</h2>{logs}"
 
 
 def _timeline(job: JobDetail, attempt: int) -> str:
@@ -394,12 +403,17 @@ def _timeline(job: JobDetail, attempt: int) -> str:
         shown = "running" if duration is None else f"{duration:.2f} s"
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in s.stages.items())
         rows.append(
-            f"<div class=step data-operator='{e(s.operator_id)}' data-duration-s='{'' if duration is None else repr(duration)}'>"
+            f"<div class=step data-operator='{e(s.operator_id)}' "
+            f"data-duration-s='{'' if duration is None else repr(duration)}'>"
             f"<span class=label>{e(s.operator_id)} <small class=muted>{e(s.operator)}</small></span>"
-            f"<span class=track><span class='bar {e(s.state)}' style='left:{left:.2f}%;width:{max(width, 0.5):.2f}%'"
+            "<span class=track>"
+            f"<span class='bar {e(s.state)}' style='left:{left:.2f}%;width:{max(width, 0.5):.2f}%'"
             f" title='{e(stages)}'></span></span><span class=duration>{e(shown)}</span></div>"
         )
-    return f"<section class=timeline data-attempt='{attempt}'><h3>attempt {attempt}</h3>{''.join(rows)}</section>"
+    return (
+        f"<section class=timeline data-attempt='{attempt}'><h3>attempt {attempt}</h3>"
+        f"{''.join(rows)}</section>"
+    )
 
 
 # --------------------------------------------------------------------------- deliveries and sources
@@ -412,7 +426,8 @@ def deliveries_tools(params: dict[str, str], destinations: Sequence[str]) -> str
         for s in ("", "pending", "sent", "failed", "dismissed")
     )
     dests = "".join(
-        f"<option value='{e(d)}'{' selected' if params.get('destination') == d else ''}>{e(d or 'any destination')}</option>"
+        f"<option value='{e(d)}'{' selected' if params.get('destination') == d else ''}>"
+        f"{e(d or 'any destination')}</option>"
         for d in ["", *destinations]
     )
     return (
@@ -436,7 +451,8 @@ def deliveries_live(
         return out
 
     rows = (
-        f"<tr data-delivery='{d.id}' data-state='{e(d.state.value)}'><td>{d.id}</td><td>{e(d.destination)}</td>"
+        f"<tr data-delivery='{d.id}' data-state='{e(d.state.value)}'><td>{d.id}</td><td>{e(d.destination)}"
+        "</td>"
         f"<td>{e(d.kind)}</td><td><a href='/console/jobs/{d.job_id}'>#{d.job_id}</a></td>"
         f"<td>{_state(d.state)}</td><td>{d.attempts}</td><td>{_when(d.next_attempt_at)}</td>"
         f"<td class=error>{e(d.last_error)}</td><td>{buttons(d.state.value, d.id)}</td></tr>"
@@ -469,8 +485,10 @@ def sources_live(sources: Sequence[SourceOut], pulls: Sequence[PullOut]) -> str:
         ],
         (
             f"<tr data-source='{e(s.name)}'><td>{e(s.name)}</td><td>{e(s.kind)}</td><td>{e(s.address)}</td>"
-            f"<td>{e(s.listener_ae_title)}</td><td>{'every ' + str(s.poll.interval_s) + ' s' if s.poll.enabled else 'off'}</td>"
-            f"<td>{s.cursor.polls if s.cursor else 0}</td><td>{_when(s.cursor.last_poll_at) if s.cursor else ''}</td>"
+            f"<td>{e(s.listener_ae_title)}</td>"
+            f"<td>{'every ' + str(s.poll.interval_s) + ' s' if s.poll.enabled else 'off'}</td>"
+            f"<td>{s.cursor.polls if s.cursor else 0}</td>"
+            f"<td>{_when(s.cursor.last_poll_at) if s.cursor else ''}</td>"
             f"<td>{_when(s.cursor.last_success_at) if s.cursor else ''}</td>"
             f"<td class=error>{e(s.cursor.last_error) if s.cursor else ''}</td>"
             f"<td>{_button('poll now', f'/console/api/sources/{s.name}/poll')}</td></tr>"
@@ -483,7 +501,8 @@ def sources_live(sources: Sequence[SourceOut], pulls: Sequence[PullOut]) -> str:
         (
             f"<tr><td>{e(p.source)}</td><td><a href='/console/studies/{e(p.study_instance_uid)}'>"
             f"{e(p.study_instance_uid)}</a></td><td>{e(p.accession_number)}</td><td>{e(p.study_date)}</td>"
-            f"<td>{e(p.trigger)}</td><td>{_state(p.state)}</td><td>{p.instances}</td><td class=error>{e(p.error)}</td></tr>"
+            f"<td>{e(p.trigger)}</td><td>{_state(p.state)}</td><td>{p.instances}</td>"
+            f"<td class=error>{e(p.error)}</td></tr>"
             for p in pulls
         ),
         "Nothing pulled yet.",
@@ -513,7 +532,8 @@ def pipelines_live(files: Sequence[PipelineFileOut]) -> str:
             )
             body = ""
         out.append(
-            f"<section class=pipeline data-file='{e(f.file)}' data-valid='{int(f.valid)}'><h2>{e(f.name or f.file)}</h2>"
+            f"<section class=pipeline data-file='{e(f.file)}' data-valid='{int(f.valid)}'>"
+            f"<h2>{e(f.name or f.file)}</h2>"
             f"<p>{status}</p><p class=muted>{e(f.file)}</p>{body}"
             f"<details><summary>YAML</summary>{_numbered(f.text, f.line)}</details></section>"
         )
@@ -564,12 +584,14 @@ def graph_svg(f: PipelineFileOut) -> str:
     )
     nodes = "".join(
         f"<g class=node data-node='{e(n)}'><rect x='{x}' y='{y}' width='{bw}' height='{bh}' rx='5'/>"
-        f"<text x='{x + 6}' y='{y + 14}'>{e(n)}</text><text x='{x + 6}' y='{y + 28}' class=tick>{e(uses.get(n, 'input'))}</text></g>"
+        f"<text x='{x + 6}' y='{y + 14}'>{e(n)}</text>"
+        f"<text x='{x + 6}' y='{y + 28}' class=tick>{e(uses.get(n, 'input'))}</text></g>"
         for n, (x, y) in pos.items()
     )
     return (
-        f"<svg class=graph role=img aria-label='operator graph' width='{width}' height='{height}' viewBox='0 0 {width} {height}'>"
-        "<defs><marker id=arrow viewBox='0 0 10 10' refX='10' refY='5' markerWidth='6' markerHeight='6' orient='auto'>"
+        f"<svg class=graph role=img aria-label='operator graph' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}'><defs><marker id=arrow viewBox='0 0 10 10' refX='10' refY='5' "
+        "markerWidth='6' markerHeight='6' orient='auto'>"
         f"<path d='M0,0L10,5L0,10z' fill='#888'/></marker></defs>{edges}{nodes}</svg>"
     )
 
@@ -581,14 +603,10 @@ def models_live(models: Sequence[ModelOut], stages: dict[tuple[str, str], str]) 
         (
             f"<tr data-model='{e(m.name)}'><td>{e(m.name)}</td><td>{e(m.version)}</td>"
             f"<td>{e(stages.get((m.name, m.version), ''))}</td><td>{e(m.format)}</td><td>{e(m.task)}</td>"
-            f"<td>{_state(m.location) if not m.available else e(m.location)}</td><td>{e(', '.join(m.used_by))}</td>"
+            f"<td>{_state(m.location) if not m.available else e(m.location)}</td>"
+            f"<td>{e(', '.join(m.used_by))}</td>"
             f"<td>{e(m.description)}</td></tr>"
             for m in models
         ),
         "No models.",
     )
-
-
-def dump(value: Any) -> str:
-    """A short text of ``value`` for debugging pages (not used for PHI)."""
-    return e(value)

@@ -113,7 +113,8 @@ async def login(request: Request, ctx: Ctx) -> Response:
 
 @review_bridge.get("/to-console")
 def from_sign_on(request: Request, ctx: Ctx, session: SignedOn) -> Response:
-    """After single sign-on (``/auth/login?next=/review/to-console``): the same user and roles in the console."""
+    """After single sign-on (``/auth/login?next=/review/to-console``): the same user and roles
+    in the console."""
     if isinstance(session, Response):
         return session
     return _open_session(request, ctx, session.reviewer, session.roles, "oidc", "/console/")
@@ -411,7 +412,7 @@ def static(name: Annotated[str, UrlPath(pattern=r"^console\.(js|css)$")]) -> Fil
     return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
-# --------------------------------------------------------------------------- actions (the REST API's service calls)
+# --------------------------------------------------------------------------- actions (the REST API's calls)
 
 
 @router.post("/api/jobs/{job_id}/retry")
