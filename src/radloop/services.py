@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydicom import Dataset
-from sqlalchemy import ColumnElement, case
+from sqlalchemy import ColumnElement, Integer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
@@ -625,14 +625,20 @@ def search_studies(
     if ae:
         title = ae.strip().upper()
         series_where.append((col(Series.called_ae) == title) | (col(Series.calling_ae) == title))
-    if series_where:
-        exists = select(Series.id).where(col(Series.study_id) == Study.id, *series_where).exists()
-        where.append(exists)
+    if series_where:  # evaluated once (not per study): the studies with such a series
+        where.append(col(Study.id).in_(select(Series.study_id).where(*series_where)))
     with session_scope(engine) as s:
         total = s.exec(select(func.count()).select_from(Study).where(*where)).one()
         q = select(Study).where(*where).order_by(col(Study.id).desc()).offset(offset).limit(limit)
         studies = s.exec(q).all()
-        items = [StudyOut.model_validate(st, update={"series": _series_of(s, st)}) for st in studies]
+        series_of: dict[int, list[SeriesOut]] = {}
+        ids = [st.id for st in studies]
+        uids = {st.id: st.study_instance_uid for st in studies}
+        for se in s.exec(select(Series).where(col(Series.study_id).in_(ids)).order_by(col(Series.id))).all():
+            series_of.setdefault(se.study_id, []).append(_series_out(se, uids[se.study_id]))
+        items = [
+            StudyOut.model_validate(st, update={"series": series_of.get(st.id or 0, [])}) for st in studies
+        ]
     return StudyPage(items=items, total=int(total), offset=offset, limit=limit)
 
 
@@ -737,12 +743,24 @@ def overview(
 def _bucket_counts(
     s: Session, column: Any, starts: list[datetime], step: timedelta, *where: ColumnElement[bool]
 ) -> list[int]:
-    """Rows whose ``column`` falls in each bucket, in one query over the window (an index range)."""
-    sums = [
-        func.coalesce(func.sum(case(((column >= t) & (column < t + step), 1), else_=0)), 0) for t in starts
-    ]
-    row = s.exec(select(*sums).where(column >= starts[0], column < starts[-1] + step, *where)).one()
-    return [int(v) for v in row]
+    """Rows whose ``column`` falls in each bucket: one GROUP BY over the window (an index range)."""
+    since = starts[0].timestamp()
+    step_s = step.total_seconds()
+    if s.get_bind().dialect.name == "sqlite":  # timestamps are UTC text there
+        seconds: Any = func.cast(func.strftime("%s", column), Integer) - since
+    else:
+        seconds = func.extract("epoch", column) - since
+    bucket = func.floor(seconds / step_s)
+    rows = s.exec(
+        select(bucket, func.count())
+        .where(column >= starts[0], column < starts[-1] + step, *where)
+        .group_by(bucket)
+    ).all()
+    out = [0] * len(starts)
+    for index, n in rows:
+        if index is not None and 0 <= int(index) < len(out):
+            out[int(index)] += int(n)
+    return out
 
 
 def _states(s: Session, column: Any, states: Any) -> dict[str, int]:
