@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import console_data  # noqa: E402 - lives in tests/, put on sys.path just above
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlmodel import func, select  # noqa: E402
 
+import console_data  # noqa: E402 - lives in tests/, put on sys.path just above
 from radloop import services  # noqa: E402
 from radloop.api.app import create_app  # noqa: E402
 from radloop.core.db import session_scope  # noqa: E402
