@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -408,3 +410,42 @@ def _exposition(env: Env) -> str:
     from radloop.core.metrics import render
 
     return render(registry_for(env.engine)).decode()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def pg_runtime(tmp_path: Path) -> Iterator[Runtime]:
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    name = f"radloop_console_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is required (user postgres, trust auth): {e}")
+    try:
+        settings = load_settings(
+            None,
+            data_dir=str(tmp_path),
+            database={"url": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"},
+        )
+        runtime = Runtime.build(settings, migrate=True)
+        yield runtime
+        runtime.engine.dispose()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_overview_and_search_on_postgresql(pg_runtime: Runtime) -> None:
+    console_data.store_studies(pg_runtime.store, 12)
+    o = services.overview(pg_runtime.settings, pg_runtime.engine, "hour")
+    assert o.instances_received == 12 and o.buckets[-1].instances == 12
+    assert services.overview(pg_runtime.settings, pg_runtime.engine, "day").buckets[-1].instances == 12
+    engine = pg_runtime.engine
+    assert services.search_studies(engine, patient="PATIENT00007").total == 1  # ILIKE: any case
+    assert services.search_studies(engine, modality="ct", ae="RADLOOP").total == 1  # studies 0
+    assert services.search_studies(engine, accession="ACC00001").total == 2  # 10, 11
+    page = services.search_studies(engine, limit=5, offset=5)
+    assert page.total == 12 and len(page.items) == 5 and all(len(st.series) == 1 for st in page.items)
