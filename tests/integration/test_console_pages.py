@@ -93,6 +93,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
             {"kind": "folder", "name": "archive", "path": str(work / "archive")},
             {"kind": "dicom", "name": "pacs", "host": "127.0.0.1", "port": 9, "ae_title": "PACS"},
         ],
+        sources=[
+            {
+                "name": "pacs-web",
+                "kind": "dicomweb",
+                "url": "http://127.0.0.1:9/dicom-web",  # nothing listens: every poll fails
+                "listener_ae_title": "RADLOOP",
+                "timeout_s": 5,
+            }
+        ],
     )
     runtime = Runtime.build(settings, migrate=True)
     console_data.store_studies(runtime.store, N_STUDIES)
@@ -263,6 +272,34 @@ def test_live_part_answers_304_until_something_changes(client: TestClient, env: 
     _job(env, JobState.queued)
     changed = client.get("/console/jobs", headers={**live, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+def test_poll_now_shows_the_last_polls_outcome(client: TestClient, env: Env) -> None:
+    _login(client, env, "operator")
+    before = client.get("/console/sources")
+    assert before.status_code == 200 and "data-source='pacs-web'" in before.text
+    polled = client.post("/console/api/sources/pacs-web/poll", headers={"X-Radloop-Console": "1"})
+    assert polled.status_code == 502, polled.text  # the PACS is unreachable: said, not hidden
+    page = client.get("/console/sources")
+    row = page.text.split("data-source='pacs-web'")[1].split("</tr>")[0]
+    assert "127.0.0.1:9" in row and "<td>1</td>" in row  # one poll, its error shown
+    cursor = services.list_sources(env.settings, env.engine)[0].cursor
+    assert (
+        cursor is not None
+        and cursor.last_error
+        and cursor.last_error[:40] in page.text.replace("&#x27;", "'")
+    )
+
+
+def test_study_and_models_pages(client: TestClient, env: Env) -> None:
+    _login(client, env, "viewer")
+    study = services.search_studies(env.engine, patient="Patient00003").items[0]
+    page = client.get(f"/console/studies/{study.study_instance_uid}")
+    assert page.status_code == 200 and "series 3" in page.text and "RADLOOP" in page.text
+    assert client.get("/console/studies/1.2.3.4").status_code == 404
+    models = client.get("/console/models")
+    assert models.status_code == 200 and "data-model='deepbet_mask'" in models.text
+    assert "data-model='ct_organs'" in models.text and "missing" in models.text
 
 
 # --------------------------------------------------------------------------- pipelines
