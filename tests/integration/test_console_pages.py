@@ -486,3 +486,22 @@ def test_overview_and_search_on_postgresql(pg_runtime: Runtime) -> None:
     assert services.search_studies(engine, accession="ACC00001").total == 2  # 10, 11
     page = services.search_studies(engine, limit=5, offset=5)
     assert page.total == 12 and len(page.items) == 5 and all(len(st.series) == 1 for st in page.items)
+
+
+def test_every_console_route_declares_its_role(env: Env) -> None:
+    from radloop.api.auth import declared_roles, iter_routes
+
+    routes = [
+        r
+        for r in iter_routes(env.app.routes)
+        if getattr(r, "path", "").startswith(("/console", "/review/to-"))
+    ]
+    assert len(routes) >= 18
+    roles = {(r.path, tuple(sorted(getattr(r, "methods", [])))): declared_roles(r) for r in routes}
+    assert all(roles.values()), [k for k, v in roles.items() if not v]
+    public = {path for (path, _), found in roles.items() if any(x.role is None for x in found)}
+    assert public == {"/console/login", "/console/logout", "/console/static/{name}"}
+    actions = {path: found for (path, methods), found in roles.items() if "/console/api/" in path}
+    assert actions and all(
+        x.role is not None and x.role.value == "operator" for f in actions.values() for x in f
+    )

@@ -29,8 +29,9 @@ from radloop.console.auth import COOKIE, OperatorAction, SignedOn, ViewerPage, c
 from radloop.core import tokens
 from radloop.core.audit import record
 from radloop.core.db import session_scope
-from radloop.core.errors import NotFoundError, RequestError
+from radloop.core.errors import ConfigError, NotFoundError, RequestError
 from radloop.core.models import Result
+from radloop.core.read_models import DeliveryOut, JobOut, PollOut
 from radloop.feedback import decisions
 from radloop.runtime import Runtime
 from radloop.viewer_launch.routes import COOKIE as REVIEW_COOKIE
@@ -392,7 +393,7 @@ async def models_page(request: Request, ctx: Ctx, session: ViewerPage) -> Respon
         for name in {m.name for m in models if m.location == "store"}:
             try:
                 staged = read_stages(root / name)
-            except Exception as exc:  # a broken stages.json is shown, not a 500
+            except ConfigError as exc:  # a broken stages.json is shown, not a 500
                 stages.update({(name, m.version): f"unreadable: {exc}" for m in models if m.name == name})
                 continue
             for m in models:
@@ -416,42 +417,40 @@ def static(name: Annotated[str, UrlPath(pattern=r"^console\.(js|css)$")]) -> Fil
 
 
 @router.post("/api/jobs/{job_id}/retry")
-def retry_job(job_id: RowId, ctx: Ctx, session: OperatorAction) -> dict[str, Any]:
+def retry_job(job_id: RowId, ctx: Ctx, session: OperatorAction) -> JobOut:
     """Re-queue a finished job now (as ``POST /api/v1/jobs/{id}/retry``)."""
     row = services.retry_job(ctx.engine, job_id, ctx.settings.workers.max_attempts)
     _audit(ctx, session.reviewer, "console.job.retry", f"job/{job_id}", {})
-    return row.model_dump(mode="json")
+    return row
 
 
 @router.post("/api/jobs/{job_id}/cancel")
-def cancel_job(job_id: RowId, ctx: Ctx, session: OperatorAction) -> dict[str, Any]:
+def cancel_job(job_id: RowId, ctx: Ctx, session: OperatorAction) -> JobOut:
     """Cancel a queued or running job (as ``POST /api/v1/jobs/{id}/cancel``)."""
     row = services.cancel_job(ctx.engine, job_id)
     _audit(ctx, session.reviewer, "console.job.cancel", f"job/{job_id}", {})
-    return row.model_dump(mode="json")
+    return row
 
 
 @router.post("/api/deliveries/{delivery_id}/retry")
-def retry_delivery(delivery_id: RowId, ctx: Ctx, session: OperatorAction) -> dict[str, Any]:
+def retry_delivery(delivery_id: RowId, ctx: Ctx, session: OperatorAction) -> DeliveryOut:
     """Send a delivery again now (as ``POST /api/v1/deliveries/{id}/retry``)."""
     row = services.retry_delivery(ctx.engine, delivery_id)
     _audit(ctx, session.reviewer, "console.delivery.retry", f"delivery/{delivery_id}", {})
-    return row.model_dump(mode="json")
+    return row
 
 
 @router.post("/api/deliveries/{delivery_id}/dismiss")
-def dismiss_delivery(delivery_id: RowId, ctx: Ctx, session: OperatorAction) -> dict[str, Any]:
+def dismiss_delivery(delivery_id: RowId, ctx: Ctx, session: OperatorAction) -> DeliveryOut:
     """Stop retrying a delivery (as ``POST /api/v1/deliveries/{id}/dismiss``)."""
     row = services.dismiss_delivery(ctx.engine, delivery_id)
     _audit(ctx, session.reviewer, "console.delivery.dismiss", f"delivery/{delivery_id}", {})
-    return row.model_dump(mode="json")
+    return row
 
 
 @router.post("/api/sources/{name}/poll")
-def poll_source(
-    name: Annotated[str, UrlPath(max_length=64)], ctx: Ctx, session: OperatorAction
-) -> dict[str, Any]:
+def poll_source(name: Annotated[str, UrlPath(max_length=64)], ctx: Ctx, session: OperatorAction) -> PollOut:
     """Poll a pull source once now (as ``POST /api/v1/sources/{name}/poll``)."""
     report = services.poll_source(ctx.puller, name)
     _audit(ctx, session.reviewer, "console.source.poll", f"source/{name}", {"found": report.found})
-    return report.model_dump(mode="json")
+    return report
