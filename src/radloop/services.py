@@ -4,12 +4,17 @@ through), return read models (:mod:`radloop.core.read_models`), and raise radloo
 
 from __future__ import annotations
 
+import re
+import shutil
+import socket
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydicom import Dataset
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Integer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
@@ -18,16 +23,18 @@ from radloop.connector.pull.puller import Puller
 from radloop.core import atna, tokens
 from radloop.core import jobs as job_states
 from radloop.core.db import session_scope
-from radloop.core.errors import NotFoundError, RadloopError
+from radloop.core.errors import ConfigError, NotFoundError, RadloopError
 from radloop.core.models import (
     ApiToken,
     AuditMessage,
     Delivery,
     DeliveryState,
+    Instance,
     Job,
     JobState,
     JobStep,
     PollCursor,
+    Priority,
     PulledStudy,
     PullState,
     Result,
@@ -36,15 +43,23 @@ from radloop.core.models import (
     utcnow,
 )
 from radloop.core.read_models import (
+    AlertOut,
     AuditMessageOut,
+    BucketOut,
     CursorOut,
     DeliveryOut,
+    DeliveryPage,
+    DestinationStatusOut,
+    GraphNodeOut,
     Health,
     JobDetail,
     JobOut,
+    JobPage,
     JobStepOut,
     ModelOut,
     OperatorOut,
+    OverviewOut,
+    PipelineFileOut,
     PipelineOut,
     PollOut,
     PullOut,
@@ -55,12 +70,14 @@ from radloop.core.read_models import (
     SourceOut,
     StudyDetail,
     StudyOut,
+    StudyPage,
     TokenCreated,
     TokenOut,
     WorklistItemOut,
 )
 from radloop.core.roles import DEFAULT_TOKEN_ROLES
 from radloop.core.settings import DicomwebSource, Settings
+from radloop.core.settings.inference import TritonBackendSettings
 from radloop.core.ups import ProcedureStepState
 from radloop.feedback import decisions
 from radloop.pipelines.catalog import PipelineCatalog
@@ -109,16 +126,46 @@ def list_studies(engine: Engine, limit: int = 100) -> list[StudyOut]:
 
 
 def list_jobs(
-    engine: Engine, state: str | None = None, pipeline: str | None = None, limit: int = 100
+    engine: Engine,
+    state: str | None = None,
+    pipeline: str | None = None,
+    limit: int = 100,
+    *,
+    priority: str | None = None,
+    offset: int = 0,
 ) -> list[JobOut]:
-    """Jobs, newest first, optionally filtered by state and pipeline."""
+    """Jobs, newest first, optionally filtered by state, pipeline and priority."""
     with session_scope(engine) as s:
-        q = select(Job).order_by(col(Job.id).desc()).limit(limit)
-        if state:
-            q = q.where(Job.state == JobState(state))
-        if pipeline:
-            q = q.where(Job.pipeline == pipeline)
+        q = select(Job).where(*_job_filters(state, pipeline, priority))
+        q = q.order_by(col(Job.id).desc()).offset(offset).limit(limit)
         return [JobOut.model_validate(j) for j in s.exec(q).all()]
+
+
+def _job_filters(state: str | None, pipeline: str | None, priority: str | None) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if state:
+        where.append(col(Job.state) == JobState(state))
+    if pipeline:
+        where.append(col(Job.pipeline) == pipeline)
+    if priority:
+        where.append(col(Job.priority) == Priority(priority))
+    return where
+
+
+def page_jobs(
+    engine: Engine,
+    state: str | None = None,
+    pipeline: str | None = None,
+    priority: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> JobPage:
+    """One page of :func:`list_jobs` and the number of jobs the filters match."""
+    items = list_jobs(engine, state, pipeline, limit, priority=priority, offset=offset)
+    with session_scope(engine) as s:
+        where = _job_filters(state, pipeline, priority)
+        total = s.exec(select(func.count()).select_from(Job).where(*where)).one()
+    return JobPage(items=items, total=int(total), offset=offset, limit=limit)
 
 
 def get_job(engine: Engine, job_id: int) -> JobDetail:
@@ -153,14 +200,40 @@ def cancel_job(engine: Engine, job_id: int) -> JobOut:
         return JobOut.model_validate(job)
 
 
-def list_deliveries(engine: Engine, state: str | None = None, limit: int = 100) -> list[DeliveryOut]:
-    """Outbox rows, newest first, with the result they carry."""
+def list_deliveries(
+    engine: Engine,
+    state: str | None = None,
+    limit: int = 100,
+    *,
+    destination: str | None = None,
+    offset: int = 0,
+) -> list[DeliveryOut]:
+    """Outbox rows, newest first, with the result they carry; optionally of one state and destination."""
     with session_scope(engine) as s:
         q = select(Delivery, Result).join(Result, col(Result.id) == Delivery.result_id)
-        if state:
-            q = q.where(Delivery.state == DeliveryState(state))
-        rows = s.exec(q.order_by(col(Delivery.id).desc()).limit(limit)).all()
+        q = q.where(*_delivery_filters(state, destination))
+        rows = s.exec(q.order_by(col(Delivery.id).desc()).offset(offset).limit(limit)).all()
         return [_delivery_out(d, r) for d, r in rows]
+
+
+def _delivery_filters(state: str | None, destination: str | None) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if state:
+        where.append(col(Delivery.state) == DeliveryState(state))
+    if destination:
+        where.append(col(Delivery.destination) == destination)
+    return where
+
+
+def page_deliveries(
+    engine: Engine, state: str | None = None, destination: str | None = None, limit: int = 50, offset: int = 0
+) -> DeliveryPage:
+    """One page of :func:`list_deliveries` and the number of deliveries the filters match."""
+    items = list_deliveries(engine, state, limit, destination=destination, offset=offset)
+    with session_scope(engine) as s:
+        where = _delivery_filters(state, destination)
+        total = s.exec(select(func.count()).select_from(Delivery).where(*where)).one()
+    return DeliveryPage(items=items, total=int(total), offset=offset, limit=limit)
 
 
 def retry_delivery(engine: Engine, delivery_id: int) -> DeliveryOut:
@@ -547,3 +620,328 @@ def list_audit_messages(
     with session_scope(engine) as s:
         rows = s.exec(q.order_by(col(AuditMessage.id).desc()).limit(limit)).all()
         return [AuditMessageOut.model_validate(r, update={} if with_xml else {"xml": ""}) for r in rows]
+
+
+# --------------------------------------------------------------------------- operator console
+
+
+def search_studies(
+    engine: Engine,
+    *,
+    patient: str = "",
+    accession: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    modality: str = "",
+    ae: str = "",
+    limit: int = 50,
+    offset: int = 0,
+) -> StudyPage:
+    """Studies matching every given filter, newest first, one page of them with their series.
+
+    ``patient`` matches a part of the patient's name or the start of the patient ID (any case),
+    ``accession`` the start of the accession number, ``date_from``/``date_to`` the StudyDate
+    (YYYYMMDD, inclusive), ``modality`` a series' modality and ``ae`` the AE title a series was
+    sent to or from.
+    """
+    where: list[ColumnElement[bool]] = []
+    if patient:
+        like = _like_escape(patient.strip())
+        where.append(
+            col(Study.patient_name).ilike(f"%{like}%", escape="\\")
+            | col(Study.patient_id).ilike(f"{like}%", escape="\\")
+        )
+    if accession:
+        where.append(col(Study.accession_number).like(f"{_like_escape(accession.strip())}%", escape="\\"))
+    if date_from:
+        where.append(col(Study.study_date) >= date_from.replace("-", ""))
+    if date_to:
+        where.append(col(Study.study_date) <= date_to.replace("-", ""))
+    series_where: list[ColumnElement[bool]] = []
+    if modality:
+        series_where.append(col(Series.modality) == modality.strip().upper())
+    if ae:
+        title = ae.strip().upper()
+        series_where.append((col(Series.called_ae) == title) | (col(Series.calling_ae) == title))
+    if series_where:  # evaluated once (not per study): the studies with such a series
+        where.append(col(Study.id).in_(select(Series.study_id).where(*series_where)))
+    with session_scope(engine) as s:
+        total = s.exec(select(func.count()).select_from(Study).where(*where)).one()
+        q = select(Study).where(*where).order_by(col(Study.id).desc()).offset(offset).limit(limit)
+        studies = s.exec(q).all()
+        series_of: dict[int, list[SeriesOut]] = {}
+        ids = [st.id for st in studies]
+        uids = {st.id: st.study_instance_uid for st in studies}
+        for se in s.exec(select(Series).where(col(Series.study_id).in_(ids)).order_by(col(Series.id))).all():
+            series_of.setdefault(se.study_id, []).append(_series_out(se, uids[se.study_id]))
+        items = [
+            StudyOut.model_validate(st, update={"series": series_of.get(st.id or 0, [])}) for st in studies
+        ]
+    return StudyPage(items=items, total=int(total), offset=offset, limit=limit)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def destination_status(settings: Settings, engine: Engine) -> list[DestinationStatusOut]:
+    """Every configured destination with its outbox counts; ``down`` when a pending delivery's
+    last attempt failed (the outbox is retrying it), with that error."""
+    with session_scope(engine) as s:
+        rows = s.exec(
+            select(Delivery.destination, Delivery.state, func.count()).group_by(
+                col(Delivery.destination), col(Delivery.state)
+            )
+        ).all()
+        counts_of: dict[str, dict[str, int]] = {}
+        for name, state, n in rows:
+            counts_of.setdefault(name, {})[DeliveryState(state).value] = int(n)
+        failing = s.exec(
+            select(Delivery.destination, Delivery.last_error)
+            .where(
+                col(Delivery.state) == DeliveryState.pending,
+                col(Delivery.attempts) > 0,
+                col(Delivery.last_error) != "",
+            )
+            .order_by(col(Delivery.id).desc())
+        ).all()
+    errors: dict[str, str] = {}
+    for name, error in failing:
+        errors.setdefault(name, error)
+    configured = {d.name: d.kind for d in settings.destinations}
+    names = list(configured) + sorted(set(counts_of) - set(configured))
+    return [
+        DestinationStatusOut(
+            name=name,
+            kind=configured.get(name, "unknown"),
+            pending=counts_of.get(name, {}).get("pending", 0),
+            failed=counts_of.get(name, {}).get("failed", 0),
+            sent=counts_of.get(name, {}).get("sent", 0),
+            down=name in errors,
+            last_error=errors.get(name, ""),
+        )
+        for name in names
+    ]
+
+
+OVERVIEW_WINDOWS = {"hour": (timedelta(hours=1), 12), "day": (timedelta(days=1), 24)}
+"""The overview's windows: length and number of chart buckets (5 minutes, 1 hour)."""
+
+
+def overview(
+    settings: Settings, engine: Engine, window: str = "hour", now: datetime | None = None
+) -> OverviewOut:
+    """What the console's overview shows over the last hour or day: instances received, series
+    completed, jobs finished per bucket; the queue and the outbox now; destinations; alerts."""
+    if window not in OVERVIEW_WINDOWS:
+        raise RadloopError(f"window must be one of {', '.join(OVERVIEW_WINDOWS)}, not {window!r}")
+    length, n = OVERVIEW_WINDOWS[window]
+    end = now or utcnow()
+    step = length / n
+    since = end - length
+    starts = [since + step * i for i in range(n)]
+    with session_scope(engine) as s:
+        instances = _bucket_counts(s, col(Instance.received_at), starts, step)
+        completed = _bucket_counts(s, col(Series.completed_at), starts, step)
+        succeeded = _bucket_counts(
+            s, col(Job.finished_at), starts, step, col(Job.state) == JobState.succeeded
+        )
+        failed = _bucket_counts(s, col(Job.finished_at), starts, step, col(Job.state) == JobState.failed)
+        jobs_now = _states(s, col(Job.state), JobState)
+        finished_rows = s.exec(
+            select(Job.state, func.count()).where(col(Job.finished_at) >= since).group_by(col(Job.state))
+        ).all()
+        deliveries_now = _states(s, col(Delivery.state), DeliveryState)
+    finished = {JobState(k).value: int(v) for k, v in finished_rows}
+    buckets = [
+        BucketOut(
+            start=t,
+            instances=instances[i],
+            series_completed=completed[i],
+            jobs_succeeded=succeeded[i],
+            jobs_failed=failed[i],
+        )
+        for i, t in enumerate(starts)
+    ]
+    destinations = destination_status(settings, engine)
+    return OverviewOut(
+        window=window,
+        since=since,
+        instances_received=sum(instances),
+        series_completed=sum(completed),
+        jobs_by_state=jobs_now,
+        jobs_finished=finished,
+        deliveries_by_state=deliveries_now,
+        buckets=buckets,
+        destinations=destinations,
+        alerts=_alerts(settings, jobs_now, deliveries_now, destinations),
+    )
+
+
+def _bucket_counts(
+    s: Session, column: Any, starts: list[datetime], step: timedelta, *where: ColumnElement[bool]
+) -> list[int]:
+    """Rows whose ``column`` falls in each bucket: one GROUP BY over the window (an index range)."""
+    since = starts[0].timestamp()
+    step_s = step.total_seconds()
+    if s.get_bind().dialect.name == "sqlite":  # timestamps are UTC text there
+        seconds: Any = func.cast(func.strftime("%s", column), Integer) - since
+    else:
+        seconds = func.extract("epoch", column) - since
+    bucket = func.floor(seconds / step_s)
+    rows = s.exec(
+        select(bucket, func.count())
+        .where(column >= starts[0], column < starts[-1] + step, *where)
+        .group_by(bucket)
+    ).all()
+    out = [0] * len(starts)
+    for index, n in rows:
+        if index is not None and 0 <= int(index) < len(out):
+            out[int(index)] += int(n)
+    return out
+
+
+def _states(s: Session, column: Any, states: Any) -> dict[str, int]:
+    rows = dict(s.exec(select(column, func.count()).group_by(column)).all())
+    return {state.value: int(rows.get(state, 0)) for state in states}
+
+
+def _alerts(
+    settings: Settings,
+    jobs_now: dict[str, int],
+    deliveries_now: dict[str, int],
+    destinations: list[DestinationStatusOut],
+) -> list[AlertOut]:
+    alerts = []
+    if jobs_now.get("failed"):
+        alerts.append(
+            AlertOut(
+                kind="failed-jobs",
+                message=f"{jobs_now['failed']} failed job(s)",
+                link="/console/queues?state=failed",
+            )
+        )
+    if deliveries_now.get("failed"):
+        alerts.append(
+            AlertOut(
+                kind="failed-deliveries",
+                message=f"{deliveries_now['failed']} failed deliveries",
+                link="/console/deliveries?state=failed",
+            )
+        )
+    for d in destinations:
+        if d.down:
+            alerts.append(
+                AlertOut(
+                    kind="destination-down",
+                    message=f"destination {d.name} is down: {d.pending} pending; last error: {d.last_error}",
+                    link=f"/console/deliveries?destination={d.name}",
+                )
+            )
+    floor = settings.dicom.min_free_bytes
+    if floor > 0 and settings.data_dir.is_dir():
+        free = shutil.disk_usage(settings.data_dir).free
+        if free < 1.5 * floor:
+            alerts.append(
+                AlertOut(
+                    kind="disk",
+                    message=(
+                        f"disk nearly at its floor: {free / 2**30:.1f} GiB free, "
+                        f"new data refused below {floor / 2**30:.1f} GiB (dicom.min_free_bytes)"
+                    ),
+                    link="/console/",
+                )
+            )
+    for url in _unreachable_tritons(settings):
+        alerts.append(
+            AlertOut(kind="triton", message=f"Triton at {url} is unreachable", link="/console/models")
+        )
+    return alerts
+
+
+def _unreachable_tritons(settings: Settings, timeout_s: float = 0.5) -> list[str]:
+    """The Triton URLs in the inference settings that do not accept a TCP connection."""
+    urls = {
+        b.url
+        for b in [settings.inference.default, *settings.inference.models.values()]
+        if isinstance(b, TritonBackendSettings)
+    }
+    down = []
+    for url in sorted(urls):
+        parts = urlsplit(url)
+        try:
+            with socket.create_connection((parts.hostname or "", parts.port or 8000), timeout=timeout_s):
+                pass
+        except OSError:
+            down.append(url)
+    return down
+
+
+def pipeline_files(settings: Settings, catalog: PipelineCatalog | None = None) -> list[PipelineFileOut]:
+    """Every pipeline file the settings point at, read and validated now (as ``radloop pipelines
+    validate`` does): its operator graph, or its error with file, line and field. ``loaded``: the
+    running catalog holds this file's pipeline (a file changed since start is valid or not, but
+    runs as it was when loaded)."""
+    from radloop.pipelines.catalog import REFERENCE_DIR
+    from radloop.pipelines.operators import builtin_registry
+    from radloop.pipelines.spec import load_pipeline
+
+    registry = builtin_registry()
+    folders = ([REFERENCE_DIR] if settings.pipelines.include_reference else []) + list(
+        settings.pipelines.dirs
+    )
+    loaded = {str(p.source) for p in catalog.all()} if catalog is not None else set()
+    out = []
+    for folder in folders:
+        paths = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.yml")) if folder.is_dir() else []
+        for path in paths:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError as e:
+                text = f"(cannot read: {e})"
+            try:
+                p = load_pipeline(path, registry)
+            except ConfigError as e:
+                line, field, message = _config_error_parts(str(e), path)
+                out.append(
+                    PipelineFileOut(
+                        file=str(path),
+                        text=text,
+                        valid=False,
+                        name="",
+                        version="",
+                        loaded=str(path) in loaded,
+                        error=message,
+                        line=line,
+                        field=field,
+                        operators=[],
+                    )
+                )
+                continue
+            out.append(
+                PipelineFileOut(
+                    file=str(path),
+                    text=text,
+                    valid=True,
+                    name=p.name,
+                    version=p.spec.version,
+                    loaded=str(path) in loaded,
+                    error="",
+                    line=None,
+                    field="",
+                    operators=[
+                        GraphNodeOut(id=b.step.id, use=b.step.use, inputs=dict(b.step.inputs))
+                        for b in p.steps
+                    ],
+                )
+            )
+    return out
+
+
+def _config_error_parts(message: str, path: Path) -> tuple[int | None, str, str]:
+    """``FILE:LINE: FIELD: MESSAGE`` (as pipeline validation words it) → line, field, message."""
+    rest = message.removeprefix(f"{path}:")
+    m = re.match(r"(\d+): ([^:\s]+): (.*)", rest, re.DOTALL)
+    if m is None:
+        return None, "", rest.strip()
+    return int(m.group(1)), m.group(2), m.group(3)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from radloop import __version__
 from radloop.api import middleware, oidc, problems
 from radloop.api.routes import dicomweb, exports, health, jobs, pipelines, pulls, reviews, studies, workitems
+from radloop.console import routes as console
 from radloop.core.settings import Settings
 from radloop.runtime import Runtime
 from radloop.viewer_launch import routes as review
@@ -46,6 +47,7 @@ def create_app(source: Runtime | Settings) -> FastAPI:
     routers.append(exports.router)  # training datasets from reviewed results
     routers.append(workitems.router)  # UPS-RS AI worklist (IHE AIW-I Task Manager)
     routers += [oidc.router, oidc.logout_router]  # sign-on for people (oidc.issuer), sign-out
+    routers += [console.router, console.review_bridge]  # the operator console (/console)
     if not public:
         routers.append(health.docs_router)
     for router in routers:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import case
 from sqlalchemy.engine import Engine
@@ -46,6 +46,8 @@ class DatabaseCollector(Collector):
                 s, "radloop_deliveries", "Outbox deliveries by state.", Delivery.state, list(DeliveryState)
             )
             yield _delivery_failures(s)
+            yield _series_completed(s)
+            yield _job_durations(s)
             yield _by_state(
                 s,
                 "radloop_pulled_studies",
@@ -97,6 +99,49 @@ def _delivery_failures(s: Session) -> CounterMetricFamily:
     for destination, attempts, succeeded in rows:
         counter.add_metric([destination], max(0, int(attempts or 0) - int(succeeded or 0)))
     return counter
+
+
+def _series_completed(s: Session) -> CounterMetricFamily:
+    """Series completed (quiet period or association end), each revision once."""
+    counter = CounterMetricFamily("radloop_series_completed", "Series completed (and routed).")
+    n = s.exec(select(func.count()).select_from(Series).where(col(Series.completed_at).is_not(None))).one()
+    counter.add_metric([], int(n))
+    return counter
+
+
+JOB_DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+"""Upper bounds (seconds) of the job duration histogram's buckets (``+Inf`` is added)."""
+
+
+def _job_durations(s: Session) -> HistogramMetricFamily:
+    """Run time of finished jobs (last attempt: started → finished), per pipeline and final state."""
+    rows = s.exec(
+        select(Job.pipeline, Job.state, Job.started_at, Job.finished_at).where(
+            col(Job.finished_at).is_not(None),
+            col(Job.started_at).is_not(None),
+            col(Job.state).in_([JobState.succeeded, JobState.failed]),
+        )
+    ).all()
+    per: dict[tuple[str, str], list[float]] = {}
+    for pipeline, state, started, finished in rows:
+        if started is None or finished is None:
+            continue
+        seconds = max(0.0, (finished - started).total_seconds())
+        per.setdefault((pipeline, JobState(state).value), []).append(seconds)
+    family = HistogramMetricFamily(
+        "radloop_job_duration_seconds",
+        "Run time of finished jobs (their last attempt), per pipeline and final state.",
+        labels=["pipeline", "state"],
+    )
+    for (pipeline, state), values in sorted(per.items()):
+        buckets = [(_bound(b), sum(1 for v in values if v <= b)) for b in JOB_DURATION_BUCKETS]
+        buckets.append(("+Inf", len(values)))
+        family.add_metric([pipeline, state], buckets, sum(values))
+    return family
+
+
+def _bound(b: float) -> str:
+    return repr(float(b))
 
 
 def registry_for(engine: Engine) -> CollectorRegistry:

@@ -73,10 +73,10 @@ class StudyBase(SQLModel):
     """A study radloop received (or pulled): the study-level attributes of its first instance."""
 
     study_instance_uid: str = Field(max_length=64, unique=True, index=True)
-    patient_id: str = ""
+    patient_id: str = Field(default="", index=True)
     patient_name: str = ""
     accession_number: str = Field(default="", index=True)
-    study_date: str = ""
+    study_date: str = Field(default="", index=True)
     study_description: str = ""
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -89,18 +89,18 @@ class SeriesBase(SQLModel):
     """A series: where it came from, its assembly state and what routing made of it."""
 
     series_instance_uid: str = Field(max_length=64, unique=True, index=True)
-    modality: str = ""
+    modality: str = Field(default="", index=True)
     series_description: str = ""
     series_number: int | None = None
     sop_class_uid: str = ""
-    called_ae: str = ""
+    called_ae: str = Field(default="", index=True)
     calling_ae: str = ""
     state: SeriesState = Field(default=SeriesState.open, index=True)
     revision: int = 0
     instance_count: int = 0
     first_received_at: datetime = Field(default_factory=utcnow)
     last_received_at: datetime = Field(default_factory=utcnow)
-    completed_at: datetime | None = None
+    completed_at: datetime | None = Field(default=None, index=True)
     routing_status: RoutingStatus = RoutingStatus.pending
     routing_note: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
@@ -119,7 +119,7 @@ class Instance(SQLModel, table=True):
     instance_number: int | None = None
     path: str  # relative to data_dir
     size_bytes: int = 0
-    received_at: datetime = Field(default_factory=utcnow)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class JobBase(SQLModel):
@@ -140,7 +140,7 @@ class JobBase(SQLModel):
     error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
-    finished_at: datetime | None = None
+    finished_at: datetime | None = Field(default=None, index=True)
 
 
 class Job(JobBase, table=True):

@@ -210,3 +210,105 @@ class WorklistItemOut(_Out):
     study_date: str
     series_description: str
     modality: str
+
+
+# --------------------------------------------------------------------------- operator console
+
+
+class StudyPage(_Out):
+    """One page of a study search: the studies (newest first) and how many match in all."""
+
+    items: list[StudyOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class JobPage(_Out):
+    """One page of the job queue (newest first) and how many jobs match in all."""
+
+    items: list[JobOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class DeliveryPage(_Out):
+    """One page of the outbox (newest first) and how many deliveries match in all."""
+
+    items: list[DeliveryOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class DestinationStatusOut(_Out):
+    """A configured destination and what its outbox rows say: down when its pending deliveries
+    failed their last attempt (``last_error``)."""
+
+    name: str
+    kind: str
+    pending: int
+    failed: int
+    sent: int
+    down: bool
+    last_error: str
+
+
+class BucketOut(_Out):
+    """Counts in one time bucket of the overview's charts (``start`` inclusive, UTC)."""
+
+    start: datetime
+    instances: int
+    series_completed: int
+    jobs_succeeded: int
+    jobs_failed: int
+
+
+class AlertOut(_Out):
+    """Something a person should look at: ``kind`` (failed-jobs, failed-deliveries,
+    destination-down, disk, triton), a sentence, and where to look in the console."""
+
+    kind: str
+    message: str
+    link: str
+
+
+class OverviewOut(_Out):
+    """The console's overview over the last ``window`` (hour or day): totals in the window,
+    current queue and outbox states, per-bucket counts and the alerts."""
+
+    window: str
+    since: datetime
+    instances_received: int
+    series_completed: int
+    jobs_by_state: dict[str, int]
+    jobs_finished: dict[str, int]
+    deliveries_by_state: dict[str, int]
+    buckets: list[BucketOut]
+    destinations: list[DestinationStatusOut]
+    alerts: list[AlertOut]
+
+
+class GraphNodeOut(_Out):
+    """An operator of a pipeline file and what feeds each of its inputs (``op.output`` or ``input.x``)."""
+
+    id: str
+    use: str
+    inputs: dict[str, str]
+
+
+class PipelineFileOut(_Out):
+    """A pipeline file on disk, validated now: its name and operator graph when valid, else the
+    error with the file, line and field it names."""
+
+    file: str
+    text: str
+    valid: bool
+    name: str
+    version: str
+    loaded: bool
+    error: str
+    line: int | None
+    field: str
+    operators: list[GraphNodeOut]
