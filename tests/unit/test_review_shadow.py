@@ -262,5 +262,17 @@ def test_quality_plots_production_vs_shadow_against_the_final_masks(
         assert f'data-line="deepbet 1.0.2 vs SHADOW 1.0.2.ft1: {line}"' in page.text
 
 
+def test_shadow_quality_over_the_api_with_a_token(shadowed: Shadowed) -> None:
+    from radloop.core import tokens
+
+    _, token = tokens.create(shadowed.env.engine, "shadow-quality-tests")
+    with TestClient(create_app(shadowed.env.settings), base_url="http://127.0.0.1") as api:
+        assert api.get("/api/v1/quality/shadow").status_code == 401
+        served = api.get("/api/v1/quality/shadow?period=month", headers={"Authorization": f"Bearer {token}"})
+    assert served.status_code == 200, served.text
+    expected = shadow_quality(shadowed.env.engine, shadowed.env.settings.data_dir, period="month")
+    assert served.json() == [q.as_dict() for q in expected]
+
+
 def test_quality_page_without_shadows_has_no_shadow_plot() -> None:
     assert "production vs shadow" not in pages.quality_page([], "week", [])
