@@ -63,7 +63,7 @@ def models_add(
     path: Annotated[
         Path,
         typer.Argument(
-            help="An .onnx file, a TorchScript file, a MONAI bundle folder or an nnU-Net v2 trained-model folder."
+            help="An .onnx file, a TorchScript file, a MONAI bundle folder or an nnU-Net v2 results folder."
         ),
     ],
     name: Annotated[str, typer.Option("--name", help="Model name (what pipelines use).")],
