@@ -185,11 +185,13 @@ def _summary_table(models: Sequence[dict[str, Any]]) -> str:
 
 
 _SHADOW_LINES = (
-    ("production_dice", "production vs final", ""),
-    ("shadow_dice", "shadow vs final", "7 4"),
-    ("agreement", "shadow vs production", "2 3"),
+    ("production_dice", "production vs final", "#7cc4ff"),
+    ("shadow_dice", "shadow vs final", "#ffb347"),
+    ("agreement", "shadow vs production", "#9be37d"),
 )
-"""What the production-vs-shadow plot draws per comparison: key, legend text, stroke dash pattern."""
+"""What the production-vs-shadow plot draws per comparison: key, legend text, colour."""
+_DASHES = ("", "7 4", "2 3", "10 3 2 3")
+"""One stroke pattern per comparison (model, production version, shadow version)."""
 
 
 def _shadow_section(shadows: Sequence[dict[str, Any]], period: str) -> str:
@@ -198,8 +200,8 @@ def _shadow_section(shadows: Sequence[dict[str, Any]], period: str) -> str:
     dates = sorted({p["period_start"] for q in shadows for p in q["points"]})
     lines, legend = [], []
     for i, quality in enumerate(shadows):
-        colour = _SERIES_COLOURS[i % len(_SERIES_COLOURS)]
-        for key, text, dash in _SHADOW_LINES:
+        dash = _DASHES[i % len(_DASHES)]
+        for key, text, colour in _SHADOW_LINES:
             label = f"{_shadow_name(quality)}: {text}"
             points = [(p["period_start"], p[key]) for p in quality["points"] if p.get(key) is not None]
             lines.append((label, colour, dash, points))
@@ -232,10 +234,15 @@ def _line_chart(
     width: int = 720,
     height: int = 240,
 ) -> str:
-    """An SVG plot of values in [0, 1] per period: one (label, colour, dash, points) line each."""
+    """An SVG plot of values in [0, 1] per period: one (label, colour, dash, points) line each. The
+    axis starts below the lowest value (at 0 unless every value is above 0.5), so that Dices close
+    to 1 stay apart."""
     left, right, top, bottom = 48, 48, 12, 36
     if not dates:
         return ""
+    values = [v for _, _, _, points in lines for _, v in points]
+    lowest = min(values, default=0.0)
+    floor = max(0.0, int(lowest * 20) / 20 - 0.05) if lowest > 0.5 else 0.0
     span = width - left - right
     step = span / max(len(dates) - 1, 1)
 
@@ -243,12 +250,12 @@ def _line_chart(
         return left + dates.index(d) * step if len(dates) > 1 else left + span / 2
 
     def y(v: float) -> float:
-        return top + (1.0 - max(0.0, min(1.0, v))) * (height - top - bottom)
+        return top + (1.0 - max(floor, min(1.0, v))) / (1.0 - floor) * (height - top - bottom)
 
     grid = "".join(
         f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#333"/>'
         f'<text x="{left - 6}" y="{y(v) + 4:.1f}" {_SMALL_TEXT} text-anchor="end">{v:.2f}</text>'
-        for v in (0.0, 0.25, 0.5, 0.75, 1.0)
+        for v in (floor + (1.0 - floor) * k / 4 for k in range(5))
     )
     ticks = "".join(
         f'<text x="{x(d):.1f}" y="{height - 12}" {_SMALL_TEXT} text-anchor="middle">{escape(d)}</text>'
