@@ -161,3 +161,43 @@ def _add_result(
         s.flush()
         s.add(Delivery(result_id=result.id, destination="pacs", state=DeliveryState.sent))  # type: ignore[arg-type]
         return int(result.id)  # type: ignore[arg-type]
+
+
+SHADOW_MODEL = AlgorithmIdentification(name="deepbet", version="1.0.2.ft1")
+
+
+def add_shadow_result(
+    env: ReviewEnv,
+    result_id: int,
+    labels: npt.NDArray[np.uint8],
+    model: AlgorithmIdentification = SHADOW_MODEL,
+) -> int:
+    """A shadow version's SEG (kind ``shadow-seg``, no delivery) in the job of AI result ``result_id``,
+    written as `radloop.pipelines.shadow` writes it."""
+    from radloop.pipelines.shadow import SHADOW_KIND, SHADOW_SERIES_NUMBER
+
+    series_uid, sop_uid = new_uid(), new_uid()
+    folder = env.settings.data_dir / "results" / env.volume.series.StudyInstanceUID / series_uid
+    write_seg(
+        LabelMap(labels, env.volume, (BRAIN,), model),
+        folder,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        series_number=SHADOW_SERIES_NUMBER,
+        series_description=f"SHADOW {model.name}@{model.version} (not for clinical use)",
+    )
+    with session_scope(env.engine) as s:
+        ai = s.get(Result, result_id)
+        assert ai is not None
+        shadow = Result(
+            job_id=ai.job_id,
+            kind=SHADOW_KIND,
+            sop_class_uid=SEG_STORAGE,
+            sop_instance_uid=sop_uid,  # type: ignore[arg-type]
+            series_instance_uid=series_uid,
+            study_instance_uid=env.volume.series.StudyInstanceUID,
+            path=str((folder / f"{sop_uid}.dcm").relative_to(env.settings.data_dir)),
+        )
+        s.add(shadow)
+        s.flush()
+        return int(shadow.id)  # type: ignore[arg-type]

@@ -36,12 +36,14 @@ from radloop.connector.store import InstanceStore
 from radloop.core.db import session_scope
 from radloop.core.models import AuditEvent, Delivery, Job, JobState, Result, ReviewDecision
 from radloop.core.settings import Settings, load_settings
+from radloop.feedback.shadow_quality import shadow_quality
 from radloop.inference.store import ModelStore
 from radloop.pipelines.runner import JobRunner
 from radloop.runtime import Runtime
 from radloop.training.loop import TrainConfig
 from radloop.training.service import TrainRequest, train_version
 from radloop.training_export import ExportFormat, ExportRequest, export_dataset
+from radloop.viewer_launch.review_cache import ReviewCache
 
 pytestmark = pytest.mark.slow
 
@@ -233,6 +235,18 @@ def test_shadow_runs_beside_production_is_never_delivered_then_promote_and_rollb
     assert "SHADOW ct_organs@2" in str(
         pydicom.dcmread(loop.settings.data_dir / shadow.path).SeriesDescription
     )
+    # The review app shows it beside the production SEG as a marked second opinion, and the quality
+    # page measures it against production (no review yet: agreement only).
+    (opinion,) = ReviewCache(loop.settings, loop.engine).facts(int(production.id or 0))["shadows"]
+    assert (opinion["result_id"], opinion["model"], opinion["error"]) == (
+        shadow.id,
+        {"name": "ct_organs", "version": "2"},
+        "",
+    )
+    (versus,) = shadow_quality(loop.engine, loop.settings.data_dir)
+    assert (versus.model_name, versus.production_version, versus.shadow_version) == ("ct_organs", "1", "2")
+    assert (versus.overall.cases, versus.overall.with_final) == (1, 0)
+    assert versus.overall.agreement == pytest.approx(opinion["dice_vs_ai"], abs=1e-12)
 
     refused = cli.invoke(app, ["models", "promote", "ct_organs", "2", "--config", str(loop.config)])
     assert refused.exit_code != 0 and "no evaluation" in str(refused.exception)

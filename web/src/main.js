@@ -1,6 +1,8 @@
 // radloop review app: shows the source series with the AI mask as an editable NiiVue drawing,
 // and sends the radiologist's decision (accept, reject with a reason, or the edited mask) back
 // to radloop. Everything comes from radloop's own origin; the session is an HttpOnly cookie.
+// When a shadow model version segmented the same series, its mask is a second overlay (green,
+// hidden until asked for, marked "SHADOW … not for clinical use"): never the drawing, never the decision.
 import { Niivue, NVImage, SLICE_TYPE, SHOW_RENDER, DRAG_MODE } from '@niivue/niivue'
 import './style.css'
 
@@ -20,7 +22,9 @@ const state = {
   changed: 0,
   decided: false,
   busy: false,
+  shadow: { info: null, image: null, shown: false, loading: false },
 }
+const SHADOW_OPACITY = 0.4 // the AI mask (red, the drawing) stays visible beneath it
 
 const nv = new Niivue({
   isRadiologicalConvention: true,
@@ -89,10 +93,56 @@ function renderHeader(view) {
   }))
   $('segment-choice').hidden = segments.length < 2
   state.penValue = segments.length ? segments[0].number : 1
+  renderShadow(view.shadows ?? [])
   if (view.reviews.length) {
     const last = view.reviews[0]
     status(`Already reviewed: ${last.decision} by ${last.reviewer} (${last.ended_at}). A new decision is added.`)
   }
+}
+
+// The shadow (second-opinion) block: which version, its volume and Dice against the AI mask.
+function renderShadow(shadows) {
+  if (!shadows.length) return
+  const shown = shadows.find((s) => s.url) ?? shadows[0]
+  state.shadow.info = shown
+  $('shadow').hidden = false
+  const more = shadows.length > 1 ? ` (+${shadows.length - 1} more shadow version(s))` : ''
+  $('shadow-label').textContent = shown.label + more
+  $('shadow-mark').textContent = shown.label
+  if (!shown.url) {
+    $('shadow-facts').textContent = shown.error
+    $('shadow-toggle').disabled = true
+    return
+  }
+  $('shadow-facts').textContent = `${ml(shown.volume_ml)} · Dice vs AI ${shown.dice_vs_ai.toFixed(4)} · never delivered`
+}
+
+async function toggleShadow() {
+  const shadow = state.shadow
+  if (!shadow.info?.url || shadow.loading || !nv.volumes.length) return
+  if (!shadow.image) {
+    shadow.loading = true
+    status('Loading the shadow model\'s mask…')
+    try {
+      const buffer = await fetchOk(shadow.info.url).then((r) => r.arrayBuffer())
+      shadow.image = await NVImage.new(buffer, 'shadow.nii.gz', 'green', SHADOW_OPACITY, null, 0, 1, true)
+      nv.addVolume(shadow.image)
+      status(`Showing ${shadow.info.label}.`)
+    } catch (error) {
+      status(`Could not load the shadow mask: ${error.message}`, 'error')
+      return
+    } finally {
+      shadow.loading = false
+    }
+    shadow.shown = true
+  } else {
+    shadow.shown = !shadow.shown
+    nv.setOpacity(nv.volumes.indexOf(shadow.image), shadow.shown ? SHADOW_OPACITY : 0)
+  }
+  $('shadow-toggle').textContent = shadow.shown ? 'Hide shadow (H)' : 'Show shadow (H)'
+  $('shadow-toggle').classList.toggle('active', shadow.shown)
+  $('shadow-mark').hidden = !shadow.shown
+  document.body.dataset.shadow = shadow.shown ? 'shown' : 'hidden'
 }
 
 function line(content, tag = 'div') {
@@ -253,6 +303,7 @@ const KEYS = {
   BracketRight: () => setPenSize(nv.opts.penSize + 1),
   KeyU: () => nv.drawUndo(),
   KeyO: () => setOpacity(state.opacity > 0 ? 0 : state.lastOpacity),
+  KeyH: toggleShadow,
   KeyW: resetWindow,
   Equal: () => zoom(1.25),
   NumpadAdd: () => zoom(1.25),
@@ -296,6 +347,7 @@ function wireControls() {
   $('accept').addEventListener('click', () => decide('accepted'))
   $('save').addEventListener('click', saveEdit)
   $('reject').addEventListener('click', openReject)
+  $('shadow-toggle').addEventListener('click', toggleShadow)
   $('reject-dialog').addEventListener('close', onRejectClosed)
   document.addEventListener('keydown', onKey)
   // Ctrl + wheel zooms (the wheel alone moves through the slices, NiiVue's default).

@@ -60,7 +60,12 @@ LIST_COLUMNS = ["name", "version", "format", "source", "task", "inputs", "labels
 
 @app.command("add")
 def models_add(
-    path: Annotated[Path, typer.Argument(help="An .onnx file, a TorchScript file or a MONAI bundle folder.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="An .onnx file, a TorchScript file, a MONAI bundle folder or an nnU-Net v2 results folder."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", help="Model name (what pipelines use).")],
     version: Annotated[str, typer.Option("--version", help="Model version; versions are immutable.")],
     spec: Annotated[

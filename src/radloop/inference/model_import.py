@@ -1,6 +1,6 @@
 """Reading what a model file says about itself, for ``radloop models add``.
 
-Three kinds of source are accepted:
+Four kinds of source are accepted:
 
 * **ONNX** (``*.onnx``): input and output names, dtypes and shapes come from the graph
   (symbolic dimensions become ``-1``).
@@ -14,6 +14,10 @@ Three kinds of source are accepted:
   ``ScaleIntensityRanged``/``NormalizeIntensityd`` and ``SlidingWindowInferer`` entries of
   ``configs/inference.json`` when they hold literal values (expressions are skipped); label names
   from the output's ``channel_def``.
+
+* **nnU-Net v2 trained-model folder** (``plans.json``, ``dataset.json``,
+  ``fold_*/checkpoint_final.pth``): converted to TorchScript, spec from the plans
+  (:mod:`radloop.inference.nnunet_import`).
 
 Labels of a bundle get SNOMED CT codes from :data:`KNOWN_STRUCTURES` when the name is known,
 else the generic "Tissue" type with a warning: give real codes in the spec's ``labels``.
@@ -56,11 +60,17 @@ _TORCH_DTYPES = {
 
 
 def detect_source(path: Path) -> str:
-    """``onnx``, ``torchscript`` or ``monai_bundle``; :class:`ConfigError` for anything else."""
+    """``onnx``, ``torchscript``, ``monai_bundle`` or ``nnunet`` (an nnU-Net v2 trained-model folder,
+    :mod:`radloop.inference.nnunet_import`); :class:`ConfigError` for anything else."""
     if path.is_dir():
         if (path / "configs" / "metadata.json").is_file():
             return "monai_bundle"
-        raise ConfigError(f"{path}: a folder must be a MONAI bundle (configs/metadata.json not found)")
+        if (path / "plans.json").is_file() and (path / "dataset.json").is_file():
+            return "nnunet"
+        raise ConfigError(
+            f"{path}: a folder must be a MONAI bundle (configs/metadata.json) or an nnU-Net v2 trained-model "
+            "folder (plans.json, dataset.json, fold_*/checkpoint_final.pth)"
+        )
     if not path.is_file():
         raise ConfigError(f"{path}: no such file or folder")
     if path.suffix.lower() == ".onnx":

@@ -33,7 +33,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 ModelFormat = Literal["onnx", "torchscript"]
-ModelSource = Literal["onnx", "torchscript", "monai_bundle", "package"]
+ModelSource = Literal["onnx", "torchscript", "monai_bundle", "package", "nnunet"]
 
 
 class _Strict(BaseModel):

@@ -72,6 +72,8 @@ class ModelStore:
         """
         source = Path(source)
         kind = model_import.detect_source(source)
+        if kind == "nnunet":
+            return self._add_nnunet(source, name, version, overrides, replace)
         fields = _source_fields(source, kind)
         fields |= dict(overrides or {})
         fields |= {"name": name, "version": version, "source": kind}
@@ -80,6 +82,25 @@ class ModelStore:
         fields["sha256"] = _sha256(network)
         spec = validate_spec(fields, f"{source} as {name}/{version}")
         return self._write(spec, network, source if kind == "monai_bundle" else None, replace)
+
+    def _add_nnunet(
+        self, folder: Path, name: str, version: str, overrides: Mapping[str, Any] | None, replace: bool
+    ) -> StoredModel:
+        """An nnU-Net v2 trained-model folder, converted to TorchScript, with its plans kept beside it."""
+        from radloop.inference.nnunet_import import nnunet_fields
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        scratch = self.root / f".nnunet-{uuid.uuid4().hex[:8]}"
+        try:
+            network = scratch / _FILE_NAMES["torchscript"]
+            fields, files = nnunet_fields(folder, network)
+            fields |= dict(overrides or {})
+            fields |= {"name": name, "version": version, "source": "nnunet", "file": network.name}
+            fields["sha256"] = _sha256(network)
+            spec = validate_spec(fields, f"{folder} as {name}/{version}")
+            return self._write(spec, network, None, replace, files)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def add_packaged(self, packaged: PackagedModel, *, replace: bool = False) -> StoredModel:
         """Copy a model shipped in a package (deepbet) into the store, spec included."""

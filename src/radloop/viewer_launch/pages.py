@@ -1,5 +1,6 @@
 """Server-rendered pages around the review app: errors (403/404), the worklist, and per-model
-quality over time with an SVG plot (no script needed). Every value is HTML-escaped."""
+quality over time with SVG plots (no script needed), production vs shadow versions included.
+Every value is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -65,8 +66,11 @@ def worklist_page(reviewer: str, rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def quality_page(models: Sequence[dict[str, Any]], period: str) -> str:
-    """Per-model acceptance rate and mean Dice of edits over time: two SVG plots and a table."""
+def quality_page(
+    models: Sequence[dict[str, Any]], period: str, shadows: Sequence[dict[str, Any]] = ()
+) -> str:
+    """Per-model acceptance rate and mean Dice of edits over time: two SVG plots and a table; and,
+    when shadow versions ran, production vs shadow against the reviewed final masks (a third plot)."""
     if not models:
         content = "<p class=muted>No review decisions yet.</p>"
     else:
@@ -80,6 +84,8 @@ def quality_page(models: Sequence[dict[str, Any]], period: str) -> str:
             f"<h2>Mean Dice of edited results per {escape(period)}</h2>{_plot(models, 'mean_dice_edited')}"
             f"<h2>All decisions</h2>{_summary_table(models)}"
         )
+    if shadows:
+        content += _shadow_section(shadows, period)
     return _page(
         "Model quality",
         (
@@ -176,3 +182,126 @@ def _summary_table(models: Sequence[dict[str, Any]]) -> str:
         )
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+_SHADOW_LINES = (
+    ("production_dice", "production vs final", "#7cc4ff"),
+    ("shadow_dice", "shadow vs final", "#ffb347"),
+    ("agreement", "shadow vs production", "#9be37d"),
+)
+"""What the production-vs-shadow plot draws per comparison: key, legend text, colour."""
+_DASHES = ("", "7 4", "2 3", "10 3 2 3")
+"""One stroke pattern per comparison (model, production version, shadow version)."""
+
+
+def _shadow_section(shadows: Sequence[dict[str, Any]], period: str) -> str:
+    """Production vs shadow: per comparison (model, production version, shadow version) the mean
+    Dice of each against the reviewed final masks and their agreement, per period; and a table."""
+    dates = sorted({p["period_start"] for q in shadows for p in q["points"]})
+    lines, legend = [], []
+    for i, quality in enumerate(shadows):
+        dash = _DASHES[i % len(_DASHES)]
+        for key, text, colour in _SHADOW_LINES:
+            label = f"{_shadow_name(quality)}: {text}"
+            points = [(p["period_start"], p[key]) for p in quality["points"] if p.get(key) is not None]
+            lines.append((label, colour, dash, points))
+            legend.append(
+                f"<span style='color:{colour}'><svg width=28 height=8><line x1=0 x2=28 y1=4 y2=4 "
+                f"stroke='{colour}' stroke-width=2 stroke-dasharray='{dash}'/></svg> {escape(label)}</span>"
+            )
+    return (
+        f"<h2>Production vs shadow per {escape(period)}</h2>"
+        "<p class=muted>Dice against the reviewed final mask (accepted = the production mask, edited = "
+        "the edit), means over the same cases; shadow vs production needs no review. Shadow results "
+        "are never delivered.</p>"
+        f"<p class=legend>{''.join(legend)}</p>"
+        f"{_line_chart(dates, lines, 'production vs shadow')}"
+        f"{_shadow_table(shadows)}"
+    )
+
+
+def _shadow_name(quality: dict[str, Any]) -> str:
+    name = quality.get("model_name") or "unknown"
+    return (
+        f"{name} {quality.get('production_version') or '?'} vs SHADOW {quality.get('shadow_version') or '?'}"
+    )
+
+
+def _line_chart(
+    dates: Sequence[str],
+    lines: Sequence[tuple[str, str, str, Sequence[tuple[str, float]]]],
+    label: str,
+    width: int = 720,
+    height: int = 240,
+) -> str:
+    """An SVG plot of values in [0, 1] per period: one (label, colour, dash, points) line each. The
+    axis starts below the lowest value (at 0 unless every value is above 0.5), so that Dices close
+    to 1 stay apart."""
+    left, right, top, bottom = 48, 48, 12, 36
+    if not dates:
+        return ""
+    values = [v for _, _, _, points in lines for _, v in points]
+    lowest = min(values, default=0.0)
+    floor = max(0.0, int(lowest * 20) / 20 - 0.05) if lowest > 0.5 else 0.0
+    span = width - left - right
+    step = span / max(len(dates) - 1, 1)
+
+    def x(d: str) -> float:
+        return left + dates.index(d) * step if len(dates) > 1 else left + span / 2
+
+    def y(v: float) -> float:
+        return top + (1.0 - max(floor, min(1.0, v))) / (1.0 - floor) * (height - top - bottom)
+
+    grid = "".join(
+        f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#333"/>'
+        f'<text x="{left - 6}" y="{y(v) + 4:.1f}" {_SMALL_TEXT} text-anchor="end">{v:.2f}</text>'
+        for v in (floor + (1.0 - floor) * k / 4 for k in range(5))
+    )
+    ticks = "".join(
+        f'<text x="{x(d):.1f}" y="{height - 12}" {_SMALL_TEXT} text-anchor="middle">{escape(d)}</text>'
+        for d in dates
+    )
+    drawn = []
+    for name, colour, dash, points in lines:
+        if not points:
+            continue
+        path = " ".join(f"{'M' if i == 0 else 'L'}{x(d):.1f},{y(v):.1f}" for i, (d, v) in enumerate(points))
+        dots = "".join(
+            f'<circle cx="{x(d):.1f}" cy="{y(v):.1f}" r="3.5" fill="{colour}">'
+            f"<title>{escape(name)}, {escape(d)}: {v:.3f}</title></circle>"
+            for d, v in points
+        )
+        drawn.append(
+            f'<g data-line="{escape(name)}"><path d="{path}" fill="none" stroke="{colour}" stroke-width="2" '
+            f'stroke-dasharray="{dash}"/>{dots}</g>'
+        )
+    return (
+        f'<svg role="img" aria-label="{escape(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{grid}{ticks}{"".join(drawn)}</svg>'
+    )
+
+
+def _shadow_table(shadows: Sequence[dict[str, Any]]) -> str:
+    def fmt(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+
+    keys = ("cases", "with_final", "production_dice", "shadow_dice", "agreement", "unreadable")
+    rows = "".join(
+        f"<tr><td>{escape(_shadow_name(q))}</td>"
+        + "".join(f"<td>{fmt(q['overall'][k])}</td>" for k in keys)
+        + "</tr>"
+        for q in shadows
+    )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "production vs shadow",
+            "series",
+            "with a final mask",
+            "Dice production vs final",
+            "Dice shadow vs final",
+            "Dice shadow vs production",
+            "unreadable",
+        )
+    )
+    return f"<table class=shadow><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"

@@ -2,9 +2,13 @@
 
 For a SEG result: its job's source series as a NIfTI volume, the SEG as a NIfTI label drawing on
 the same grid (see :mod:`radloop.viewer_launch.conversion`) and a small JSON of facts (grid,
-segments, model, AI volume). Files go to ``<data_dir>/review-cache/result-<id>/``, each written
-to a temporary name and renamed, so concurrent requests (and processes) never see half a file;
-a per-result lock makes concurrent requests in one process convert once. The loaded volume
+segments, model, AI volume). The SEGs that *shadow* model versions wrote in the same job
+(:mod:`radloop.pipelines.shadow`) are converted beside it as second opinions
+(``shadow-<result id>.nii.gz``), with their volume and Dice against the AI mask in the facts;
+one that cannot be read is listed with its error and never blocks the review. Files go to
+``<data_dir>/review-cache/result-<id>/``, each written to a temporary name and renamed, so
+concurrent requests (and processes) never see half a file; a per-result lock makes concurrent
+requests in one process convert once. The loaded volume
 and SEG of the last few results stay in memory for saving edits.
 """
 
@@ -20,23 +24,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom.errors import InvalidDicomError
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from radloop.core.db import session_scope
-from radloop.core.errors import NotFoundError
+from radloop.core.errors import NotFoundError, RadloopError
 from radloop.core.models import Instance, Job, Result, Series, Study
 from radloop.core.refs import SeriesRef
 from radloop.core.settings import Settings
+from radloop.feedback.agreement import agreement
 from radloop.feedback.decisions import REVIEWABLE_KIND
 from radloop.pipelines.ports import Volume
+from radloop.pipelines.shadow import SHADOW_KIND
 from radloop.pipelines.volume import load_volume
 from radloop.viewer_launch.conversion import SegContent, labels_to_nifti, read_seg, volume_to_nifti
 
 logger = logging.getLogger(__name__)
 
 IMAGE_FILE, MASK_FILE, FACTS_FILE = "image.nii", "mask.nii.gz", "facts.json"
-FACTS_VERSION = 1
+FACTS_VERSION = 2
+
+
+def shadow_file(shadow_id: int) -> str:
+    """The converted file name of the shadow SEG result ``shadow_id`` (in its AI result's folder)."""
+    return f"shadow-{shadow_id}.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -49,14 +61,26 @@ class ResultSource:
     study: Study
     source_paths: tuple[Path, ...]
     seg_path: Path
+    shadows: tuple[tuple[int, Path], ...] = ()
+    """(result id, file) of the shadow SEGs of the same job: second opinions, never the decision."""
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A shadow version's SEG on the grid of the AI result it shadows, or why it could not be read."""
+
+    result_id: int
+    seg: SegContent | None
+    error: str = ""
 
 
 @dataclass(frozen=True)
 class Loaded:
-    """The source volume and the SEG on its grid (in memory)."""
+    """The source volume and the SEG on its grid (in memory), and the shadow SEGs beside it."""
 
     volume: Volume
     seg: SegContent
+    shadows: tuple[Shadow, ...] = ()
 
 
 def result_source(engine: Engine, settings: Settings, result_id: int) -> ResultSource:
@@ -74,9 +98,17 @@ def result_source(engine: Engine, settings: Settings, result_id: int) -> ResultS
             select(Instance).where(Instance.series_id == series.id).order_by(col(Instance.id))
         ).all()
         paths = tuple(settings.data_dir / i.path for i in instances)
+        shadows = tuple(
+            (int(r.id or 0), settings.data_dir / r.path)
+            for r in s.exec(
+                select(Result)
+                .where(Result.job_id == job.id, Result.kind == SHADOW_KIND)
+                .order_by(col(Result.id))
+            ).all()
+        )
     if not paths:
         raise NotFoundError(f"result {result_id}: the source series has no stored instances")
-    return ResultSource(result, job, series, study, paths, settings.data_dir / result.path)
+    return ResultSource(result, job, series, study, paths, settings.data_dir / result.path, shadows)
 
 
 class ReviewCache:
@@ -149,7 +181,8 @@ class ReviewCache:
             return cached[1]
         ref = SeriesRef(source.study.study_instance_uid, source.series.series_instance_uid)
         volume = load_volume(source.source_paths, ref)
-        loaded = Loaded(volume, read_seg(source.seg_path, volume))
+        shadows = tuple(_read_shadow(shadow_id, path, volume) for shadow_id, path in source.shadows)
+        loaded = Loaded(volume, read_seg(source.seg_path, volume), shadows)
         self._loaded[result_id] = (stamp, loaded)
         while len(self._loaded) > self._keep:
             self._loaded.popitem(last=False)
@@ -171,6 +204,11 @@ class ReviewCache:
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(folder / IMAGE_FILE, volume_to_nifti(loaded.volume))
         _atomic_write(folder / MASK_FILE, labels_to_nifti(loaded.seg.labels, loaded.volume))
+        for shadow in loaded.shadows:
+            if shadow.seg is not None:
+                _atomic_write(
+                    folder / shadow_file(shadow.result_id), labels_to_nifti(shadow.seg.labels, loaded.volume)
+                )
         facts = {**facts_of(loaded), "source_stamp": stamp}
         _atomic_write(folder / FACTS_FILE, json.dumps(facts).encode("utf-8"))  # last: marks complete
 
@@ -182,7 +220,20 @@ def _stamp(source: ResultSource) -> str:
     makes the converted data stale.
     """
     seg = source.seg_path.stat()
-    return f"{seg.st_mtime_ns}:{seg.st_size}:{len(source.source_paths)}"
+    stamp = f"{seg.st_mtime_ns}:{seg.st_size}:{len(source.source_paths)}"
+    for shadow_id, path in source.shadows:  # a shadow stored after the conversion makes it stale
+        stat = path.stat() if path.exists() else None
+        stamp += f";{shadow_id}:{stat.st_mtime_ns}:{stat.st_size}" if stat else f";{shadow_id}:missing"
+    return stamp
+
+
+def _read_shadow(shadow_id: int, path: Path, volume: Volume) -> Shadow:
+    """A shadow SEG on ``volume``'s grid; a broken or missing one becomes its error, not a failure."""
+    try:
+        return Shadow(shadow_id, read_seg(path, volume))
+    except (RadloopError, InvalidDicomError, OSError, ValueError, KeyError, AttributeError) as e:
+        logger.warning("shadow SEG result %s cannot be shown: %s", shadow_id, e)
+        return Shadow(shadow_id, None, f"cannot read the shadow SEG: {e}")
 
 
 def facts_of(loaded: Loaded) -> dict[str, Any]:
@@ -207,6 +258,23 @@ def facts_of(loaded: Loaded) -> dict[str, Any]:
             for s in seg.segments
         ],
         "ai_volume_ml": sum(counts.values()) * voxel_ml,
+        "shadows": [_shadow_facts(shadow, loaded) for shadow in loaded.shadows],
+    }
+
+
+def _shadow_facts(shadow: Shadow, loaded: Loaded) -> dict[str, Any]:
+    """A shadow SEG's model, volume and agreement with the AI (production) mask."""
+    if shadow.seg is None:
+        return {"result_id": shadow.result_id, "error": shadow.error}
+    measured = agreement(loaded.seg.labels, shadow.seg.labels, loaded.volume.voxel_volume_ml)
+    return {
+        "result_id": shadow.result_id,
+        "error": "",
+        "model": {"name": shadow.seg.algorithm.name, "version": shadow.seg.algorithm.version},
+        "series_description": shadow.seg.series_description,
+        "volume_ml": measured.volume_final_ml,
+        "dice_vs_ai": measured.dice,
+        "volume_difference_ml": measured.volume_change_ml,
     }
 
 

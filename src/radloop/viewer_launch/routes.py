@@ -134,6 +134,7 @@ ViewerPage = Annotated[ReviewSession | Response, Depends(PageRole(Role.viewer))]
 PUBLIC = Depends(Public())
 Changing = Annotated[None, Depends(changing_request)]
 ResultId = Annotated[int, UrlPath(ge=1, le=MAX_ROW_ID, description="The AI result's id.")]
+ShadowId = Annotated[int, UrlPath(ge=1, le=MAX_ROW_ID, description="The shadow SEG result's id.")]
 ViewId = Annotated[
     int | None, Query(ge=1, le=MAX_ROW_ID, description="The view event that started the review clock.")
 ]
@@ -207,7 +208,8 @@ def quality_page(service: Service, session: ViewerPage, period: Period = "week")
     """Per-model quality over time with plots."""
     if isinstance(session, Response):
         return session
-    return _html(pages.quality_page(service.quality(session, period), period))
+    shadows = service.shadow_quality(session, period)
+    return _html(pages.quality_page(service.quality(session, period), period, shadows))
 
 
 @router.get("/static/{name:path}", include_in_schema=False, dependencies=[PUBLIC])
@@ -252,6 +254,16 @@ def get_mask(result_id: ResultId, service: Service, session: SessionDep) -> File
     return FileResponse(path, media_type="application/gzip", headers=DATA_HEADERS)
 
 
+@router.get(f"/api/results/{{result_id}}/shadows/{{shadow_id}}/{MASK_FILE}")
+def get_shadow_mask(
+    result_id: ResultId, shadow_id: ShadowId, service: Service, session: SessionDep
+) -> FileResponse:
+    """A shadow model version's SEG of the same series (a second opinion, never delivered, never the
+    decision) as a gzipped NIfTI-1 label volume on the same grid."""
+    path = service.shadow_data_file(session, result_id, shadow_id)
+    return FileResponse(path, media_type="application/gzip", headers=DATA_HEADERS)
+
+
 @router.post("/api/results/{result_id}/decision")
 def post_decision(
     result_id: ResultId, body: DecisionIn, service: Service, session: ReviewerSession, _changing: Changing
@@ -287,6 +299,15 @@ def get_worklist(
 def get_quality(service: Service, session: SessionDep, period: Period = "week") -> list[dict[str, Any]]:
     """Per-model acceptance rate and mean Dice of edits, per period."""
     return service.quality(session, period)
+
+
+@router.get("/api/quality/shadow")
+def get_shadow_quality(
+    service: Service, session: SessionDep, period: Period = "week"
+) -> list[dict[str, Any]]:
+    """Per model: Dice of production and of each shadow version vs the reviewed final masks, and
+    their agreement, per period."""
+    return service.shadow_quality(session, period)
 
 
 def _signed_in(service: ReviewService, request: Request) -> ReviewSession | None:

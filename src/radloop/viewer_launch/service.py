@@ -35,9 +35,16 @@ from radloop.feedback.assessments import store_assessment
 from radloop.feedback.edits import store_edited_seg
 from radloop.feedback.iocm import store_rejection_note
 from radloop.feedback.quality import Period, model_quality
+from radloop.feedback.shadow_quality import shadow_quality
 from radloop.pipelines.ports import LabelMap
 from radloop.viewer_launch.conversion import nifti_to_labels
-from radloop.viewer_launch.review_cache import IMAGE_FILE, MASK_FILE, ReviewCache, result_source
+from radloop.viewer_launch.review_cache import (
+    IMAGE_FILE,
+    MASK_FILE,
+    ReviewCache,
+    result_source,
+    shadow_file,
+)
 from radloop.viewer_launch.signing import (
     LaunchClaims,
     LaunchDeniedError,
@@ -212,6 +219,7 @@ class ReviewService:
                 "image": f"/review/api/results/{result_id}/{IMAGE_FILE}",
                 "mask": f"/review/api/results/{result_id}/{MASK_FILE}",
             },
+            "shadows": [_shadow_view(result_id, shadow) for shadow in facts.get("shadows", [])],
         }
 
     def data_file(self, session: ReviewSession, result_id: int, name: str) -> Path:
@@ -220,6 +228,16 @@ class ReviewService:
         if name not in (IMAGE_FILE, MASK_FILE):
             raise NotFoundError(f"no review file {name!r}")
         return self.cache.path(result_id, name)
+
+    def shadow_data_file(self, session: ReviewSession, result_id: int, shadow_id: int) -> Path:
+        """The converted mask of a shadow SEG of ``result_id`` (a second opinion) the session may see."""
+        self._check_allowed(session, result_id)
+        shown = {
+            int(s["result_id"]) for s in self.cache.facts(result_id).get("shadows", []) if not s["error"]
+        }
+        if shadow_id not in shown:
+            raise NotFoundError(f"result {result_id} has no readable shadow SEG {shadow_id}")
+        return self.cache.path(result_id, shadow_file(shadow_id))
 
     def worklist(self, session: ReviewSession, limit: int = 200) -> list[dict[str, Any]]:
         """Results awaiting review (worklist sessions only); audited."""
@@ -241,6 +259,10 @@ class ReviewService:
     def quality(self, session: ReviewSession, period: Period = "week") -> list[dict[str, Any]]:
         """Per-model quality over time (any valid session: no patient data in it)."""
         return [m.as_dict() for m in model_quality(self.engine, period=period)]
+
+    def shadow_quality(self, session: ReviewSession, period: Period = "week") -> list[dict[str, Any]]:
+        """Production vs shadow versions over time (any valid session: no patient data in it)."""
+        return [q.as_dict() for q in shadow_quality(self.engine, self.settings.data_dir, period=period)]
 
     # ------------------------------------------------------------------ decisions
 
@@ -370,6 +392,18 @@ def _model(facts: dict[str, Any], fallback_version: str) -> dict[str, str]:
     return {
         "name": str(model.get("name", "") or ""),
         "version": str(model.get("version", "") or fallback_version),
+    }
+
+
+def _shadow_view(result_id: int, shadow: dict[str, Any]) -> dict[str, Any]:
+    """A shadow SEG as the app shows it: clearly marked, with where to fetch its mask."""
+    if shadow["error"]:
+        return {**shadow, "label": "SHADOW result (cannot be shown)", "url": None}
+    model = shadow["model"]
+    return {
+        **shadow,
+        "label": f"SHADOW {model['name']}@{model['version']} — not for clinical use",
+        "url": f"/review/api/results/{result_id}/shadows/{shadow['result_id']}/mask.nii.gz",
     }
 
 

@@ -22,6 +22,7 @@ from radloop.core.db import MAX_ROW_ID, session_scope
 from radloop.core.errors import RequestError
 from radloop.core.read_models import ReviewOut, WorklistItemOut
 from radloop.feedback.quality import ModelQuality, model_quality
+from radloop.feedback.shadow_quality import ShadowQuality, shadow_quality
 from radloop.viewer_launch.signing import launch_url
 
 router = APIRouter(prefix="/api/v1", tags=["reviews"])
@@ -69,6 +70,15 @@ def get_quality(
 ) -> list[ModelQuality]:
     """Per model (name, version): acceptance rate, mean Dice of edits, per period and overall."""
     return model_quality(ctx.engine, period=period)
+
+
+@router.get("/quality/shadow", response_model=list[ShadowQuality], responses=responses(422))
+def get_shadow_quality(
+    ctx: Ctx, _caller: Viewer, period: Literal["day", "week", "month"] = "week"
+) -> list[ShadowQuality]:
+    """Production vs each shadow version, per period: Dice of both against the reviewed final masks
+    and their agreement (the quality page's third plot)."""
+    return shadow_quality(ctx.engine, ctx.settings.data_dir, period=period)
 
 
 @router.post("/review-urls", response_model=ReviewUrlOut, responses=responses(400, 422))
