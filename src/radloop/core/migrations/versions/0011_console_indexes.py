@@ -1,7 +1,7 @@
 """operator console: indexes for its time windows and study search
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-06 23:00:00.000000
 
 The overview counts rows per time bucket over the last hour or day (instances received, series
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
