@@ -73,13 +73,15 @@ def _profiled_run(self: threading.Thread) -> None:
 
 
 def receive(series: Path, n: int, work: Path, durability: str, profile: bool) -> tuple[float, Any]:
+    # durability named only when not the default: this script also profiles older radloop trees
+    # (PYTHONPATH=<other checkout>/src) for a before/after comparison
+    mode: dict[str, Any] = {} if durability == "fsync" else {"durability": durability}
     settings = load_settings(
-        data_dir=str(work / "data"),
-        dicom={"host": peers.LOCALHOST, "port": 0, "min_free_bytes": 0, "durability": durability},
+        data_dir=str(work / "data"), dicom={"host": peers.LOCALHOST, "port": 0, "min_free_bytes": 0, **mode}
     )
     db.upgrade(settings)
     engine = db.make_engine(settings)
-    store = InstanceStore(settings.data_dir, engine, durability=settings.dicom.durability)
+    store = InstanceStore(settings.data_dir, engine, **mode)
     scp = StorageSCP(settings, store, lambda _ids, _called: None)
     _PROFILES.clear()
     if profile:
@@ -94,7 +96,8 @@ def receive(series: Path, n: int, work: Path, durability: str, profile: bool) ->
     finally:
         threading.Thread.run = _ORIGINAL_RUN  # type: ignore[method-assign]
         scp.stop()
-        store.close()
+        if hasattr(store, "close"):
+            store.close()
     stats = None
     if profile:
         stats = pstats.Stats(_PROFILES[0])

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.peers]
 
 BRAIN_AE = "RADLOOP_BRAIN"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+START_TIMEOUT_S = 240.0  # start-up loads deepbet in the worker: minutes on a loaded 2-core machine
 
 
 def _config(orthanc: peers.OrthancServer, **extra: Any) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def test_kill9_during_transfer_loses_nothing_and_duplicates_nothing(
     cfg = _config(orthanc_clean)
     cfg["dicom"]["durability"] = durability
     server = RadloopServer(tmp_path, cfg)
-    server.start()
+    server.start(timeout=START_TIMEOUT_S)
     cmd = [
         peers.require_binary("storescu"),
         "-v",
@@ -261,7 +262,7 @@ def test_kill9_during_transfer_loses_nothing_and_duplicates_nothing(
         assert stored.read_bytes()[128:132] == b"DICM"
         assert pydicom.dcmread(stored).SOPInstanceUID == uid
 
-    server.start()  # restart; the sender sends the whole series again
+    server.start(timeout=START_TIMEOUT_S)  # restart; the sender sends the whole series again
     again = peers.storescu(t1_series_dir, "127.0.0.1", server.port, BRAIN_AE)
     assert again.returncode == 0, again.stderr
     peers.wait_for(lambda: _seg_instances(orthanc_clean), 240, interval=0.5, what="SEG after restart")

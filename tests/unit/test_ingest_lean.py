@@ -15,7 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from sqlmodel import Session, select
 
-from radloop.connector.ingest import PREAMBLE, part10_prefix
+from radloop.connector.ingest import PREAMBLE, AssociationTracker, part10_prefix
 from radloop.connector.store import GroupSync, InstanceStore, describe
 from radloop.core import db
 from radloop.core.errors import InvalidInstanceError
@@ -91,3 +91,27 @@ def test_group_sync_barrier_waits_for_the_fsync_of_what_was_written(tmp_path: Pa
         assert group.barrier(30)  # nothing new: at once
     finally:
         group.stop()
+
+
+def test_tracker_completes_a_series_when_its_last_carrier_is_released() -> None:
+    completed: list[tuple[set[int], str]] = []
+    tracker = AssociationTracker(lambda ids, ae: completed.append((ids, ae)))
+    for key in ("1:a", "1:b", "2:c"):  # three associations (two processes) into series 7
+        tracker.carrying(key, 7)
+    tracker.carrying("2:c", 8)  # one of them also into series 8
+    tracker.ended("1:a", [7], "RADLOOP", released=True)
+    assert completed == []  # two still send into 7
+    tracker.ended("2:c", [7, 8], "RADLOOP", released=True)
+    assert completed == [({8}, "RADLOOP")]  # 8 had one carrier; 7 still has 1:b
+    tracker.ended("1:b", [7], "RADLOOP", released=True)
+    assert completed == [({8}, "RADLOOP"), ({7}, "RADLOOP")]
+
+
+def test_tracker_leaves_a_series_whose_last_carrier_aborted_to_the_quiet_period() -> None:
+    completed: list[tuple[set[int], str]] = []
+    tracker = AssociationTracker(lambda ids, ae: completed.append((ids, ae)))
+    tracker.carrying("1:a", 7)
+    tracker.carrying("1:b", 7)
+    tracker.ended("1:a", [7], "RADLOOP", released=True)
+    tracker.ended("1:b", [7], "RADLOOP", released=False)
+    assert completed == []

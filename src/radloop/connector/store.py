@@ -14,7 +14,8 @@ a :class:`GroupSync` thread fsyncs the written files and their folders every ``g
 and :meth:`InstanceStore.sync_barrier` waits until everything written so far is fsynced (what a
 Storage Commitment result waits for). A ``kill -9`` of the process loses nothing either way (the
 kernel holds the written bytes); a power cut may lose what was written after the last group fsync
-in ``commit`` mode, and :meth:`InstanceStore.reconcile` then removes what is left half-written.
+in ``commit`` mode (a file may then be truncated under an index row that survived; a resend
+replaces it, and a sender that waits for Storage Commitment resends).
 
 A duplicate SOP Instance UID is idempotent:
 the file is rewritten in place and the index row kept. The same SOP Instance UID in *another*

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import queue
 import socket
 import ssl
 import struct
@@ -62,6 +63,7 @@ _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 _SMALL_PDU = 1024  # A-ASSOCIATE-AC/RJ, A-RELEASE-RQ/RP and A-ABORT bodies are a few bytes
 _READ_STEP = 1 << 20
 _DRAIN_BYTES = 4 << 20  # read and dropped after an A-ABORT, before closing regardless
+_REACTOR_POLL_S = 0.005  # the association loop's checks (release, abort, timeouts) when no message comes
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,56 @@ class GuardedAssociation(Association):
         asocket = cast(AssociationSocket, self.dul.socket)
         if self._server is not None and asocket.socket is not None:
             self._server.shutdown_request(asocket.socket)
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0.4's acceptor loop, waking when a DIMSE message arrives instead of polling.
+
+        pynetdicom sleeps 1 ms before each look at its message queue: up to a millisecond per
+        C-STORE, and on a loaded machine each of those wake-ups waits for a CPU. Here the loop
+        blocks on the queue (at most ``_REACTOR_POLL_S``, then the same checks as pynetdicom:
+        release, abort, DUL alive, idle timeout). The pause checkpoint that lets another thread
+        send on the association (a Storage Commitment report) is kept as it is: the queue is
+        read only after it is passed, so such a sender's response is never taken from it.
+        """
+        self._is_paused = False
+        while not self._kill:
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            try:
+                context_id, msg = self.dimse.msg_queue.get(timeout=_REACTOR_POLL_S)
+            except queue.Empty:
+                context_id, msg = None, None
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for subscribers (as pynetdicom)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                log.warning("association from %s: network timeout reached", _peer(self.dul))
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
 
     def _wait_for_request(self) -> A_ASSOCIATE | None:
         deadline = time.monotonic() + float(self.acse_timeout or 0)
