@@ -19,6 +19,7 @@ This is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
+    logging.getLogger("radloop").setLevel(logging.ERROR)  # per-connection warnings would bury the table
     work = Path(tempfile.mkdtemp(prefix="radloop-bench-tls-"))
     series = work / "t1"
     files = peers.gunzip_series(peers.shared_data_dir() / "mr-brain-t1-philips" / "series", series)

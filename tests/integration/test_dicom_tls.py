@@ -15,10 +15,12 @@ source on that Orthanc is pulled by C-MOVE over TLS both ways.
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import ssl
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +269,26 @@ def test_a_silent_connection_does_not_stall_the_tls_port(
     _wait_log(radloop, offset, "no complete handshake within association_request_timeout_s")
 
 
+def test_a_dripping_handshake_is_closed_at_the_deadline(radloop: RadloopServer, tls_port: int) -> None:
+    """A ClientHello dripped a byte a second gets the same 10 s (association_request_timeout_s) in
+    total as a silent peer, not 10 s per byte."""
+    hello = b"\x16\x03\x01\x02\x00" + bytes(60)  # a handshake record declaring 512 bytes, then a few
+    started = time.monotonic()
+    closed_after: float | None = None
+    with socket.create_connection((LOCAL, tls_port), timeout=30) as drip:
+        for byte in hello:  # bounded: 65 bytes, at most about 65 s
+            try:
+                drip.sendall(bytes([byte]))
+                if selectors_wait(drip) and drip.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except OSError:  # reset by radloop
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, "radloop kept a dripping handshake open for 65 s"
+    assert closed_after < 40, closed_after  # 10 s deadline, generous for a loaded machine
+
+
 # --------------------------------------------------------------------------- the whole loop
 
 
@@ -392,3 +414,10 @@ def test_a_missing_certificate_stops_serve_at_start_naming_the_setting(pki: Pki,
     )
     assert done.returncode == 2, done.stderr
     assert f"error: dicom.tls.certificate: cannot read {tmp_path / 'missing.crt'}" in done.stderr
+
+
+def selectors_wait(sock: socket.socket, seconds: float = 1.0) -> bool:
+    """Whether ``sock`` has something to read (data or its close) within ``seconds``."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(seconds))

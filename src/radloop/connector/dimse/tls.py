@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -186,9 +188,7 @@ class TlsRequestHandler(GuardedRequestHandler):
             _close(sock)
             return
         try:
-            sock.settimeout(self.limits.request_timeout_s)
-            sock.do_handshake()
-            sock.settimeout(None)
+            _handshake(sock, time.monotonic() + self.limits.request_timeout_s)
         except (ssl.SSLError, OSError) as e:
             log.warning(
                 "DICOM TLS handshake with %s failed, connection closed: %s", peer, shown(_reason(e), 200)
@@ -206,6 +206,27 @@ class TlsRequestHandler(GuardedRequestHandler):
             shown(_common_name(sock) or "none"),
         )
         super().handle()
+
+
+def _handshake(sock: ssl.SSLSocket, deadline: float) -> None:
+    """The server side of the handshake, finished by ``deadline`` in total (a peer dripping its
+    ClientHello a byte at a time gets no more time than a silent one); TimeoutError otherwise."""
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                readable, writable = [sock], []
+            except ssl.SSLWantWriteError:
+                readable, writable = [], [sock]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not any(select.select(readable, writable, [], remaining)):
+                raise TimeoutError("TLS handshake deadline passed")
+    finally:
+        if sock.fileno() >= 0:
+            sock.setblocking(True)
 
 
 def _reason(error: BaseException) -> str:
