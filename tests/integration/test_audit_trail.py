@@ -46,6 +46,8 @@ class Site:
     server: RadloopServer
     rsyslog: RsyslogServer
     study_uid: str
+    series_uid: str
+    sop_uid: str
     patient_id: str
     result: Result
 
@@ -98,7 +100,8 @@ def site(
             what=f"SEG sent to Orthanc (log: {server.log_path})",
         )
         first = pydicom.dcmread(sorted(t1_series_dir.iterdir())[0], stop_before_pixels=True)
-        yield Site(server, rsyslog, str(first.StudyInstanceUID), str(first.PatientID), result)
+        uids = (str(first.StudyInstanceUID), str(first.SeriesInstanceUID), str(first.SOPInstanceUID))
+        yield Site(server, rsyslog, *uids, str(first.PatientID), result)
     finally:
         server.stop()
         rsyslog.stop()
@@ -123,7 +126,7 @@ def _review_and_query(site: Site, client: str = "audit-client") -> None:
     browser = requests.Session()
     opened = browser.get(url, allow_redirects=False, timeout=30)
     assert opened.status_code == 303, opened.text
-    view = browser.get(f"{server.api_url}/review/api/results/{site.result.id}", headers=HEADERS, timeout=60)
+    view = browser.get(f"{server.api_url}/review/api/results/{site.result.id}", headers=HEADERS, timeout=120)
     assert view.status_code == 200, view.text
     assert browser.get(f"{server.api_url}/review/logout", timeout=30).status_code == 200
     token = {"Authorization": f"Bearer {server.create_token(client, 'viewer')}"}
@@ -131,10 +134,9 @@ def _review_and_query(site: Site, client: str = "audit-client") -> None:
         f"{server.api_url}/dicomweb/studies", params={"PatientID": site.patient_id}, headers=token, timeout=30
     )
     assert found.status_code == 200 and len(found.json()) == 1, found.text
-    meta = requests.get(
-        f"{server.api_url}/dicomweb/studies/{site.study_uid}/metadata", headers=token, timeout=60
-    )
-    assert meta.status_code == 200
+    one = f"studies/{site.study_uid}/series/{site.series_uid}/instances/{site.sop_uid}/metadata"
+    meta = requests.get(f"{server.api_url}/dicomweb/{one}", headers=token, timeout=120)
+    assert meta.status_code == 200, meta.text
 
 
 def _rows(server: RadloopServer) -> list[AuditMessage]:

@@ -225,3 +225,34 @@ def test_id_tokens_wrong_audience_expired_or_tampered_are_refused(site: Site) ->
     other_token, other_nonce = _real_id_token(site, "other")  # issued to another client
     with pytest.raises(LoginError, match="(?i)not valid: audience"):
         rp.verify_id_token(other_token, other_nonce)
+
+
+def test_login_logout_and_a_failed_login_are_audited(site: Site) -> None:
+    """PS3.15 A.5.3.14 User Authentication: Login (110122), Logout (110123), a failure with outcome 4."""
+    import xml.etree.ElementTree as ET
+
+    from sqlmodel import Session, col, select
+
+    from radloop.core.models import AuditMessage
+
+    with Session(site.env.engine) as s:
+        first = max([0, *s.exec(select(AuditMessage.id)).all()])  # type: ignore[type-var]
+    http = requests.Session()
+    landed = _sign_in(http, f"{site.base}/auth/login?next=/review/worklist", "audra")
+    assert landed.status_code == 200, landed.text[:300]
+    assert http.get(f"{site.base}/review/logout").status_code == 200
+    assert http.get(f"{site.base}/review/api/session").status_code in (401, 403)  # the session is gone
+    junk = requests.get(f"{site.base}/auth/callback", params={"code": "x", "state": "y"})
+    assert 400 <= junk.status_code < 500
+    with Session(site.env.engine) as s:
+        rows = s.exec(
+            select(AuditMessage).where(AuditMessage.event_id == "110114", col(AuditMessage.id) > first)
+        ).all()
+    seen = []
+    for row in rows:
+        root = ET.fromstring(row.xml)
+        type_code = root.find("EventIdentification/EventTypeCode")
+        assert type_code is not None
+        seen.append((row.user, type_code.get("csd-code"), row.outcome))
+    assert ("audra", "110122", 0) in seen and ("audra", "110123", 0) in seen
+    assert ("unknown", "110122", 4) in seen

@@ -277,3 +277,18 @@ def test_log_filter_masks_patient_attributes_in_query_strings() -> None:
     )
     assert RedactPatientQuery().filter(record)
     assert record.getMessage() == "poll failed: 404 for url: http://pacs/studies?PatientID=***&00100010=***"
+
+
+def test_worker_logging_silences_the_warning_that_quotes_a_patient_name() -> None:
+    import warnings
+
+    from radloop.core.logging import configure_logging
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_logging("WARNING")
+        warnings.warn(
+            'The string "d2n_Philips_3T_R571" is unlikely to represent the intended person name', UserWarning
+        )
+        warnings.warn("another warning", UserWarning)
+    assert [str(w.message) for w in caught] == ["another warning"]

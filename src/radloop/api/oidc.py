@@ -306,7 +306,9 @@ def _audit_login(request: Request, ctx: Ctx, user: str, login: bool) -> None:
 def _audit_failed_login(request: Request, ctx: Ctx, reason: str) -> None:
     """A failed login, audited once per reason per ``review.denied_audit_interval_s`` with the
     count of those in between (junk callbacks must not flood the audit trail)."""
-    denials: dict[str, tuple[float, int]] = request.app.state.__dict__.setdefault("login_denials", {})
+    denials: dict[str, tuple[float, int]] | None = getattr(request.app.state, "login_denials", None)
+    if denials is None:
+        denials = request.app.state.login_denials = {}
     now = time.monotonic()
     last, count = denials.get(reason, (-1e18, 0))  # a race between two threads costs one extra row
     if now - last < ctx.settings.review.denied_audit_interval_s:

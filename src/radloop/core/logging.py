@@ -7,15 +7,19 @@ module; at INFO those lines cost ingest throughput and drown radloop's own messa
 radloop's own messages name studies and series by UID, never by PatientName or PatientID. A
 library's message may still carry a URL radloop asked for (``…/studies?PatientID=…`` in an HTTP
 error from a PACS): :class:`RedactPatientQuery` masks such query values in every record the
-root handler writes.
+root handler writes. highdicom warns about a one-component PatientName by quoting it (on stderr,
+which is the server's log): that warning is silenced, the name it quotes is PHI.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 
 NOISY = ("pynetdicom", "highdicom", "alembic.runtime.migration")
+PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
+"""highdicom's warning that quotes a PatientName (or another person name) it finds odd."""
 FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s"
 _PATIENT_QUERY = re.compile(
     r"(?i)\b(PatientName|PatientID|PatientBirthDate|OtherPatientIDs|00100010|00100020|00100030|00101000)"
@@ -42,3 +46,4 @@ def configure_logging(level: str) -> None:
         handler.addFilter(RedactPatientQuery())
     for name in NOISY:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    warnings.filterwarnings("ignore", message=PERSON_NAME_WARNING, category=UserWarning)

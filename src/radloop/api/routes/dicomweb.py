@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
@@ -18,14 +17,14 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from radloop.api import audit_trail
 from radloop.api.auth import Operator, Viewer
 from radloop.api.deps import Ctx
 from radloop.api.problems import responses
 from radloop.connector.dicomweb import qido, stow, wado
 from radloop.connector.dicomweb.multipart import new_boundary, write_parts
 from radloop.connector.ingest import IngestSession
-from radloop.core import atna, tokens
-from radloop.core.db import session_scope
+from radloop.core import tokens
 from radloop.core.errors import NotFoundError
 from radloop.core.roles import PermissionDeniedError
 
@@ -143,32 +142,6 @@ async def stow_study_default(study: str, request: Request, ctx: Ctx, caller: Ope
 # --------------------------------------------------------------------------- QIDO-RS
 
 
-def _audit_query(request: Request, ctx: Ctx, caller: tokens.Caller) -> None:
-    """A Query audit message (PS3.15 A.5.3.12) naming the QIDO-RS path and query string."""
-    text = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    address = request.client.host if request.client else ""
-    with session_scope(ctx.engine) as s:
-        atna.record(
-            s, ctx.settings.audit, atna.query(atna.person(f"token:{caller.name}", address=address), text)
-        )
-
-
-def _audit_access(request: Request, ctx: Ctx, caller: tokens.Caller, study: str) -> None:
-    """A DICOM Instances Accessed audit message (PS3.15 A.5.3.5) for a WADO-RS retrieve of ``study``:
-    one per client and study per ``audit.access_window_s`` (a viewer reads frame by frame)."""
-    address = request.client.host if request.client else ""
-    seen: dict[tuple[str, str, str], float] = request.app.state.__dict__.setdefault("wado_audited", {})
-    now, key = time.monotonic(), (caller.name, address, study)
-    if now - seen.get(key, -1e18) < ctx.settings.audit.access_window_s:
-        return
-    if len(seen) > 10_000:  # forget old entries rather than grow without bound
-        seen.clear()
-    seen[key] = now
-    with session_scope(ctx.engine) as s:
-        user = atna.person(f"token:{caller.name}", address=address)
-        atna.record(s, ctx.settings.audit, atna.instances_accessed(s, user, [study]))
-
-
 def _qido(rows: list[dict[str, Any]], ignored: list[str]) -> JSONResponse:
     response = JSONResponse(rows, media_type=DICOM_JSON)
     if ignored:
@@ -185,7 +158,7 @@ _QIDO_DOC = responses(400, 404, ok=_JSON_OK)
 def search_studies(request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Studies (matching keys, ``includefield``, ``limit``, ``offset`` as query)."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
-    _audit_query(request, ctx, caller)
+    audit_trail.audit_query(request, ctx, caller)
     rows = qido.search_studies(ctx.index, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.STUDY_KEYS))
 
@@ -194,7 +167,7 @@ def search_studies(request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
 def search_all_series(request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series in all studies."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
-    _audit_query(request, ctx, caller)
+    audit_trail.audit_query(request, ctx, caller)
     rows = qido.search_series(ctx.index, None, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.SERIES_KEYS + qido.STUDY_KEYS[:-1]))
 
@@ -203,7 +176,7 @@ def search_all_series(request: Request, ctx: Ctx, caller: Viewer) -> JSONRespons
 def search_series(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Series of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
-    _audit_query(request, ctx, caller)
+    audit_trail.audit_query(request, ctx, caller)
     rows = qido.search_series(ctx.index, study, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.SERIES_KEYS))
 
@@ -212,7 +185,7 @@ def search_series(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSO
 def search_study_instances(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one study."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
-    _audit_query(request, ctx, caller)
+    audit_trail.audit_query(request, ctx, caller)
     rows = qido.search_instances(ctx.index, study, None, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.INSTANCE_KEYS + qido.SERIES_KEYS))
 
@@ -221,7 +194,7 @@ def search_study_instances(study: str, request: Request, ctx: Ctx, caller: Viewe
 def search_instances(study: str, series: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """QIDO-RS Search for Instances of one series."""
     query = qido.QidoQuery.parse(request.query_params.multi_items())
-    _audit_query(request, ctx, caller)
+    audit_trail.audit_query(request, ctx, caller)
     rows = qido.search_instances(ctx.index, study, series, query, _urls(request, ctx))
     return _qido(rows, qido.ignored_keys(query, qido.INSTANCE_KEYS + qido.SERIES_KEYS))
 
@@ -244,7 +217,7 @@ def retrieve_study(
     study: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Study: every instance (received and results) as application/dicom."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     return _multipart(wado.instance_bodies(ctx.index.instances(study), accept), "application/dicom")
 
 
@@ -253,7 +226,7 @@ def retrieve_series(
     study: str, series: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Series."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     return _multipart(wado.instance_bodies(ctx.index.instances(study, series), accept), "application/dicom")
 
 
@@ -264,7 +237,7 @@ def retrieve_instance(
     study: str, series: str, sop: str, request: Request, ctx: Ctx, caller: Viewer, accept: Accept = None
 ) -> StreamingResponse:
     """WADO-RS Retrieve Instance."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     return _multipart(
         wado.instance_bodies(ctx.index.instances(study, series, sop), accept), "application/dicom"
     )
@@ -276,7 +249,7 @@ _META_DOC = responses(404, ok=_JSON_OK)
 @router.get("/studies/{study}/metadata", response_class=JSONResponse, responses=_META_DOC)
 def study_metadata(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Study Metadata (DICOM JSON; large binary values as BulkDataURI)."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
@@ -284,7 +257,7 @@ def study_metadata(study: str, request: Request, ctx: Ctx, caller: Viewer) -> JS
 @router.get("/studies/{study}/series/{series}/metadata", response_class=JSONResponse, responses=_META_DOC)
 def series_metadata(study: str, series: str, request: Request, ctx: Ctx, caller: Viewer) -> JSONResponse:
     """WADO-RS Retrieve Series Metadata."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study, series), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
@@ -298,7 +271,7 @@ def instance_metadata(
     study: str, series: str, sop: str, request: Request, ctx: Ctx, caller: Viewer
 ) -> JSONResponse:
     """WADO-RS Retrieve Instance Metadata."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     items = wado.metadata(ctx.index.instances(study, series, sop), _urls(request, ctx))
     return JSONResponse(items, media_type=DICOM_JSON)
 
@@ -319,7 +292,7 @@ def retrieve_frames(
     accept: Accept = None,
 ) -> Response:
     """WADO-RS Retrieve Frames (``1`` or ``1,2,5``): uncompressed octet-stream, or as stored if compressed."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     (inst,) = ctx.index.instances(study, series, sop)
     bodies = wado.frames(inst, frames, accept)
     return _multipart(bodies, bodies[0].content_type.split(";")[0])
@@ -334,7 +307,7 @@ def retrieve_bulkdata(
     study: str, series: str, sop: str, tag: str, request: Request, ctx: Ctx, caller: Viewer
 ) -> Response:
     """WADO-RS Retrieve Bulk Data of one top-level attribute (a ``BulkDataURI`` from the metadata)."""
-    _audit_access(request, ctx, caller, study)
+    audit_trail.audit_access(request, ctx, caller, study)
     (inst,) = ctx.index.instances(study, series, sop)
     bodies = wado.bulkdata(inst, tag)
     return _multipart(bodies, bodies[0].content_type.split(";")[0])

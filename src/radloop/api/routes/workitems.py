@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom import Dataset
 
 from radloop import services
+from radloop.api import audit_trail
 from radloop.api.auth import Operator, Viewer, ViewerSocket
 from radloop.api.deps import Ctx
 from radloop.api.problems import problem, responses
@@ -115,13 +116,14 @@ async def create_workitem(request: Request, ctx: Ctx, _caller: Operator) -> Resp
 async def search_workitems(
     request: Request,
     ctx: Ctx,
-    _caller: Viewer,
+    caller: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
     """Search the worklist: ``Keyword=value`` or ``Sequence.Keyword=value`` (``*`` and ``?`` match any)."""
     skip = {"limit", "offset", "includefield", "fuzzymatching"}
     matches = {k: v for k, v in request.query_params.items() if k not in skip}
+    await run_in_threadpool(audit_trail.audit_query, request, ctx, caller)
     found = await _run(request, services.search_workitems, ctx.worklist, matches, limit, offset)
     if isinstance(found, Response):
         return found

@@ -16,7 +16,8 @@ from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, UnifiedProcedurePresentationContexts, evt
 
 from radloop.connector.dicomweb.ups import Worklist, parse_state, transaction_uid_of
-from radloop.core import ups
+from radloop.core import atna, ups
+from radloop.core.db import session_scope
 from radloop.core.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ class UpsHandlers:
             return PROCESSING_FAILURE, None
         return SUCCESS, None
 
+    def _audit_query(self, event: evt.Event, matches: dict[str, str]) -> None:
+        with session_scope(self.worklist.engine) as s:
+            atna.record(s, self.worklist.settings.audit, _audit_query_message(event, matches))
+
     def on_c_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         """C-FIND: workitems matching the identifier's non-empty top-level values (``*``/``?`` wildcards)."""
         query: Dataset = event.identifier
@@ -120,6 +125,7 @@ class UpsHandlers:
             for elem in query
             if elem.keyword and elem.VR != "SQ" and elem.value not in (None, "", "*")
         }
+        self._audit_query(event, matches)
         for ds in self.worklist.search(matches, limit=1000, offset=0):
             if event.is_cancelled:
                 return
@@ -131,6 +137,16 @@ class UpsHandlers:
                     answer.add_new(elem.tag, elem.VR, None)
             yield PENDING, answer
         yield SUCCESS, None
+
+
+def _audit_query_message(event: evt.Event, matches: dict[str, str]) -> atna.AuditMessage:
+    """A Query audit message (PS3.15 A.5.3.12) for a C-FIND: the calling AE and its matching keys."""
+    calling = str(event.assoc.requestor.ae_title).strip()
+    address = str(event.assoc.requestor.address)
+    text = "&".join(f"{k}={v}" for k, v in sorted(matches.items()))
+    sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or atna.STUDY_ROOT_FIND)
+    peer = atna.dicom_peer(calling, requestor=True, role=atna.ROLE_SOURCE, address=address)
+    return atna.query(peer, text, sop_class)
 
 
 def _request(event: evt.Event) -> Any:
