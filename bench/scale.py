@@ -160,6 +160,12 @@ def run(workers: int, studies: list[Path], workdir: Path) -> dict[str, float]:
     model = {j.id: sum(st.stages.get("infer", 0.0) for st in steps[j.id]) for j in jobs}
     wall = {j.id: _epoch(j.finished_at) - _epoch(j.started_at) for j in jobs}
     first = jobs[:workers]
+    operators: dict[str, list[float]] = {}
+    for job_steps in steps.values():
+        for st in job_steps:
+            operators.setdefault(st.operator_id, []).append(st.duration_s or 0.0)
+    for name, durations in operators.items():
+        print(f"  {workers} worker(s): step {name}: mean {statistics.mean(durations):.2f} s", flush=True)
     return {
         "studies_per_min": len(studies) / (end - t0) * 60,
         "model_s": statistics.mean(model.values()),
