@@ -225,3 +225,16 @@ def test_id_tokens_wrong_audience_expired_or_tampered_are_refused(site: Site) ->
     other_token, other_nonce = _real_id_token(site, "other")  # issued to another client
     with pytest.raises(LoginError, match="(?i)not valid: audience"):
         rp.verify_id_token(other_token, other_nonce)
+
+
+def test_single_sign_on_opens_the_operator_console(site: Site) -> None:
+    """The console's "Sign in with single sign-on": the same sign-on, then a console session with
+    the user's roles (a radiologist reads the console; its actions need the operator role)."""
+    http = requests.Session()
+    login = http.get(f"{site.base}/console/")
+    assert login.url.startswith(f"{site.base}/console/login") and "/review/to-console" in login.text
+    landed = _sign_in(http, f"{site.base}/auth/login?next=/review/to-console", "jdoe")
+    assert landed.status_code == 200 and landed.url == f"{site.base}/console/", landed.url
+    assert "<h1>Overview</h1>" in landed.text and "jdoe" in landed.text
+    denied = http.post(f"{site.base}/console/api/jobs/1/retry", headers={"X-Radloop-Console": "1"})
+    assert denied.status_code == 403 and "operator" in denied.json()["detail"]
