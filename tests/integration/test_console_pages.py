@@ -35,6 +35,7 @@ from radloop.core.metrics import registry_for
 from radloop.core.models import (
     AuditEvent,
     Delivery,
+    DeliveryState,
     Job,
     JobState,
     JobStep,
@@ -251,7 +252,12 @@ def test_overview_counts_and_alerts(client: TestClient, env: Env) -> None:
                 last_error="association with PACS@127.0.0.1:9 refused",
             )
         )
+        s.add(
+            Delivery(result_id=result.id, destination="archive", state=DeliveryState.sent, sent_at=utcnow())
+        )
         s.commit()
+    after = services.overview(env.settings, env.engine, "hour")
+    assert after.buckets[-1].deliveries_sent == 1 and sum(b.deliveries_sent for b in after.buckets) == 1
     page = client.get("/console/?window=day")
     assert page.status_code == 200
     assert "data-kind='failed-jobs'" in page.text and "data-kind='destination-down'" in page.text
