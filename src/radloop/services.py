@@ -747,6 +747,7 @@ def overview(
             s, col(Job.finished_at), starts, step, col(Job.state) == JobState.succeeded
         )
         failed = _bucket_counts(s, col(Job.finished_at), starts, step, col(Job.state) == JobState.failed)
+        sent = _bucket_counts(s, col(Delivery.sent_at), starts, step)
         jobs_now = _states(s, col(Job.state), JobState)
         finished_rows = s.exec(
             select(Job.state, func.count()).where(col(Job.finished_at) >= since).group_by(col(Job.state))
@@ -760,6 +761,7 @@ def overview(
             series_completed=completed[i],
             jobs_succeeded=succeeded[i],
             jobs_failed=failed[i],
+            deliveries_sent=sent[i],
         )
         for i, t in enumerate(starts)
     ]

@@ -83,7 +83,7 @@ def console(tmp_path_factory: pytest.TempPathFactory, orthanc: peers.OrthancServ
     }
     orthanc.clear()
     orthanc.stop()
-    server = RadloopServer(workdir, config).start()
+    server = RadloopServer(workdir, config).start(timeout=180)  # loaded CI machines start slowly
     try:
         shots = REPO / "docs" if os.environ.get("RADLOOP_UPDATE_SCREENSHOTS") == "1" else workdir
         yield Console(server, orthanc, server.create_token("console-operator", role="operator"), shots)

@@ -256,3 +256,16 @@ def test_login_logout_and_a_failed_login_are_audited(site: Site) -> None:
         seen.append((row.user, type_code.get("csd-code"), row.outcome))
     assert ("audra", "110122", 0) in seen and ("audra", "110123", 0) in seen
     assert ("unknown", "110122", 4) in seen
+
+
+def test_single_sign_on_opens_the_operator_console(site: Site) -> None:
+    """The console's "Sign in with single sign-on": the same sign-on, then a console session with
+    the user's roles (a radiologist reads the console; its actions need the operator role)."""
+    http = requests.Session()
+    login = http.get(f"{site.base}/console/")
+    assert login.url.startswith(f"{site.base}/console/login") and "/review/to-console" in login.text
+    landed = _sign_in(http, f"{site.base}/auth/login?next=/review/to-console", "jdoe")
+    assert landed.status_code == 200 and landed.url == f"{site.base}/console/", landed.url
+    assert "<h1>Overview</h1>" in landed.text and "jdoe" in landed.text
+    denied = http.post(f"{site.base}/console/api/jobs/1/retry", headers={"X-Radloop-Console": "1"})
+    assert denied.status_code == 403 and "operator" in denied.json()["detail"]

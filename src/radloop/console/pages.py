@@ -43,6 +43,7 @@ _COLOURS = {
     "series_completed": "#9be37d",
     "jobs_succeeded": "#c89bff",
     "jobs_failed": "#ff7c9c",
+    "deliveries_sent": "#ffb347",
 }
 
 
@@ -174,6 +175,7 @@ def overview_live(o: OverviewOut) -> str:
             ("series_completed", "series completed"),
             ("jobs_succeeded", "jobs succeeded"),
             ("jobs_failed", "jobs failed"),
+            ("deliveries_sent", "deliveries sent"),
         )
     )
     return (

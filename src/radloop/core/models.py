@@ -203,7 +203,7 @@ class DeliveryBase(SQLModel):
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     last_error: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
+    sent_at: datetime | None = Field(default=None, index=True)
 
 
 class Delivery(DeliveryBase, table=True):

@@ -263,6 +263,7 @@ class BucketOut(_Out):
     series_completed: int
     jobs_succeeded: int
     jobs_failed: int
+    deliveries_sent: int
 
 
 class AlertOut(_Out):

@@ -5,7 +5,7 @@ Revises: 0010
 Create Date: 2026-12-06 23:00:00.000000
 
 The overview counts rows per time bucket over the last hour or day (instances received, series
-completed, jobs finished): each is a range over an indexed timestamp instead of a table scan.
+completed, jobs finished, deliveries sent): each is a range over an indexed timestamp instead of a table scan.
 The study search filters by patient ID and StudyDate, and by a series' modality or AE title.
 """
 
@@ -24,6 +24,7 @@ INDEXES = (
     ("ix_series_modality", "series", ["modality"]),
     ("ix_series_called_ae", "series", ["called_ae"]),
     ("ix_job_finished_at", "job", ["finished_at"]),
+    ("ix_delivery_sent_at", "delivery", ["sent_at"]),
     ("ix_study_patient_id", "study", ["patient_id"]),
     ("ix_study_study_date", "study", ["study_date"]),
 )
