@@ -24,10 +24,13 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import peers
+from radloop.cli import app
 from radloop.core.errors import ConfigError
 from radloop.core.refs import SeriesRef
+from radloop.core.settings import load_settings
 from radloop.core.settings.inference import AutoBackendSettings
 from radloop.inference.registry import build_in_process
 from radloop.inference.resolve import ResolvedModel
@@ -102,8 +105,15 @@ def test_an_nnunet_folder_is_imported_and_predicts_as_nnunet_does(tmp_path: Path
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder = _results_folder(tmp_path / "nnUNet_results")
-    store = ModelStore(tmp_path / "store")
-    stored = store.add(folder, "tiny_nnunet", "1")
+    config = tmp_path / "radloop.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nsecret_key: nnunet-import-test-secret-key-0123\n")
+    added = CliRunner().invoke(
+        app,
+        ["models", "add", str(folder), "--name", "tiny_nnunet", "--version", "1", "--config", str(config)],
+    )
+    assert added.exit_code == 0, f"{added.output} {added.exception!r}"
+    settings = load_settings(config)
+    stored = ModelStore(settings.inference.store_dir(settings.data_dir)).get("tiny_nnunet", "1")
     spec = stored.spec
     plans = json.loads((PLANS / "plans.json").read_text())
     patch = plans["configurations"]["3d_fullres"]["patch_size"]  # (z, y, x); transpose_forward is [0, 1, 2]

@@ -125,6 +125,7 @@ def test_shadow_masks_are_guarded_like_their_ai_result(client: TestClient, shado
     _launch(client, env, first)
     assert client.get(f"/review/api/results/{second}/shadows/{second_shadow}/mask.nii.gz").status_code == 403
     assert client.get(f"/review/api/results/{first}/shadows/{second_shadow}/mask.nii.gz").status_code == 404
+    assert client.get(f"/review/api/results/{first}/shadows/{2**63}/mask.nii.gz").status_code == 422
     _launch(client, env, None)  # a worklist session: any AI result, but a shadow is never one to review
     assert client.get(f"/review/api/results/{first_shadow}").status_code == 404
     decided = client.post(
