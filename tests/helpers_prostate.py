@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy import ndimage
 
-PELVIS_SHAPE = (16, 112, 112)
+PELVIS_SHAPE = (16, 100, 100)
 """(frames, rows, columns): after TAPS' resampling and crop it fits one 128 × 128 × 32 window."""
 PELVIS_SPACING = (3.6, 0.9, 0.9)
 """mm between slices, rows and columns (resampled to 3.0 × 0.8 × 0.8 mm by the pipeline)."""
@@ -33,7 +33,7 @@ def pelvis(
         *[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
     )
     img = np.zeros(shape)
-    body = (y / 40.0) ** 2 + (x / 45.0) ** 2 <= 1.0
+    body = (y / 47.0) ** 2 + (x / 50.0) ** 2 <= 1.0  # touches every edge: TAPS' crop keeps it all
     img[body] = 330.0
     img[body & ((((np.abs(x) - 27) / 8.0) ** 2 + ((y + 2) / 22.0) ** 2) <= 1.0)] = 90.0
     img[body & ((((np.abs(x) - 38) / 4.0) ** 2 + (y / 16.0) ** 2) <= 1.0)] = 200.0

@@ -206,9 +206,10 @@ def test_probability_and_mask_equal_the_packages_own_pipeline(tmp_path: Path) ->
     """The synthetic pelvis through the package (sliding window one window per call, as it runs)
     and through radloop (batched windows): probability within 1e-4, masks Dice ≥ 0.999.
 
-    The network was not trained on phantoms: its probability stays far below the package's 0.55,
-    so both masks are compared at a threshold of half the maximum probability (the same number
-    passed to ``taps.segment(threshold=...)`` and to the operator)."""
+    The network was not trained on phantoms: its probability stays far below the package's 0.55
+    (both find nothing there), so the masks are also compared at a threshold of half the maximum
+    probability (the same number passed to ``taps.segment(threshold=...)`` and to the operator).
+    The phantom's body touches every edge, so the crop keeps the whole image (no 0.5 margin)."""
     import taps
 
     nifti = tmp_path / "t2.nii.gz"
@@ -222,6 +223,9 @@ def test_probability_and_mask_equal_the_packages_own_pipeline(tmp_path: Path) ->
     print(f"\nprobability: max {theirs.max():.5f}, max abs difference {max_abs:.2e}")
     assert max_abs <= TOLERANCE
 
+    assert not ours.mask.any()  # at the default 0.55, as the package (BlankMaskError) below
+    with pytest.raises(taps.inference.BlankMaskError):
+        taps.segment(nifti, tmp_path / "blank.nii.gz", None, device="cpu", exact=True)
     threshold = float(theirs.max()) / 2
     out = taps.segment(nifti, tmp_path / "mask.nii.gz", None, device="cpu", exact=True, threshold=threshold)
     package_mask = np.asarray(nib.load(out).get_fdata()) > 0

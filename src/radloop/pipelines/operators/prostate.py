@@ -26,8 +26,12 @@ in process or a Triton server serve it alike:
 The package's quality checks become the job's outcome: a gland volume outside 15–80 mL or an
 extent outside 10–150 mm along any axis fails the job with the reason
 ("result implausible: 3.2 mL (expected 15–80 mL)"), or — with ``on_implausible: flag`` — the job
-succeeds, the SEG is written and the SR carries the flag. The package checks the thresholded
-mask before it keeps the largest component; radloop checks the mask it reports.
+succeeds, the SEG is written and the SR carries the flag (an empty mask always fails: there is
+nothing to write). The package checks the thresholded mask before it keeps the largest
+component; radloop checks the mask it reports.
+
+Where the crop leaves part of the image out, the package gives that part logit 0, i.e.
+probability 0.5 (below its 0.55 threshold); radloop does the same.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class ProstateSegmentation(Operator[ProstateOptions]):
         )
         flags: tuple[Code, ...] = ()
         if check.problem is not None:
-            if options.on_implausible == "fail":
+            if options.on_implausible == "fail" or not result.mask.any():  # nothing to write
                 raise InputDataError(f"result implausible: {check.problem}")
             ctx.logger.warning("result implausible: %s (flagged in the SR, SEG written)", check.problem)
             flags = (RESULT_IMPLAUSIBLE,)
