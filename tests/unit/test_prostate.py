@@ -336,3 +336,31 @@ def _walk(sequence: Any) -> Any:
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+# --- the model store ------------------------------------------------------------------------------
+
+
+def test_import_taps_records_the_licence_and_the_store_serves_the_wheel_until_then(tmp_path: Path) -> None:
+    from radloop.inference.model_import import import_taps, read_package_provenance
+    from radloop.inference.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    from_wheel = store.find(TAPS_MODEL)
+    assert from_wheel is not None and from_wheel.path == taps_model_path()
+    stored = import_taps(store)
+    assert store.find(TAPS_MODEL) == stored and stored.folder == tmp_path / "models" / TAPS_MODEL / "1.1.2"
+    provenance = read_package_provenance(stored)
+    assert provenance is not None
+    assert provenance["license"] == "MIT" and provenance["package"] == "lavlab-taps"
+    assert provenance["sha256"] == stored.spec.sha256
+    spec = stored.spec
+    assert (spec.format, spec.roi_size, spec.spacing, spec.threshold) == (
+        "onnx",
+        [128, 128, 32],
+        [0.8, 0.8, 3.0],
+        0.55,
+    )
+    assert [(label.name, label.type.value) for label in spec.labels] == [("Prostate", "41216001")]
+    metadata = _taps_backend().metadata
+    assert [t.name for t in metadata.inputs] == [t.name for t in spec.inputs] == ["input"]
