@@ -187,7 +187,9 @@ def run_backend(
         for case in cases:
             workdir = tmp / f"{backend.replace(' ', '-')}-{case.pipeline}-{n}"
             workdir.mkdir()
-            with RadloopServer(workdir, config(orthanc, tmp / "pipelines", triton)) as server:
+            server = RadloopServer(workdir, config(orthanc, tmp / "pipelines", triton))
+            server.start(timeout=600)  # workers load their models before "ready"; a loaded machine
+            try:
                 for label in ("cold", "warm"):
                     folder = reidentify(studies[case.pipeline], workdir / label)
                     uid = study_uid(folder)
@@ -200,6 +202,8 @@ def run_backend(
                         f"{backend} {case.pipeline} round {n} {label}: total {run.split['total']:.1f} s",
                         flush=True,
                     )
+            finally:
+                server.stop()
     return runs
 
 

@@ -36,7 +36,7 @@ VARIANT = "prostate-seg-flagged"
 TIMEOUT_S = 600.0
 
 
-def _variant(folder: Path) -> Path:
+def _variant(folder: Path) -> Path:  # returns the folder, for pipelines.dirs
     """The reference pipeline with threshold 0.002 and on_implausible: flag, under another name."""
     spec = yaml.safe_load(REFERENCE.read_text())
     spec["name"] = VARIANT
@@ -44,9 +44,8 @@ def _variant(folder: Path) -> Path:
         if step["use"] == "taps.prostate_segmentation":
             step["with"] = {**step.get("with", {}), "threshold": 0.002, "on_implausible": "flag"}
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{VARIANT}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    (folder / f"{VARIANT}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
 
 
 def _config(orthanc: peers.OrthancServer, pipelines_dir: Path) -> dict[str, Any]:
@@ -99,52 +98,66 @@ def test_t2_series_to_seg_and_sr_in_orthanc_and_t1_brain_not_matched(
     write_mr_series(series_dir, pelvis(), pelvis_affine(), series_description="t2_tse_tra")
     (tmp_path / "radloop").mkdir()
     config = _config(orthanc_clean, _variant(tmp_path / "pipelines"))
-    with RadloopServer(tmp_path / "radloop", config) as server:
-        sent = peers.storescu(series_dir, "127.0.0.1", server.port, AE)
-        assert sent.returncode == 0, sent.stderr
-        jobs = peers.wait_for(
-            lambda: _finished(server), TIMEOUT_S, interval=1.0, what=f"two prostate jobs ({server.log_path})"
-        )
-        by_pipeline = {j.pipeline: j for j in jobs}
-        reference = by_pipeline["prostate-seg"]
-        assert reference.state == JobState.failed
-        assert reference.error.startswith("result implausible: no prostate found (0.0 mL)"), reference.error
-        assert reference.attempts == 1  # bad input fails at once, no retries
-        flagged = by_pipeline[VARIANT]
-        assert flagged.state == JobState.succeeded, flagged.error
+    server = RadloopServer(tmp_path / "radloop", config)
+    server.start(timeout=300)  # generous: workers load their models before "ready"
+    try:
+        _run(server, orthanc_clean, series_dir, t1_series_dir, tmp_path)
+    finally:
+        server.stop()
 
-        with Session(server.engine) as s:
-            results = {r.kind: r.sop_instance_uid for r in s.exec(select(Result)).all()}
-        assert sorted(results) == ["SEG", "SR"]
-        peers.wait_for(
-            lambda: len(orthanc_clean.instances()) >= 2 or None,
+
+def _run(
+    server: RadloopServer,
+    orthanc_clean: peers.OrthancServer,
+    series_dir: Path,
+    t1_series_dir: Path,
+    tmp_path: Path,
+) -> None:
+    sent = peers.storescu(series_dir, "127.0.0.1", server.port, AE)
+    assert sent.returncode == 0, sent.stderr
+    jobs = peers.wait_for(
+        lambda: _finished(server), TIMEOUT_S, interval=1.0, what=f"two prostate jobs ({server.log_path})"
+    )
+    by_pipeline = {j.pipeline: j for j in jobs}
+    reference = by_pipeline["prostate-seg"]
+    assert reference.state == JobState.failed
+    assert reference.error.startswith("result implausible: no prostate found (0.0 mL)"), reference.error
+    assert reference.attempts == 1  # bad input fails at once, no retries
+    flagged = by_pipeline[VARIANT]
+    assert flagged.state == JobState.succeeded, flagged.error
+
+    with Session(server.engine) as s:
+        results = {r.kind: r.sop_instance_uid for r in s.exec(select(Result)).all()}
+    assert sorted(results) == ["SEG", "SR"]
+    peers.wait_for(
+        lambda: len(orthanc_clean.instances()) >= 2 or None,
+        120,
+        what="SEG and SR in Orthanc",
+    )
+    seg = _fetch(orthanc_clean, results["SEG"], tmp_path / "seg.dcm")
+    sr = _fetch(orthanc_clean, results["SR"], tmp_path / "sr.dcm")
+    for path in (tmp_path / "seg.dcm", tmp_path / "sr.dcm"):
+        errors = peers.dciodvfy(path)
+        assert errors == [], f"{path.name}: {errors}"
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "Prostate"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "41216001"
+    assert ("RL-QC-100", RESULT_IMPLAUSIBLE.value) in _codes(sr.ContentSequence)
+    log = server.cli("jobs", "show", str(flagged.id))
+    assert "result implausible" in log.stdout, log.stdout
+
+    # The real sagittal T1 brain on the prostate AE: unmatched, with the rule it breaks.
+    sent = peers.storescu(t1_series_dir, "127.0.0.1", server.port, AE)
+    assert sent.returncode == 0, sent.stderr
+    with Session(server.engine) as s:
+        t1 = peers.wait_for(
+            lambda: s.exec(select(Series).where(Series.routing_status == "unmatched")).first(),
             120,
-            what="SEG and SR in Orthanc",
+            what="T1 series marked unmatched",
         )
-        seg = _fetch(orthanc_clean, results["SEG"], tmp_path / "seg.dcm")
-        sr = _fetch(orthanc_clean, results["SR"], tmp_path / "sr.dcm")
-        for path in (tmp_path / "seg.dcm", tmp_path / "sr.dcm"):
-            errors = peers.dciodvfy(path)
-            assert errors == [], f"{path.name}: {errors}"
-        segment = seg.SegmentSequence[0]
-        assert segment.SegmentLabel == "Prostate"
-        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "41216001"
-        assert ("RL-QC-100", RESULT_IMPLAUSIBLE.value) in _codes(sr.ContentSequence)
-        log = server.cli("jobs", "show", str(flagged.id))
-        assert "result implausible" in log.stdout, log.stdout
-
-        # The real sagittal T1 brain on the prostate AE: unmatched, with the rule it breaks.
-        sent = peers.storescu(t1_series_dir, "127.0.0.1", server.port, AE)
-        assert sent.returncode == 0, sent.stderr
-        with Session(server.engine) as s:
-            t1 = peers.wait_for(
-                lambda: s.exec(select(Series).where(Series.routing_status == "unmatched")).first(),
-                120,
-                what="T1 series marked unmatched",
-            )
-            assert "SeriesDescription 'ADNI_Sag3D MPRAGE' does not match" in t1.routing_note, t1.routing_note
-            assert len(s.exec(select(Job)).all()) == 2  # no job for the T1
-        listing = server.cli("studies", "list", "--json")
-        assert listing.returncode == 0, listing.stderr
-        notes = [x["routing_note"] for row in json.loads(listing.stdout) for x in row["series"]]
-        assert any("prostate-seg: SeriesDescription 'ADNI_Sag3D MPRAGE'" in n for n in notes), notes
+        assert "SeriesDescription 'ADNI_Sag3D MPRAGE' does not match" in t1.routing_note, t1.routing_note
+        assert len(s.exec(select(Job)).all()) == 2  # no job for the T1
+    listing = server.cli("studies", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    notes = [x["routing_note"] for row in json.loads(listing.stdout) for x in row["series"]]
+    assert any("prostate-seg: SeriesDescription 'ADNI_Sag3D MPRAGE'" in n for n in notes), notes
