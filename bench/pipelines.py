@@ -31,13 +31,19 @@ Backends: ``in process`` (ONNX Runtime / TorchScript in the worker; the default)
 first use, minutes) serving the same models with dynamic batching. The table names the machine;
 no GPU was lent to the session that wrote this, so every figure is CPU.
 
-Run: PYTHONPATH=src .venv/bin/python bench/pipelines.py [--rounds 1] [--triton] [--only prostate-seg]
+``--speed`` instead times the prostate network alone on a larger phantom (24 × 160 × 160 at
+0.9 × 0.9 × 3.6 mm: 8 windows), in this process: the package's own ``taps.segment`` (one window per
+ONNX Runtime call, default session) against radloop's operator with 1 and 4 windows per call and
+ONNX Runtime's intra-op threads left at its default (one per core) or set to 1.
+
+Run: PYTHONPATH=src .venv/bin/python bench/pipelines.py [--rounds 1] [--triton] [--only NAME] [--speed]
 This is a benchmark, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -250,12 +256,60 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def speed(tmp: Path, repeat: int) -> None:
+    """The prostate network alone: the package's ``segment`` vs radloop's operator (see the doc)."""
+    import nibabel as nib
+    import taps
+
+    from radloop.core.geometry import lps_to_ras
+    from radloop.inference.onnx_runtime import OnnxRuntimeBackend
+    from radloop.inference.packaged import TAPS_MODEL, taps_model_path
+    from radloop.pipelines.operators.prostate import ProstateOptions, segment_prostate
+    from radloop.pipelines.ports import SourceFrame, Volume
+    from radloop.pipelines.timing import StageTimer
+
+    shape, spacing = (24, 160, 160), (3.6, 0.9, 0.9)
+    array, affine = pelvis(shape, spacing), pelvis_affine(shape, spacing)
+    nifti = tmp / "speed.nii.gz"
+    nib.save(nib.Nifti1Image(array, lps_to_ras(affine)), nifti)
+    frames = tuple(SourceFrame("1.2.840.10008.5.1.4.1.1.4", f"1.2.{i}") for i in range(shape[0]))
+    volume = Volume(array, affine, "1.2.3", _series_ref(), "MR", frames, ())
+    rows: list[tuple[str, float, str]] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with contextlib.suppress(taps.inference.BlankMaskError):  # a phantom: no prostate, same work
+            taps.segment(nifti, tmp / "speed-mask.nii.gz", None, device="cpu", exact=True)
+        rows.append(("taps.segment (package, 1 window/call)", time.perf_counter() - start, ""))
+        for threads in (0, 1):
+            backend = OnnxRuntimeBackend(taps_model_path(), TAPS_MODEL, "1.1.2", threads=threads)
+            for batch in (1, 4):
+                timer = StageTimer()
+                start = time.perf_counter()
+                segment_prostate(volume, backend, ProstateOptions(sw_batch_size=batch), timer)
+                label = f"radloop, {batch} window(s)/call, ORT threads {threads or 'default'}"
+                rows.append((label, time.perf_counter() - start, timer.summary()))
+    print(f"\nProstate network alone, {shape} phantom, {_cpu_name()}, {os.cpu_count()} CPUs; no GPU.")
+    for label, seconds, stages in rows:
+        print(f"  {label:48s} {seconds:7.1f} s  {stages}")
+
+
+def _series_ref() -> Any:
+    from radloop.core.refs import SeriesRef
+
+    return SeriesRef("1.2.3", "1.2.3.4")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--triton", action="store_true", help="also through a local CPU Triton")
     parser.add_argument("--only", choices=[c.pipeline for c in CASES], action="append")
+    parser.add_argument("--speed", action="store_true", help="only the prostate network, package vs radloop")
     args = parser.parse_args()
+    if args.speed:
+        with tempfile.TemporaryDirectory(prefix="radloop-speed-") as tmp_name:
+            speed(Path(tmp_name), args.rounds)
+        return
     cases = [c for c in CASES if not args.only or c.pipeline in args.only]
     with tempfile.TemporaryDirectory(prefix="radloop-pipelines-") as tmp_name:
         tmp = Path(tmp_name)
