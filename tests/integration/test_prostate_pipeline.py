@@ -143,8 +143,10 @@ def _run(
     assert segment.SegmentLabel == "Prostate"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "41216001"
     assert ("RL-QC-100", RESULT_IMPLAUSIBLE.value) in _codes(sr.ContentSequence)
-    log = server.cli("jobs", "show", str(flagged.id))
-    assert "result implausible" in log.stdout, log.stdout
+    shown = server.cli("jobs", "show", str(flagged.id), "--json")
+    assert shown.returncode == 0, shown.stderr
+    step_logs = {step["operator_id"]: step["log"] for step in json.loads(shown.stdout)["steps"]}
+    assert "result implausible: " in step_logs["prostate"], step_logs
 
     # The real sagittal T1 brain on the prostate AE: unmatched, with the rule it breaks.
     sent = peers.storescu(t1_series_dir, "127.0.0.1", server.port, AE)
