@@ -301,7 +301,8 @@ def resample(
     import torch.nn.functional as F
 
     xform = np.linalg.solve(source, target)
-    unchanged = np.allclose(source, target, atol=_AFFINE_TOL) or np.allclose(xform, np.eye(4), atol=_AFFINE_TOL)
+    same = np.allclose(source, target, atol=_AFFINE_TOL)
+    unchanged = same or np.allclose(xform, np.eye(4), atol=_AFFINE_TOL)
     if unchanged and tuple(image.shape) == tuple(shape):
         return np.asarray(image, dtype=np.float32)  # MONAI leaves such an image as it is
     theta = torch.as_tensor(xform, dtype=torch.float64)[None]
