@@ -22,4 +22,10 @@ ensure_venv() {
         "$VENV/bin/python" -m pip install -q "${constraints[@]}" -e "$ROOT$extras"
         echo "$extras" > "$stamp"
     fi
+    # The prostate pipeline's network ships in the lavlab-taps wheel (MIT), which requires
+    # onnxruntime-gpu; radloop already has everything else it needs, so install it without deps.
+    if ! "$VENV/bin/python" -c "import importlib.metadata as m; m.distribution('lavlab-taps')" 2>/dev/null; then
+        echo "==> installing lavlab-taps 1.1.2 (--no-deps: not its onnxruntime-gpu requirement)"
+        "$VENV/bin/python" -m pip install -q --no-deps lavlab-taps==1.1.2
+    fi
 }

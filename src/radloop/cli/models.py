@@ -99,6 +99,19 @@ def models_import_deepbet(
     emit(rows, as_json, LIST_COLUMNS, "Imported")
 
 
+@app.command("import-taps")
+def models_import_taps(
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing version.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the TAPS prostate network (from the lavlab-taps wheel) into the store, licence recorded."""
+    from radloop.inference.model_import import import_taps
+
+    stored = import_taps(model_store(options.settings(config)), replace=replace)
+    emit([model_row(stored)], as_json, LIST_COLUMNS, "Imported")
+
+
 @app.command("list")
 def models_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every version of every model in the store."""
@@ -113,6 +126,7 @@ def models_show(
     config: ConfigOpt = None,
 ) -> None:
     """The full spec of one model version, its stage and its training provenance (JSON)."""
+    from radloop.inference.model_import import read_package_provenance
     from radloop.training.provenance import read_provenance
 
     store = model_store(options.settings(config))
@@ -125,6 +139,7 @@ def models_show(
             "path": str(stored.path),
             "stage": None if stage is None else stage.value,
             "training": None if record is None else record.model_dump(mode="json"),
+            "provenance": read_package_provenance(stored),
         }
     )
 

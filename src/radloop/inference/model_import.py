@@ -25,14 +25,18 @@ else the generic "Tissue" type with a warning: give real codes in the spec's ``l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radloop.core.errors import ConfigError
 from radloop.inference.model_spec import TISSUE, CodeSpec
+
+if TYPE_CHECKING:
+    from radloop.inference.store import ModelStore, StoredModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ KNOWN_STRUCTURES: dict[str, tuple[str, str]] = {
     "lung": ("39607008", "Lung"),
     "heart": ("80891009", "Heart"),
     "body": ("38266002", "Entire body"),
+    "prostate": ("41216001", "Prostate"),
 }
 """Lower-case structure name → SNOMED CT (code, meaning), for labels given by name only."""
 
@@ -242,3 +247,37 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a JSON object")
     return data
+
+
+PACKAGE_PROVENANCE_FILE = "provenance.json"
+"""Where a model taken from a package records where it came from and under which licence."""
+
+
+def import_taps(store: ModelStore, *, replace: bool = False) -> StoredModel:
+    """Copy the TAPS network of the installed lavlab-taps wheel into ``store`` as ``taps_prostate``
+    1.1.2, with its spec (patch, spacing, intensity, sigmoid threshold, SNOMED label) and a
+    ``provenance.json`` naming the package, its version, file, licence (MIT) and checksum."""
+    from radloop.inference.packaged import TAPS_DISTRIBUTION, TAPS_PROVENANCE, TAPS_VERSION, taps_packaged
+
+    packaged = taps_packaged()
+    if packaged is None:
+        raise ConfigError(
+            f"{TAPS_DISTRIBUTION} is not installed: "
+            f"`pip install --no-deps {TAPS_DISTRIBUTION}=={TAPS_VERSION}` "
+            "(without --no-deps pip also pulls onnxruntime-gpu)"
+        )
+    digest = hashlib.sha256()
+    with packaged.path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    record = {**TAPS_PROVENANCE, "sha256": digest.hexdigest()}
+    files = {PACKAGE_PROVENANCE_FILE: json.dumps(record, indent=2) + "\n"}
+    return store.add_packaged(packaged, replace=replace, files=files)
+
+
+def read_package_provenance(stored: StoredModel) -> dict[str, Any] | None:
+    """The ``provenance.json`` of a model imported from a package (None for other models)."""
+    path = stored.folder / PACKAGE_PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    return _read_json(path)

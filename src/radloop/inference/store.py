@@ -30,7 +30,7 @@ from typing import Any
 from radloop.core.errors import ConfigError, ModelNotFoundError
 from radloop.inference import model_import
 from radloop.inference.model_spec import SPEC_FILE, ModelSpec, read_spec, validate_spec, write_spec
-from radloop.inference.packaged import PackagedModel, packaged_models
+from radloop.inference.packaged import TAPS_MODEL, PackagedModel, packaged_models, taps_packaged
 from radloop.inference.stages import ModelStages, Stage, read_stages, write_stages
 
 logger = logging.getLogger(__name__)
@@ -102,10 +102,13 @@ class ModelStore:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def add_packaged(self, packaged: PackagedModel, *, replace: bool = False) -> StoredModel:
-        """Copy a model shipped in a package (deepbet) into the store, spec included."""
+    def add_packaged(
+        self, packaged: PackagedModel, *, replace: bool = False, files: Mapping[str, str] | None = None
+    ) -> StoredModel:
+        """Copy a model shipped in a package (deepbet, TAPS) into the store, spec included, with
+        extra text ``files`` (e.g. its provenance and licence)."""
         spec = packaged.spec.model_copy(update={"sha256": _sha256(packaged.path)})
-        return self._write(spec, packaged.path, None, replace)
+        return self._write(spec, packaged.path, None, replace, files)
 
     def add_trained(self, spec: ModelSpec, network: Path, files: Mapping[str, str]) -> StoredModel:
         """Add a fine-tuned network as a new version, with extra text ``files`` (its provenance)."""
@@ -176,6 +179,8 @@ class ModelStore:
         if self.versions(name):
             return self.get(name, self.serving_version(name))
         packaged = packaged_models().get(name)
+        if packaged is None and name == TAPS_MODEL:
+            packaged = taps_packaged()
         return None if packaged is None else StoredModel(packaged.spec, packaged.path)
 
     def stages(self, name: str) -> ModelStages:

@@ -109,6 +109,8 @@ class LabelMap:
     reference: Volume
     segments: tuple[Segment, ...]
     algorithm: AlgorithmIdentification
+    flags: tuple[Code, ...] = ()
+    """Coded remarks on the result (e.g. outside the plausible range), reported with it in an SR."""
 
     def __post_init__(self) -> None:
         if self.array.shape != self.reference.array.shape:

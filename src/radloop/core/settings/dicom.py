@@ -163,6 +163,7 @@ class DicomSettings(StrictModel):
         default_factory=lambda: [
             ListenerSettings(ae_title="RADLOOP"),
             ListenerSettings(ae_title="RADLOOP_BRAIN", pipelines=["brain-extraction"]),
+            ListenerSettings(ae_title="RADLOOP_PROSTATE", pipelines=["prostate-seg"]),
         ]
     )
     min_free_bytes: int = Field(

@@ -7,6 +7,7 @@ from radloop.pipelines.operators.channels import InferSegmentChannels, ResampleT
 from radloop.pipelines.operators.imaging import SegWriter, SeriesToVolume
 from radloop.pipelines.operators.inference import InferClassify, InferSegment, InferSegmentParallel
 from radloop.pipelines.operators.projection import ProjectionImage
+from radloop.pipelines.operators.prostate import ProstateSegmentation
 from radloop.pipelines.operators.roi import LabelMapPaste, RoiCrop
 from radloop.pipelines.operators.study import ScCompareWriter, SrChangeWriter
 from radloop.pipelines.operators.writers import (
@@ -35,6 +36,7 @@ BUILTIN_OPERATORS = (
     ScCompareWriter,
     ResampleTo,
     InferSegmentChannels,
+    ProstateSegmentation,
 )
 
 

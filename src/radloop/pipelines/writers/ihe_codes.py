@@ -52,3 +52,10 @@ ASSESSMENT_CODES: dict[str, Code] = {
     "edited": ASSESSMENT_MODIFIED,
 }
 """Review decision (:class:`radloop.core.models.ReviewDecision` value) → coded assessment."""
+
+# ------------------------------------------------------------------- result plausibility
+
+RESULT_PLAUSIBILITY = Code("RL-QC-100", PRIVATE_SCHEME, "AI result plausibility")
+"""Concept of a qualitative evaluation in an SR measurement group: is the result plausible?"""
+RESULT_IMPLAUSIBLE = Code("RL-QC-101", PRIVATE_SCHEME, "Result outside the plausible range")
+"""Its value when the algorithm's own checks failed (e.g. a prostate of 3 mL): review the result."""

@@ -6,7 +6,9 @@ Two kinds of content, one document structure (TID 1500 "Imaging Measurement Repo
   (TID 1411) per segment, referencing the segment in the SEG instance and the source images it
   was derived from (as IHE AIR asks), with the segment's coded finding type/category, the algorithm, and its
   Volume (SNOMED CT 118565006) in mL. The volume is the segment's voxel count × the voxel
-  volume of the source grid, i.e. exactly what the SEG holds.
+  volume of the source grid, i.e. exactly what the SEG holds. A label map's flags
+  (``LabelMap.flags``, e.g. a result outside the algorithm's plausible range) become
+  qualitative evaluations "AI result plausibility" of each group.
 * **Classifier findings** (:func:`write_findings_report`): one *Measurements* group (TID 1501)
   per finding, with the finding type, its Probability (DCM 122157, unit "1") and, when the
   model made a decision, a qualitative evaluation Present/Absent; the source images are named
@@ -32,6 +34,7 @@ from pydicom.sr.codedict import codes
 from radloop.core.uids import derived_uid
 from radloop.pipelines.ports import AlgorithmIdentification, Code, Finding, LabelMap, Segment, Volume
 from radloop.pipelines.writers.equipment import add_contributing_equipment, coded_concept
+from radloop.pipelines.writers.ihe_codes import RESULT_PLAUSIBILITY
 from radloop.pipelines.writers.source import source_headers
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ def write_volume_report(labelmap: LabelMap, seg: Dataset, out_dir: Path, series:
                     name=codes.SCT.Volume, value=sv.volume_ml, unit=MILLILITRE, algorithm_id=algorithm_id
                 )
             ],
+            qualitative_evaluations=_flags(labelmap),
         )
         for sv in segment_volumes(labelmap)
     ]
@@ -207,6 +211,16 @@ def _tracking(series: ReportSeries, identifier: str, number: int) -> hd.sr.Track
     return hd.sr.TrackingIdentifier(
         uid=derived_uid(series.sop_instance_uid, "tracking", str(number)), identifier=identifier[:64]
     )
+
+
+def _flags(labelmap: LabelMap) -> list[hd.sr.QualitativeEvaluation] | None:
+    """The label map's flags (e.g. outside the plausible range) as "AI result plausibility" evaluations."""
+    if not labelmap.flags:
+        return None
+    return [
+        hd.sr.QualitativeEvaluation(name=coded_concept(RESULT_PLAUSIBILITY), value=coded_concept(flag))
+        for flag in labelmap.flags
+    ]
 
 
 def _decision(finding: Finding) -> list[hd.sr.QualitativeEvaluation] | None:
