@@ -31,8 +31,8 @@ Backends: ``in process`` (ONNX Runtime / TorchScript in the worker; the default)
 first use, minutes) serving the same models with dynamic batching. The table names the machine;
 no GPU was lent to the session that wrote this, so every figure is CPU.
 
-``--speed`` instead times the prostate network alone on a larger phantom (24 × 160 × 160 at
-0.9 × 0.9 × 3.6 mm: 8 windows), in this process: the package's own ``taps.segment`` (one window per
+``--speed`` instead times the prostate network alone on a wider phantom (16 × 100 × 140 at
+3.6 × 0.9 × 0.9 mm: 2 windows), in this process: the package's own ``taps.segment`` (one window per
 ONNX Runtime call, default session) against radloop's operator with 1 and 4 windows per call and
 ONNX Runtime's intra-op threads left at its default (one per core) or set to 1.
 
@@ -268,7 +268,7 @@ def speed(tmp: Path, repeat: int) -> None:
     from radloop.pipelines.ports import SourceFrame, Volume
     from radloop.pipelines.timing import StageTimer
 
-    shape, spacing = (24, 160, 160), (3.6, 0.9, 0.9)
+    shape, spacing = (16, 100, 140), (3.6, 0.9, 0.9)
     array, affine = pelvis(shape, spacing), pelvis_affine(shape, spacing)
     nifti = tmp / "speed.nii.gz"
     nib.save(nib.Nifti1Image(array, lps_to_ras(affine)), nifti)
@@ -280,9 +280,9 @@ def speed(tmp: Path, repeat: int) -> None:
         with contextlib.suppress(taps.inference.BlankMaskError):  # a phantom: no prostate, same work
             taps.segment(nifti, tmp / "speed-mask.nii.gz", None, device="cpu", exact=True)
         rows.append(("taps.segment (package, 1 window/call)", time.perf_counter() - start, ""))
-        for threads in (0, 1):
+        for threads, batches in ((0, (1, 4)), (1, (4,))):
             backend = OnnxRuntimeBackend(taps_model_path(), TAPS_MODEL, "1.1.2", threads=threads)
-            for batch in (1, 4):
+            for batch in batches:
                 timer = StageTimer()
                 start = time.perf_counter()
                 segment_prostate(volume, backend, ProstateOptions(sw_batch_size=batch), timer)
