@@ -144,7 +144,7 @@ def radloop(
         ],
     }
     server = RadloopServer(tmp_path_factory.mktemp("radloop-tls"), config)
-    server.start(timeout=180)  # worker start with the deepbet models: slow on a loaded machine
+    server.start(timeout=300)  # worker start with the deepbet models: minutes on a loaded machine
     try:
         yield server
     finally:
