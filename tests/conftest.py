@@ -180,8 +180,8 @@ def patient_identifiers_of_test_data() -> tuple[str, ...]:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
         name = str(ds.get("PatientName", "") or "")
-        values |= {str(ds.get("PatientID", "") or ""), name, *name.split("^")}
-    return tuple(sorted(v for v in values if len(v) >= 6))  # short name parts would match anything
+        values |= {str(ds.get("PatientID", "") or ""), name, name.split("^")[0]}  # the family name alone too
+    return tuple(sorted(v for v in values if len(v) >= 6))  # a short value would match anything
 
 
 def _phi_lines(text: str) -> list[str]:

@@ -238,7 +238,7 @@ def test_login_logout_and_a_failed_login_are_audited(site: Site) -> None:
     with Session(site.env.engine) as s:
         first = max([0, *s.exec(select(AuditMessage.id)).all()])  # type: ignore[type-var]
     http = requests.Session()
-    landed = _sign_in(http, f"{site.base}/auth/login?next=/review/worklist", "audra")
+    landed = _sign_in(http, f"{site.base}/auth/login?next=/review/worklist", "jdoe")
     assert landed.status_code == 200, landed.text[:300]
     assert http.get(f"{site.base}/review/logout").status_code == 200
     assert http.get(f"{site.base}/review/api/session").status_code in (401, 403)  # the session is gone
@@ -254,7 +254,7 @@ def test_login_logout_and_a_failed_login_are_audited(site: Site) -> None:
         type_code = root.find("EventIdentification/EventTypeCode")
         assert type_code is not None
         seen.append((row.user, type_code.get("csd-code"), row.outcome))
-    assert ("audra", "110122", 0) in seen and ("audra", "110123", 0) in seen
+    assert ("jdoe", "110122", 0) in seen and ("jdoe", "110123", 0) in seen
     assert ("unknown", "110122", 4) in seen
 
 

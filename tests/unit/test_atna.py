@@ -288,7 +288,9 @@ def test_worker_logging_silences_the_warning_that_quotes_a_patient_name() -> Non
         warnings.simplefilter("always")
         configure_logging("WARNING")
         warnings.warn(
-            'The string "d2n_Philips_3T_R571" is unlikely to represent the intended person name', UserWarning
+            'The string "d2n_Philips_3T_R571" is unlikely to represent the intended person name',
+            UserWarning,
+            stacklevel=1,
         )
-        warnings.warn("another warning", UserWarning)
+        warnings.warn("another warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["another warning"]
