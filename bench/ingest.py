@@ -164,6 +164,7 @@ class Radloop:
         config.write_text(
             f"data_dir: {self.data}\n"
             f"api: {{enabled: false}}\n"
+            f"pipelines: {{include_reference: false}}\n"  # no models to warm: start-up is not timed anyway
             f"dicom: {{host: {peers.LOCALHOST}, port: {self.port}, min_free_bytes: 0{max_pdu},\n"
             f"        durability: {durability},\n"
             f"        listeners: [{{ae_title: {CALLED_AE}, pipelines: [none-such]}}]}}\n"
@@ -271,6 +272,7 @@ def sender_round(results: dict[str, Result], cases: dict[str, Any], work: Path, 
                         receiver.port,
                         CALLED_AE,
                         "BENCHSCU",
+                        timeout_s=STORESCU_TIMEOUT_S,
                         associations=associations,
                     )
                     seconds.append(time.perf_counter() - started)

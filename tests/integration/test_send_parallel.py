@@ -1,5 +1,5 @@
-"""``radloop send`` / the C-STORE SCU (issue 13): files streamed as they are on disk, over several
-parallel associations, to DCMTK ``storescp`` and to a radloop SCP that refuses all but one."""
+"""``radloop send`` / the C-STORE SCU (issue 13): several parallel associations, to DCMTK
+``storescp`` and to a radloop SCP that refuses all but one."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_parallel_associations_deliver_every_file_byte_for_byte(
     assert len(received) == 40
     for f in ct_40:
         uid = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
-        assert _data_set_bytes(received[uid]) == _data_set_bytes(f), "streamed as encoded, unchanged"
+        assert _data_set_bytes(received[uid]) == _data_set_bytes(f), "the data set arrives unchanged"
 
 
 def test_associations_the_peer_refuses_are_sent_over_one(ct_40: list[Path], tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ uncompressed.) A file goes as it is when the peer accepted its syntax; otherwise
 decompressed first, keeping its SOP Instance UID: a change of transfer syntax is the same
 instance (PS3.5 §10), so a retried or re-routed result never becomes a second copy.
 
-A file the peer takes in its own transfer syntax is streamed as it is on disk (no decode, no
-re-encode), in PDUs as large as the peer accepts; ``associations`` > 1 sends over that many
-parallel associations.
+PDUs are as large as the peer accepts (pynetdicom sends up to the peer's maximum);
+``associations`` > 1 sends over that many parallel associations. (Streaming files undecoded with
+pynetdicom's ``STORE_SEND_CHUNKED_DATASET`` was tried and stalled against ``storescp --fork`` with
+512×512 files under load; it is not used.)
 """
 
 from __future__ import annotations
@@ -29,15 +30,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 
 from radloop.connector.dimse.status import is_success_or_warning
 from radloop.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
-# send_c_store(path) streams the file's encoded data set (exact presentation context required, which
-# _send_one checks) instead of decoding and re-encoding it; only path-based sends are affected
-_config.STORE_SEND_CHUNKED_DATASET = True
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128
 
@@ -205,13 +203,9 @@ def _send_one(assoc: object, path: Path, header: Dataset) -> tuple[bool, str]:
     }
     if not accepted:
         return False, f"peer accepted no presentation context for SOP class {header.SOPClassUID}"
-    dataset: Path | Dataset
-    if str(ts) in accepted and path.suffix != ".gz":
-        dataset = path  # streamed as encoded, in PDUs of the peer's maximum size: no decode, no re-encode
-    else:
-        dataset = read_dicom(path)
-        if str(ts) not in accepted and ts.is_compressed:
-            dataset.decompress(generate_instance_uid=False)  # the peer takes only uncompressed data here
+    dataset = read_dicom(path)
+    if str(ts) not in accepted and ts.is_compressed:
+        dataset.decompress(generate_instance_uid=False)  # the peer takes only uncompressed data here
     try:
         status = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
     except (ValueError, RuntimeError, OSError, InvalidDicomError) as e:
