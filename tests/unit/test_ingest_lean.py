@@ -24,7 +24,9 @@ from radloop.core.settings import load_settings
 
 
 @pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.90"])
-@pytest.mark.parametrize("sop_uid", ["1.2.3", "1.2.34", generate_uid()])
+@pytest.mark.parametrize(
+    "sop_uid", ["1.2.3", "1.2.34", "1.2.826.0.1.3680043.8.498.59097058312103537507515970525043237759"]
+)
 def test_part10_prefix_is_what_pydicom_writes(ts: str, sop_uid: str) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
