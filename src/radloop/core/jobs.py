@@ -9,7 +9,8 @@ whose lease expired (its worker died) is re-queued by :func:`requeue_expired`.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import CursorResult, Engine
@@ -59,19 +60,24 @@ def claim_next(engine: Engine, worker_id: str, lease_s: float) -> Job | None:
             res: CursorResult[object] = s.execute(  # type: ignore[assignment]
                 update(Job)
                 .where(col(Job.id) == job_id, col(Job.state) == JobState.queued)
-                .values(
-                    state=JobState.running,
-                    attempts=Job.attempts + 1,
-                    lease_until=now + timedelta(seconds=lease_s),
-                    leased_by=worker_id,
-                    started_at=now,
-                    error="",
-                )
+                .values(**_running(now, lease_s, worker_id))
             )
             if res.rowcount == 1:
                 s.commit()
                 return s.get(Job, job_id)
     return None
+
+
+def _running(now: datetime, lease_s: float, worker_id: str) -> dict[str, Any]:
+    """The columns a claim sets: running, one more attempt, leased to ``worker_id``."""
+    return {
+        "state": JobState.running,
+        "attempts": Job.attempts + 1,
+        "lease_until": now + timedelta(seconds=lease_s),
+        "leased_by": worker_id,
+        "started_at": now,
+        "error": "",
+    }
 
 
 def claim(engine: Engine, job_id: int, worker_id: str, lease_s: float) -> Job | None:
@@ -85,14 +91,7 @@ def claim(engine: Engine, job_id: int, worker_id: str, lease_s: float) -> Job | 
         res: CursorResult[object] = s.execute(  # type: ignore[assignment]
             update(Job)
             .where(col(Job.id) == job_id, col(Job.state) == JobState.queued, col(Job.next_attempt_at) <= now)
-            .values(
-                state=JobState.running,
-                attempts=Job.attempts + 1,
-                lease_until=now + timedelta(seconds=lease_s),
-                leased_by=worker_id,
-                started_at=now,
-                error="",
-            )
+            .values(**_running(now, lease_s, worker_id))
         )
         if res.rowcount != 1:
             return None

@@ -54,11 +54,16 @@ class ModelQuality:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (dates as ISO strings)."""
-        out = asdict(self)
-        out["overall"]["period_start"] = self.overall.period_start.isoformat()
-        for point in out["points"]:
-            point["period_start"] = point["period_start"].isoformat()
-        return out
+        return periods_as_dict(self)
+
+
+def periods_as_dict(quality: Any) -> dict[str, Any]:
+    """A quality dataclass (``overall`` and ``points``, each with a ``period_start`` date) as a
+    JSON-able dict, dates as ISO strings."""
+    out: dict[str, Any] = asdict(quality)
+    for point in [out["overall"], *out["points"]]:
+        point["period_start"] = point["period_start"].isoformat()
+    return out
 
 
 def period_start(moment: datetime, period: Period) -> date:

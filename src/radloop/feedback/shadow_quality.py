@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -44,7 +44,7 @@ from radloop.core.db import session_scope
 from radloop.core.errors import InputDataError
 from radloop.core.models import Result, Review, ReviewDecision
 from radloop.feedback.decisions import REVIEWABLE_KIND
-from radloop.feedback.quality import Period, period_start
+from radloop.feedback.quality import Period, period_start, periods_as_dict
 from radloop.pipelines.shadow import SHADOW_KIND
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,7 @@ class ShadowQuality:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (dates as ISO strings)."""
-        out = asdict(self)
-        out["overall"]["period_start"] = self.overall.period_start.isoformat()
-        for point in out["points"]:
-            point["period_start"] = point["period_start"].isoformat()
-        return out
+        return periods_as_dict(self)
 
 
 def shadow_quality(
