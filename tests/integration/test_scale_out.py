@@ -175,6 +175,8 @@ def _job(cluster: Cluster, job_id: int = 1) -> Job:
 
 def _wait_state(cluster: Cluster, state: JobState, timeout: float, since_attempt: int = 0) -> Job:
     def done() -> Job | None:
+        if not any(j.id == 1 for j in cluster.jobs()):  # not routed yet (the quiet period runs)
+            return None
         job = _job(cluster)
         return job if job.state == state and job.attempts > since_attempt else None
 

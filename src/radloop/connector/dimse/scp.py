@@ -198,10 +198,10 @@ class StorageSCP:
         elif not _caller_allowed(listener, calling, host, peer_cn):
             reason = REJECT_CALLING_AE
             log.warning(
-                "association rejected: caller '%s' from %s (certificate CN %s) is not allowed on AE '%s'",
+                "association rejected: caller '%s' from %s%s is not allowed on AE '%s'",
                 shown(calling),
                 host,
-                shown(peer_cn or "none"),
+                f" (certificate CN {shown(peer_cn or 'none')})" if tls.is_tls(assoc) else "",
                 called,
             )
         elif not self.store.has_space():

@@ -21,10 +21,12 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -122,10 +124,28 @@ def send_files(
                 f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
             )
         log.info("%d of %d parallel associations refused; sending their files over one", refusals, count)
-        part = _send_over_one(refused, headers, *peer)
+        part = _send_over_one_retrying(refused, headers, peer)
         report.sent.extend(part.sent)
         report.failed.extend(part.failed)
     return report
+
+
+FALLBACK_TRIES = 5
+"""Tries for the one association that carries what refused parallel associations left: the peer
+may still count the associations just released against its limit (a transient rejection)."""
+
+
+def _send_over_one_retrying(
+    files: Sequence[Path], headers: dict[Path, Dataset], peer: tuple[Any, ...]
+) -> SendReport:
+    for attempt in range(1, FALLBACK_TRIES + 1):
+        try:
+            return _send_over_one(files, headers, *peer)
+        except DeliveryError:
+            if attempt == FALLBACK_TRIES:
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _send_over_one(
