@@ -95,9 +95,9 @@ def study_uid(folder: Path) -> str:
     )
 
 
-def send(folder: Path, port: int) -> tuple[float, float]:
-    """storescu the folder in one association; (wall seconds, epoch when it returned)."""
-    cmd = [STORESCU, "-R", "-aet", "BENCHSCU", "-aec", BRAIN_AE, "-to", "10", "-ta", "10", "+sd", "+r"]
+def send(folder: Path, port: int, ae: str = BRAIN_AE) -> tuple[float, float]:
+    """storescu the folder to ``ae`` in one association; (wall seconds, epoch when it returned)."""
+    cmd = [STORESCU, "-R", "-aet", "BENCHSCU", "-aec", ae, "-to", "10", "-ta", "10", "+sd", "+r"]
     start = time.perf_counter()
     done = subprocess.run(
         [*cmd, "127.0.0.1", str(port), str(folder)], env=peers.peer_env(), capture_output=True, text=True

@@ -47,7 +47,6 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,14 +60,13 @@ from sqlmodel import Session, col, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import _epoch, reidentify, study_uid, wait_for_seg  # noqa: E402
+from e2e import _epoch, reidentify, send, study_uid, wait_for_seg  # noqa: E402
 
 import peers  # noqa: E402 - lives in tests/, put on sys.path just above
 from helpers_prostate import pelvis, pelvis_affine, write_mr_series  # noqa: E402
 from radloop.core.models import Delivery, Job, JobState, JobStep, Result, Series  # noqa: E402
 from radloop_proc import RadloopServer  # noqa: E402
 
-STORESCU = "/usr/bin/storescu"
 ROOT = Path(__file__).resolve().parents[1]
 T1_DIR = ROOT.parent / "shared" / "data" / "mr-brain-t1-philips" / "series"
 PROSTATE_REFERENCE = ROOT / "src/radloop/pipelines/reference/prostate-seg.yaml"
@@ -114,19 +112,6 @@ def prostate_bench_pipeline(folder: Path) -> Path:
     path = folder / f"{PROSTATE_BENCH}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
-
-
-def send(folder: Path, port: int, ae: str) -> tuple[float, float]:
-    """storescu the folder in one association; (wall seconds, epoch when it returned)."""
-    cmd = [STORESCU, "-R", "-aet", "BENCHSCU", "-aec", ae, "-to", "10", "-ta", "10", "+sd", "+r"]
-    start = time.perf_counter()
-    done = subprocess.run(
-        [*cmd, "127.0.0.1", str(port), str(folder)], env=peers.peer_env(), capture_output=True, text=True
-    )
-    released = time.time()
-    if done.returncode != 0:
-        raise RuntimeError(f"storescu failed: {done.stderr}")
-    return time.perf_counter() - start, released
 
 
 def _all_sent(server: RadloopServer, uid: str) -> bool:
