@@ -147,7 +147,7 @@ def bundle_network_file(bundle: Path) -> Path:
 
 def bundle_fields(bundle: Path) -> dict[str, Any]:
     """Spec fields of a MONAI bundle (see the module docstring)."""
-    metadata = _read_json(bundle / "configs" / "metadata.json")
+    metadata = read_json_object(bundle / "configs" / "metadata.json")
     fmt = metadata.get("network_data_format", {})
     inputs, outputs = fmt.get("inputs", {}), fmt.get("outputs", {})
     if not inputs or not outputs:
@@ -163,7 +163,7 @@ def bundle_fields(bundle: Path) -> dict[str, Any]:
     }
     inference = bundle / "configs" / "inference.json"
     if inference.is_file():
-        fields |= _inference_fields(_read_json(inference))
+        fields |= _inference_fields(read_json_object(inference))
     logger.info("MONAI bundle %s: input %r, output %r", bundle, in_name, out_name)
     return fields
 
@@ -239,7 +239,8 @@ def _literal(value: Any) -> bool:
     return isinstance(value, int | float | bool)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ConfigError naming the file if it is unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -280,4 +281,4 @@ def read_package_provenance(stored: StoredModel) -> dict[str, Any] | None:
     path = stored.folder / PACKAGE_PROVENANCE_FILE
     if not path.is_file():
         return None
-    return _read_json(path)
+    return read_json_object(path)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from radloop.core.errors import ConfigError
-from radloop.inference.model_import import structure_code
+from radloop.inference.model_import import read_json_object, structure_code
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def nnunet_fields(folder: Path, converted: Path) -> tuple[dict[str, Any], dict[s
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans = _read_json(folder / "plans.json")
-    dataset = _read_json(folder / "dataset.json")
+    plans = read_json_object(folder / "plans.json")
+    dataset = read_json_object(folder / "dataset.json")
     checkpoint_path = nnunet_checkpoint(folder)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     configuration = str(checkpoint.get("init_args", {}).get("configuration", ""))
@@ -220,16 +220,6 @@ def _network(manager: Any, config: Any, dataset: dict[str, Any], trainer_name: s
     )
     network.load_state_dict(weights)
     return network.eval()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
 
 
 def _sha256(path: Path) -> str:
