@@ -72,11 +72,48 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- generic helpers
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORT_SLOTS = 8  # xdist workers get disjoint slices of the port block
+_next_port: dict[str, int] = {}
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (the OS picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, for a peer the test will start.
+
+    The port lies *below* the kernel's ephemeral range, so no client socket on this machine is ever
+    given it as its source port: a server that is stopped (or killed) and restarted on the same port
+    cannot find it taken by some other test's outgoing connection in between (it happened, in CI, to a
+    kill -9 test). Each xdist worker takes its own slice of that block, so workers never pick the same
+    port; within a slice, ports are handed out round-robin and each is checked by binding it.
+    """
+    top = _ephemeral_low() - 1
+    bottom = max(1024, top - 16000)
+    if top - bottom < 2 * _PORT_SLOTS * 100:  # a machine with an unusual range: let the OS pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOCALHOST, 0))
+            return int(sock.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    slot = int(worker[2:]) % _PORT_SLOTS if worker[2:].isdigit() else 0
+    width = (top - bottom) // _PORT_SLOTS
+    start = bottom + slot * width
+    offset = _next_port.get(worker, (os.getpid() * 7919) % width)
+    for _ in range(width):
+        port = start + offset % width
+        offset += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue
+        _next_port[worker] = offset
+        return port
+    raise RuntimeError(f"no free TCP port in {start}..{start + width - 1}")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.1, what: str = "condition") -> T:
