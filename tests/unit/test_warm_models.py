@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from radloop.core.settings import InferenceSettings, load_settings
@@ -44,3 +46,18 @@ def test_cache_serves_only_resolvers_with_the_same_settings_and_store(tmp_path: 
     cache = ModelCache(ModelResolver(InferenceSettings(), store), 1 << 30)
     assert cache.serves(ModelResolver(InferenceSettings(), ModelStore(tmp_path / "models")))
     assert not cache.serves(ModelResolver(InferenceSettings(), ModelStore(tmp_path / "other")))
+
+
+def test_torch_threads_caps_torch_even_when_torch_was_imported_first() -> None:
+    """``workers.torch_threads`` must reach torch in a Celery prefork child, where torch was imported
+    by the parent before the fork: the environment variable alone is read too late there."""
+    code = (
+        "import torch; torch.set_num_threads(2); "
+        "from radloop.pipelines.executor import limit_threads; limit_threads(1); "
+        "print(torch.get_num_threads())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"

@@ -7,6 +7,7 @@ onnxruntime is imported here only, and only when a model is loaded.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ class OnnxRuntimeBackend:
     """An ONNX model run in this process. Satisfies :class:`~radloop.inference.backend.InferenceBackend`.
 
     Loading and running failures raise :class:`InferenceError` naming the model path.
-    ``threads`` = 0 lets ONNX Runtime choose (one per core).
+    ``threads`` = 0 takes the worker's ``workers.torch_threads`` (exported as ``OMP_NUM_THREADS`` by
+    :func:`radloop.pipelines.executor.limit_threads`) or, unset, lets ONNX Runtime choose (one per core).
     """
 
     def __init__(self, path: Path | str, name: str, version: str, threads: int = 0) -> None:
         self.path = Path(path)
-        self._session = _load(self.path, threads)
+        self._session = _load(self.path, threads or _threads_from_environment())
         self._metadata = ModelMetadata(
             name=name,
             version=version,
@@ -62,6 +64,11 @@ class OnnxRuntimeBackend:
         except Exception as e:
             raise InferenceError(f"ONNX model {self.path} failed to run: {e}") from e
         return {n: np.asarray(a) for n, a in zip(names, arrays, strict=True)}
+
+
+def _threads_from_environment() -> int:
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() else 0
 
 
 def _load(path: Path, threads: int) -> Any:

@@ -206,8 +206,7 @@ def _init_worker(settings_json: str) -> None:
 
     settings = Settings.from_worker_json(settings_json)
     configure_logging(settings.log_level)
-    if settings.workers.torch_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(settings.workers.torch_threads))
+    limit_threads(settings.workers.torch_threads)
     runtime = Runtime.build(settings, migrate=False)
     _WORKER["runner"] = JobRunner(
         settings, runtime.engine, runtime.catalog, priors=runtime.priors, models=runtime.models
@@ -216,6 +215,24 @@ def _init_worker(settings_json: str) -> None:
     _WORKER["models"] = runtime.models
     _WORKER["settings"] = settings
     _WORKER["engine"] = runtime.engine
+
+
+def limit_threads(threads: int) -> None:
+    """``workers.torch_threads``: cap torch's intra-op threads in this worker process (0 = torch's own
+    default, one per core).
+
+    Setting ``OMP_NUM_THREADS`` alone does not do it once torch is imported (Celery's prefork pool
+    imports it in the parent before forking), so torch is told directly as well; ONNX Runtime
+    sessions read the same setting when they are created.
+    """
+    if not threads:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+    except ImportError:  # an ONNX-only or Triton-only worker
+        return
+    torch.set_num_threads(threads)
 
 
 def _worker_started() -> tuple[int, str]:
