@@ -120,3 +120,28 @@ def test_resent_duplicate_does_not_reopen(setup, tmp_path: Path) -> None:  # typ
     _store(store, ds, tmp_path)
     with Session(engine) as s:
         assert s.exec(select(Series)).one().state == SeriesState.complete
+
+
+def test_index_rows_are_the_rows_sqlalchemy_writes(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The index writes on the driver's cursor (connector/instance_index): timestamps and enums must
+    land in the form SQLAlchemy's column types write and read back (SQLite: naive text, enum names)."""
+    import re
+
+    from sqlalchemy import text
+
+    _settings, engine, store = setup
+    _store(store, _dataset(), tmp_path)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT i.received_at, s.first_received_at, s.state, s.routing_status FROM instance i "
+                "JOIN series s ON s.id = i.series_id"
+            )
+        ).one()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+    assert stamp.match(row[0]) and stamp.match(row[1]), row
+    assert (row[2], row[3]) == ("open", "pending")
+    with Session(engine) as s:
+        series = s.exec(select(Series)).one()
+        assert series.state is SeriesState.open and series.routing_status is RoutingStatus.pending
+        assert series.first_received_at.year >= 2024
