@@ -151,20 +151,27 @@ class InstanceIndex:
 
     def _transaction(self, row: InstanceRow, ds: Dataset) -> IndexedInstance:
         with self._lock:
-            connection = self.engine.raw_connection()
+            connection = self.engine.raw_connection()  # pooled; PostgreSQL's is pinged first
             try:
                 cursor = connection.cursor()
                 try:
                     done = self._rows(cursor, row, ds)
                     connection.commit()
                     return done
-                except BaseException:
-                    connection.rollback()
-                    raise
                 finally:
                     cursor.close()
+            except self._integrity_error:
+                connection.rollback()
+                raise
+            except self._dbapi_error:
+                # the server may be gone (a PostgreSQL restart): never hand this one back to the pool
+                connection.invalidate()
+                raise
+            except BaseException:
+                connection.rollback()
+                raise
             finally:
-                connection.close()  # back to the pool
+                connection.close()  # back to the pool (a no-op once invalidated)
 
     def _rows(self, cursor: Any, row: InstanceRow, ds: Dataset) -> IndexedInstance:
         self._run(cursor, "find_instance", {"sop_instance_uid": row.sop_instance_uid})
