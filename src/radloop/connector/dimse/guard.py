@@ -51,6 +51,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from radloop.connector.dimse.store_response import LeanDIMSE
 from radloop.connector.peer_text import shown
 
 if TYPE_CHECKING:
@@ -345,11 +346,13 @@ class GuardedDUL(DULServiceProvider):
 
 
 class GuardedAssociation(Association):
-    """An acceptor association whose DUL is a :class:`GuardedDUL`."""
+    """An acceptor association whose DUL is a :class:`GuardedDUL` (and whose DIMSE provider sends
+    Success C-STORE responses the lean way, :class:`~radloop.connector.dimse.store_response.LeanDIMSE`)."""
 
     def __init__(self, ae: ApplicationEntity, mode: str, limits: GuardLimits) -> None:
         super().__init__(ae, mode)
         self.dul = GuardedDUL(self, limits)
+        self.dimse = LeanDIMSE(self)  # the Success C-STORE-RSP encoded directly (dimse/store_response)
         self.acse_timeout = limits.request_timeout_s  # the ARTIM timer of the new DUL
         self.network_timeout = self.ae.network_timeout
 
