@@ -145,3 +145,30 @@ def test_index_rows_are_the_rows_sqlalchemy_writes(setup, tmp_path: Path) -> Non
         series = s.exec(select(Series)).one()
         assert series.state is SeriesState.open and series.routing_status is RoutingStatus.pending
         assert series.first_received_at.year >= 2024
+
+
+def test_plain_header_values_read_from_bytes_equal_pydicoms(tmp_path: Path) -> None:
+    """describe() reads UIDs and InstanceNumber straight from the received bytes (instance_index.
+    header_plain): the same text as pydicom's conversion, and odd values still go through pydicom."""
+    import io
+
+    from radloop.connector.instance_index import header_plain, header_value
+
+    ds = _dataset(sop_uid="1.2.3.44")  # even: no padding; the study/series UIDs are odd or even
+    ds.InstanceNumber = " 7"
+    encoded = _encode(ds, tmp_path)
+    raw = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True)
+    converted = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True)
+    for keyword in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+    ):
+        assert str(header_plain(raw, keyword)).strip() == str(header_value(converted, keyword)).strip()
+    ds.SOPInstanceUID = ["1.2.3", "1.2.4"]  # multi-valued: pydicom's conversion, then refused
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    odd = pydicom.dcmread(io.BytesIO(_encode(ds, tmp_path)), stop_before_pixels=True)
+    with pytest.raises(InvalidInstanceError, match="SOPInstanceUID is"):
+        describe(odd, ExplicitVRLittleEndian)

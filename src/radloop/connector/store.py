@@ -46,7 +46,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col, select
 
-from radloop.connector.instance_index import IndexedElsewhereError, InstanceIndex, InstanceRow, header_value
+from radloop.connector.instance_index import IndexedElsewhereError, InstanceIndex, InstanceRow, header_plain
 from radloop.connector.sanity import InstanceLimits, check_part10
 from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
 from radloop.core.models import Instance, Series, Study
@@ -101,7 +101,7 @@ def describe(
     """Pull the identifying UIDs out of a data set, refusing objects that lack valid ones."""
 
     def uid(keyword: str) -> str:
-        value = str(header_value(ds, keyword) or "").strip()
+        value = str(header_plain(ds, keyword) or "").strip()
         if not is_valid_uid(value):
             shown = repr(value) if value else "empty"
             raise InvalidInstanceError(
