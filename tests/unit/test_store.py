@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -168,7 +168,21 @@ def test_plain_header_values_read_from_bytes_equal_pydicoms(tmp_path: Path) -> N
     ):
         assert str(header_plain(raw, keyword)).strip() == str(header_value(converted, keyword)).strip()
     ds.SOPInstanceUID = ["1.2.3", "1.2.4"]  # multi-valued: pydicom's conversion, then refused
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3")
     odd = pydicom.dcmread(io.BytesIO(_encode(ds, tmp_path)), stop_before_pixels=True)
     with pytest.raises(InvalidInstanceError, match="SOPInstanceUID is"):
         describe(odd, ExplicitVRLittleEndian)
+
+
+def test_a_database_error_is_a_store_error(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The index's driver errors reach the SCP as a StoreError (C-STORE 0xA700, retry later), not as
+    an unforeseen exception."""
+    from sqlalchemy import text
+
+    from radloop.core.errors import StoreError
+
+    _settings, engine, store = setup
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE instance"))
+    with pytest.raises(StoreError, match="cannot index SOP Instance"):
+        _store(store, _dataset(), tmp_path)

@@ -44,7 +44,7 @@ def test_success_response_bytes_match_pynetdicom(sop_class: str, message_id: int
 def test_anything_but_plain_success_goes_through_pynetdicom() -> None:
     assert _lean_success(_response("1.2.3", 1, "1.2.4", status=0xA700)) is None
     with_comment = _response("1.2.3", 1, "1.2.4")
-    with_comment.ErrorComment = "note"
+    setattr(with_comment, "ErrorComment", "note")  # noqa: B010 - typed as None in pynetdicom
     assert _lean_success(with_comment) is None
     request = C_STORE()
     request.MessageID = 1
