@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -120,3 +120,69 @@ def test_resent_duplicate_does_not_reopen(setup, tmp_path: Path) -> None:  # typ
     _store(store, ds, tmp_path)
     with Session(engine) as s:
         assert s.exec(select(Series)).one().state == SeriesState.complete
+
+
+def test_index_rows_are_the_rows_sqlalchemy_writes(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The index writes on the driver's cursor (connector/instance_index): timestamps and enums must
+    land in the form SQLAlchemy's column types write and read back (SQLite: naive text, enum names)."""
+    import re
+
+    from sqlalchemy import text
+
+    _settings, engine, store = setup
+    _store(store, _dataset(), tmp_path)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT i.received_at, s.first_received_at, s.state, s.routing_status FROM instance i "
+                "JOIN series s ON s.id = i.series_id"
+            )
+        ).one()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
+    assert stamp.match(row[0]) and stamp.match(row[1]), row
+    assert (row[2], row[3]) == ("open", "pending")
+    with Session(engine) as s:
+        series = s.exec(select(Series)).one()
+        assert series.state is SeriesState.open and series.routing_status is RoutingStatus.pending
+        assert series.first_received_at.year >= 2024
+
+
+def test_plain_header_values_read_from_bytes_equal_pydicoms(tmp_path: Path) -> None:
+    """describe() reads UIDs and InstanceNumber straight from the received bytes (instance_index.
+    header_plain): the same text as pydicom's conversion, and odd values still go through pydicom."""
+    import io
+
+    from radloop.connector.instance_index import header_plain, header_value
+
+    ds = _dataset(sop_uid="1.2.3.44")  # even: no padding; the study/series UIDs are odd or even
+    ds.InstanceNumber = " 7"
+    encoded = _encode(ds, tmp_path)
+    raw = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True)
+    converted = pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True)
+    for keyword in (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "InstanceNumber",
+    ):
+        assert str(header_plain(raw, keyword)).strip() == str(header_value(converted, keyword)).strip()
+    ds.SOPInstanceUID = ["1.2.3", "1.2.4"]  # multi-valued: pydicom's conversion, then refused
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3")
+    odd = pydicom.dcmread(io.BytesIO(_encode(ds, tmp_path)), stop_before_pixels=True)
+    with pytest.raises(InvalidInstanceError, match="SOPInstanceUID is"):
+        describe(odd, ExplicitVRLittleEndian)
+
+
+def test_a_database_error_is_a_store_error(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The index's driver errors reach the SCP as a StoreError (C-STORE 0xA700, retry later), not as
+    an unforeseen exception."""
+    from sqlalchemy import text
+
+    from radloop.core.errors import StoreError
+
+    _settings, engine, store = setup
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE instance"))
+    with pytest.raises(StoreError, match="cannot index SOP Instance"):
+        _store(store, _dataset(), tmp_path)

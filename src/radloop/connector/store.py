@@ -43,14 +43,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydicom.dataset import Dataset
-from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from radloop.connector.instance_index import IndexedElsewhereError, InstanceIndex, InstanceRow, header_plain
 from radloop.connector.sanity import InstanceLimits, check_part10
-from radloop.core.errors import PARSE_ERRORS, DiskFullError, InvalidInstanceError, StoreError
-from radloop.core.models import Instance, RoutingStatus, Series, SeriesState, Study, utcnow
+from radloop.core.errors import DiskFullError, InvalidInstanceError, StoreError
+from radloop.core.models import Instance, Series, Study
 from radloop.core.refs import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def describe(
     """Pull the identifying UIDs out of a data set, refusing objects that lack valid ones."""
 
     def uid(keyword: str) -> str:
-        value = str(_get(ds, keyword) or "").strip()
+        value = str(header_plain(ds, keyword) or "").strip()
         if not is_valid_uid(value):
             shown = repr(value) if value else "empty"
             raise InvalidInstanceError(
@@ -141,8 +140,7 @@ class InstanceStore:
         self.data_dir = data_dir
         self.engine = engine
         self.min_free_bytes = min_free_bytes
-        self._index_lock = threading.Lock()  # one writer at a time: no upsert races on SQLite or PG
-        self._series_ids: dict[str, int] = {}  # SeriesInstanceUID → series.id (never changes once made)
+        self._index = InstanceIndex(engine)  # the rows, on the driver's cursor (connector/instance_index)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def has_space(self) -> bool:
@@ -170,12 +168,7 @@ class InstanceStore:
         else:
             self._group.add(path, _write_unsynced(path, parts))
         try:
-            try:
-                return self._index(info, ds, path, size)
-            except IntegrityError:
-                # A concurrent writer (another process on PostgreSQL) created a row first: index again.
-                self._series_ids.pop(info.series_instance_uid, None)
-                return self._index(info, ds, path, size)
+            return self._index_file(info, ds, path, size)
         except SopInstanceConflictError:
             path.unlink(missing_ok=True)  # never indexed, never acknowledged: the other file stays
             raise
@@ -200,50 +193,25 @@ class InstanceStore:
         if self._group is not None:
             self._group.stop()
 
-    def _index(self, info: ReceivedInstance, ds: Dataset, path: Path, size: int) -> StoredInstance:
-        """Index rows for one stored file: a few Core statements, study/series ids cached by UID."""
-        relative = str(path.relative_to(self.data_dir))
-        with self._index_lock, self.engine.begin() as conn:
-            existing = conn.execute(
-                select(Instance.id, Instance.path).where(Instance.sop_instance_uid == info.sop_instance_uid)
-            ).first()
-            if existing is not None and existing[1] != relative:
-                raise _conflict(conn, info, str(existing[1]))
-            series_id = self._series_id(conn, info, ds)
-            now = utcnow()
-            reopened = False
-            if existing is None:
-                conn.execute(
-                    insert(Instance).values(
-                        series_id=series_id,
-                        sop_instance_uid=info.sop_instance_uid,
-                        sop_class_uid=info.sop_class_uid,
-                        transfer_syntax_uid=info.transfer_syntax_uid,
-                        instance_number=_int_or_none(_get(ds, "InstanceNumber")),
-                        path=relative,
-                        size_bytes=size,
-                        received_at=now,
-                    )
-                )
-                reopened = _reopen_if_complete(conn, series_id)
-            conn.execute(
-                update(Series)
-                .where(col(Series.id) == series_id)
-                .values(
-                    last_received_at=now,
-                    instance_count=Series.instance_count + (1 if existing is None else 0),
-                )
-            )
-            return StoredInstance(series_id, path, duplicate=existing is not None, reopened=reopened)
-
-    def _series_id(self, conn: Connection, info: ReceivedInstance, ds: Dataset) -> int:
-        cached = self._series_ids.get(info.series_instance_uid)
-        if cached is not None:
-            return cached
-        study_id = _get_or_create_study(conn, info, ds)
-        series_id = _get_or_create_series(conn, study_id, info, ds)
-        self._series_ids[info.series_instance_uid] = series_id
-        return series_id
+    def _index_file(self, info: ReceivedInstance, ds: Dataset, path: Path, size: int) -> StoredInstance:
+        """Index rows for one stored file, in one transaction (:class:`InstanceIndex`)."""
+        row = InstanceRow(
+            study_instance_uid=info.study_instance_uid,
+            series_instance_uid=info.series_instance_uid,
+            sop_instance_uid=info.sop_instance_uid,
+            sop_class_uid=info.sop_class_uid,
+            transfer_syntax_uid=info.transfer_syntax_uid,
+            called_ae=info.called_ae,
+            calling_ae=info.calling_ae,
+            path=str(path.relative_to(self.data_dir)),
+            size_bytes=size,
+        )
+        try:
+            done = self._index.add(row, ds)
+        except IndexedElsewhereError as e:
+            with self.engine.connect() as conn:
+                raise _conflict(conn, info, e.existing_path) from None
+        return StoredInstance(done.series_id, path, duplicate=done.duplicate, reopened=done.reopened)
 
     def reconcile(self, min_age_s: float = 60.0, limits: InstanceLimits | None = None) -> ReconcileReport:
         """Clear what a crash left in the instance tree; call once at start-up, before receiving.
@@ -304,7 +272,7 @@ class InstanceStore:
             if self.path_for(info) != path:
                 log.warning("reconcile: %s holds another instance's UIDs; removing it", path.name)
                 return False
-            self._index(info, ds, path, path.stat().st_size)
+            self._index_file(info, ds, path, path.stat().st_size)
         except (InvalidInstanceError, OSError) as e:
             log.warning("reconcile: un-indexed %s is not a valid instance (%s); removing it", path.name, e)
             return False
@@ -485,86 +453,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _get_or_create_study(conn: Connection, info: ReceivedInstance, ds: Dataset) -> int:
-    row = conn.execute(select(Study.id).where(Study.study_instance_uid == info.study_instance_uid)).first()
-    if row is not None:
-        return int(row[0])
-    res = conn.execute(
-        insert(Study).values(
-            study_instance_uid=info.study_instance_uid,
-            patient_id=_text(ds, "PatientID"),
-            patient_name=_text(ds, "PatientName"),
-            accession_number=_text(ds, "AccessionNumber"),
-            study_date=_text(ds, "StudyDate"),
-            study_description=_text(ds, "StudyDescription"),
-            created_at=utcnow(),
-        )
-    )
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
-
-
-def _get_or_create_series(conn: Connection, study_id: int, info: ReceivedInstance, ds: Dataset) -> int:
-    row = conn.execute(
-        select(Series.id).where(Series.series_instance_uid == info.series_instance_uid)
-    ).first()
-    if row is not None:
-        return int(row[0])
-    now = utcnow()
-    res = conn.execute(
-        insert(Series).values(
-            study_id=study_id,
-            series_instance_uid=info.series_instance_uid,
-            modality=_text(ds, "Modality"),
-            series_description=_text(ds, "SeriesDescription"),
-            series_number=_int_or_none(_get(ds, "SeriesNumber")),
-            sop_class_uid=info.sop_class_uid,
-            called_ae=info.called_ae,
-            calling_ae=info.calling_ae,
-            state=SeriesState.open,
-            revision=0,
-            instance_count=0,
-            first_received_at=now,
-            last_received_at=now,
-            routing_status=RoutingStatus.pending,
-            routing_note="",
-        )
-    )
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
-
-
-def _reopen_if_complete(conn: Connection, series_id: int) -> bool:
-    """A new instance for a complete series re-opens it, to be completed and routed again."""
-    res = conn.execute(
-        update(Series)
-        .where(col(Series.id) == series_id, col(Series.state) == SeriesState.complete)
-        .values(
-            state=SeriesState.open,
-            routing_status=RoutingStatus.pending,
-            routing_note="re-opened by a late instance after completion",
-        )
-    )
-    if res.rowcount:
-        log.info("series %s re-opened by a late instance", series_id)
-    return bool(res.rowcount)
-
-
-def _get(ds: Dataset, keyword: str) -> object:
-    """``ds.get(keyword)``; a value pydicom cannot decode is the sender's error, not ours."""
-    try:
-        return ds.get(keyword, "")
-    except PARSE_ERRORS as e:
-        raise InvalidInstanceError(f"{keyword} cannot be decoded: {type(e).__name__}: {e}") from e
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = _get(ds, keyword)
-    return "" if value is None else str(value).strip()
-
-
-def _int_or_none(value: object) -> int | None:
-    try:
-        return int(str(value)) if value not in (None, "") else None
-    except ValueError:
-        return None

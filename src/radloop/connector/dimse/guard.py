@@ -34,6 +34,7 @@ import contextlib
 import copy
 import logging
 import queue
+import select
 import socket
 import ssl
 import struct
@@ -45,11 +46,12 @@ from typing import TYPE_CHECKING, Any, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from radloop.connector.dimse.store_response import LeanDIMSE
 from radloop.connector.peer_text import shown
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ _SMALL_PDU = 1024  # A-ASSOCIATE-AC/RJ, A-RELEASE-RQ/RP and A-ABORT bodies are a
 _READ_STEP = 1 << 20
 _DRAIN_BYTES = 4 << 20  # read and dropped after an A-ABORT, before closing regardless
 _REACTOR_POLL_S = 0.005  # the association loop's checks (release, abort, timeouts) when no message comes
+_DUL_IDLE_S = 0.005  # the DUL loop's checks (ARTIM, kill) when neither the peer nor our side has work
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,95 @@ class GuardedDUL(DULServiceProvider):
         self._drain_left = _DRAIN_BYTES
         self._do_action = self.state_machine.do_action
         self.state_machine.do_action = self._do_action_closing  # type: ignore[method-assign]
+        self._wake_r: socket.socket | None = None  # written to when a primitive is queued to send
+        self._wake_w: socket.socket | None = None
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Queue a primitive to send (pynetdicom) and wake the reactor at once."""
+        super().send_pdu(primitive)
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (already woken) or closed (the loop ended)
+                wake.send(b"\0")
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0.4's DUL loop, but idle waits end when there is work instead of sleeping.
+
+        pynetdicom sleeps 1 ms whenever a pass found nothing to do, so each C-STORE waits up to a
+        millisecond before its first PDU is read and again before its response is sent (the
+        association thread queues it here), and on a loaded machine each wake-up waits for a CPU.
+        Here the idle wait is a ``select`` on the peer's socket and on a wake-up socket that
+        :meth:`send_pdu` writes to, bounded by ``_DUL_IDLE_S`` so that the ARTIM timer and a kill
+        are still seen within a few milliseconds.
+        """
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        try:
+            self._reactor_loop()
+        finally:
+            wake_r, wake_w, self._wake_r, self._wake_w = self._wake_r, self._wake_w, None, None
+            wake_r.close()
+            wake_w.close()
+
+    def _reactor_loop(self) -> None:
+        self._idle_timer.start()
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+            if idle:
+                self._wait_for_work()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():  # one primitive to encode and send
+                    pass
+                elif self._is_transport_event():  # or one PDU received and decoded
+                    self._idle_timer.restart()
+            except Exception as exc:  # as pynetdicom: abort bypassing the state machine
+                log.error("exception in the DUL reactor, aborting the association")
+                log.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                asocket = cast(AssociationSocket, self.socket)
+                asocket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+    def _wait_for_work(self) -> None:
+        """Until the peer sends, a primitive is queued, or ``_DUL_IDLE_S`` passes."""
+        wake = cast(socket.socket, self._wake_r)
+        asocket = self.socket
+        sock = asocket.socket if asocket is not None else None
+        if not self.to_provider_queue.empty():
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # decrypted bytes buffered where select cannot see them
+        waited: list[Any] = [wake]
+        if sock is not None and sock.fileno() >= 0:
+            waited.append(sock)
+        try:
+            ready, _, _ = select.select(waited, [], [], _DUL_IDLE_S)
+        except (OSError, ValueError):  # the socket closed meanwhile: the next pass sees it
+            return
+        if wake in ready:
+            with contextlib.suppress(OSError):
+                wake.recv(4096)
 
     def _do_action_closing(self, event: str) -> None:
         """The state machine's step, except that a local response (accept, reject, data) that
@@ -254,11 +346,13 @@ class GuardedDUL(DULServiceProvider):
 
 
 class GuardedAssociation(Association):
-    """An acceptor association whose DUL is a :class:`GuardedDUL`."""
+    """An acceptor association whose DUL is a :class:`GuardedDUL` (and whose DIMSE provider sends
+    Success C-STORE responses the lean way, :class:`~radloop.connector.dimse.store_response.LeanDIMSE`)."""
 
     def __init__(self, ae: ApplicationEntity, mode: str, limits: GuardLimits) -> None:
         super().__init__(ae, mode)
         self.dul = GuardedDUL(self, limits)
+        self.dimse = LeanDIMSE(self)  # the Success C-STORE-RSP encoded directly (dimse/store_response)
         self.acse_timeout = limits.request_timeout_s  # the ARTIM timer of the new DUL
         self.network_timeout = self.ae.network_timeout
 
