@@ -90,6 +90,9 @@ class StoreAssociation:
         self._sock = _connect(host, port, timeout_s, tls_args, self.peer)
         try:
             self._max_pdu, self.accepted = self._negotiate(host, port, called_ae, calling_ae, contexts)
+        except OSError as e:  # e.g. a TLS 1.3 peer closing after checking our certificate
+            self._sock.close()
+            raise DeliveryError(f"association with {self.peer} failed: {e}") from e
         except BaseException:
             self._sock.close()
             raise
