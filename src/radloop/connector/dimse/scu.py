@@ -60,6 +60,8 @@ class FileHeader:
     sop_class: str
     sop_instance: str
     transfer_syntax: UID
+    data_set_offset: int
+    """Where the data set starts: the first byte after the File Meta Information."""
 
 
 def iter_dicom_files(paths: Iterable[Path]) -> list[Path]:
@@ -88,6 +90,7 @@ def read_header(path: Path) -> FileHeader:
     set's header where the meta lacks the first two). Raises ``InvalidDicomError`` / ``OSError``."""
     with _open(path) as f:
         meta = _read_file_meta(f)
+        offset = f.tell()
     ts = meta.get("TransferSyntaxUID")
     if not ts:
         raise InvalidDicomError("no Transfer Syntax UID in its File Meta Information")
@@ -97,13 +100,14 @@ def read_header(path: Path) -> FileHeader:
         sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
         if not sop_class or not sop_instance:
             raise InvalidDicomError("no SOP Class UID or SOP Instance UID")
-    return FileHeader(str(sop_class), str(sop_instance), UID(str(ts)))
+    return FileHeader(str(sop_class), str(sop_instance), UID(str(ts)), offset)
 
 
-def data_set_bytes(path: Path) -> bytes:
-    """The file's encoded data set: its bytes after the File Meta Information."""
+def data_set_bytes(path: Path, header: FileHeader) -> bytes:
+    """The file's encoded data set: its bytes after the File Meta Information (read by
+    :func:`read_header`; a file changed since is sent as it is now, from the same offset)."""
     with _open(path) as f:
-        _read_file_meta(f)
+        f.seek(header.data_set_offset)
         return f.read()
 
 
@@ -329,7 +333,7 @@ def _encoded_for(assoc: StoreAssociation, path: Path, header: FileHeader) -> tup
         if str(header.transfer_syntax) in accepted:
             context_id = assoc.context_for(header.sop_class, str(header.transfer_syntax))
             assert context_id is not None
-            return context_id, data_set_bytes(path)
+            return context_id, data_set_bytes(path, header)
         target = next((UID(ts) for ts in accepted if not UID(ts).is_compressed), None)
         if target is None:
             raise _NotSendable(
