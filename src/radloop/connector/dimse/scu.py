@@ -21,6 +21,7 @@ import gzip
 import io
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -89,8 +90,14 @@ def read_header(path: Path) -> FileHeader:
     """SOP Class, SOP Instance and Transfer Syntax UIDs from the File Meta Information (the data
     set's header where the meta lacks the first two). Raises ``InvalidDicomError`` / ``OSError``."""
     with _open(path) as f:
-        meta = _read_file_meta(f)
-        offset = f.tell()
+        quick = _quick_file_meta(f)
+        if quick is None:  # unusual meta: pydicom's tolerant reader
+            f.seek(0)
+            parsed = _read_file_meta(f)
+            meta = {k: str(parsed.get(k) or "") for k in _META_KEYWORDS.values()}
+            offset = f.tell()
+        else:
+            meta, offset = quick
     ts = meta.get("TransferSyntaxUID")
     if not ts:
         raise InvalidDicomError("no Transfer Syntax UID in its File Meta Information")
@@ -130,6 +137,45 @@ def _read_file_meta(f: BinaryIO) -> Dataset:
 
 def _past_group_0002(tag: Any, _vr: Any, _length: Any) -> bool:
     return bool(tag.group != 2)
+
+
+_META_KEYWORDS = {
+    0x0002: "MediaStorageSOPClassUID",
+    0x0003: "MediaStorageSOPInstanceUID",
+    0x0010: "TransferSyntaxUID",
+}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_META_WINDOW = 4096
+
+
+def _quick_file_meta(f: BinaryIO) -> tuple[dict[str, str], int] | None:
+    """The three UIDs of a conformant File Meta Information (preamble, ``DICM``, group 0002 in
+    Explicit VR Little Endian, PS3.10 §7.1) and the data set's offset, parsed from the file's
+    first 4 KiB without pydicom (a fifth of the CPU); ``None`` for anything else."""
+    head = f.read(_META_WINDOW)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    meta: dict[str, str] = {}
+    at = 132
+    while at + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, at)
+        if group != 0x0002:
+            return meta, at
+        vr = head[at + 4 : at + 6]
+        if vr in _LONG_VRS:
+            if at + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<L", head, at + 8)
+            at += 12
+        else:
+            (length,) = struct.unpack_from("<H", head, at + 6)
+            at += 8
+        if length == 0xFFFFFFFF or at + length > len(head):
+            return None
+        if element in _META_KEYWORDS:
+            meta[_META_KEYWORDS[element]] = head[at : at + length].rstrip(b"\0 ").decode("ascii", "replace")
+        at += length
+    return None  # a meta longer than the window, or a file that ends within it
 
 
 def send_files(
