@@ -310,13 +310,9 @@ def _send_over_one(
     """Raises :class:`DeliveryError` when the association cannot be established (the caller may
     retry or fall back); everything after that is a per-file outcome."""
     contexts = _contexts(headers[f] for f in files)
-    try:
-        assoc = StoreAssociation(
-            host, port, called_ae, calling_ae, contexts, timeout_s=timeout_s, tls_args=tls_args
-        )
-    except DeliveryError as e:
-        over = "DICOM TLS: " if tls_args else ""
-        raise DeliveryError(f"no association with {called_ae}@{host}:{port} ({over}{e})") from e
+    assoc = StoreAssociation(
+        host, port, called_ae, calling_ae, contexts, timeout_s=timeout_s, tls_args=tls_args
+    )
     report, lost = SendReport(), ""
     try:
         for f in files:

@@ -87,12 +87,16 @@ class StoreAssociation:
     ) -> None:
         self.peer = f"{called_ae}@{host}:{port}"
         self._message_id = 0
-        self._sock = _connect(host, port, timeout_s, tls_args, self.peer)
+        over = "DICOM TLS: " if tls_args else ""
+        self._sock = _connect(host, port, timeout_s, tls_args, f"no association with {self.peer} ({over}")
         try:
-            self._max_pdu, self.accepted = self._negotiate(host, port, called_ae, calling_ae, contexts)
-        except OSError as e:  # e.g. a TLS 1.3 peer closing after checking our certificate
+            self._max_pdu, self.accepted = self._negotiate(called_ae, calling_ae, contexts)
+        except (
+            OSError,
+            DeliveryError,
+        ) as e:  # OSError: a TLS 1.3 peer closing after checking our certificate
             self._sock.close()
-            raise DeliveryError(f"association with {self.peer} failed: {e}") from e
+            raise DeliveryError(f"no association with {self.peer} ({over}{e})") from e
         except BaseException:
             self._sock.close()
             raise
@@ -147,7 +151,7 @@ class StoreAssociation:
             self._sock.close()
 
     def _negotiate(
-        self, host: str, port: int, called_ae: str, calling_ae: str, contexts: list[tuple[str, list[str]]]
+        self, called_ae: str, calling_ae: str, contexts: list[tuple[str, list[str]]]
     ) -> tuple[int, dict[tuple[str, str], int]]:
         request = A_ASSOCIATE()
         request.application_context_name = UID(APPLICATION_CONTEXT)
@@ -179,9 +183,9 @@ class StoreAssociation:
             reject = A_ASSOCIATE_RJ()
             reject.decode(_PDU_HEADER.pack(kind, 0, len(body)) + body)
             answer = reject.to_primitive()
-            raise DeliveryError(f"association rejected by {self.peer}: {answer.reason_str}")
+            raise DeliveryError(f"rejected: {answer.reason_str}")
         if kind != _A_ASSOCIATE_AC:
-            raise DeliveryError(f"association with {self.peer}: unexpected PDU type 0x{kind:02X}")
+            raise DeliveryError(f"answered with PDU type 0x{kind:02X}")
         accept = A_ASSOCIATE_AC()
         accept.decode(_PDU_HEADER.pack(kind, 0, len(body)) + body)
         answer = accept.to_primitive()
@@ -258,12 +262,13 @@ class StoreAssociation:
 
 
 def _connect(
-    host: str, port: int, timeout_s: float, tls_args: tuple[ssl.SSLContext, str] | None, peer: str
+    host: str, port: int, timeout_s: float, tls_args: tuple[ssl.SSLContext, str] | None, failed: str
 ) -> socket.socket:
+    """``failed``: how a :class:`DeliveryError` begins (its parenthesis is closed here)."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as e:
-        raise DeliveryError(f"no association with {peer} (unreachable: {e})") from e
+        raise DeliveryError(f"{failed}unreachable: {e})") from e
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls_args is None:
         return sock
@@ -272,7 +277,7 @@ def _connect(
         return context.wrap_socket(sock, server_hostname=server_name)
     except (OSError, ssl.SSLError) as e:
         sock.close()
-        raise DeliveryError(f"no association with {peer} (DICOM TLS: handshake failed: {e})") from e
+        raise DeliveryError(f"{failed}handshake failed: {e})") from e
 
 
 def _pdu_header(context_id: int, control: int, length: int) -> bytes:
