@@ -38,7 +38,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode
 
 from radloop.connector.dimse.status import is_success_or_warning
-from radloop.connector.dimse.store_association import AssociationLost, StoreAssociation
+from radloop.connector.dimse.store_association import AssociationLost, NoResponse, StoreAssociation
 from radloop.core.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ def _send(
 ) -> SendReport:
     count = max(1, min(associations, len(files)))
     if count == 1:
-        return _send_over_one(
+        return _send_continuing(
             files, headers, host, port, called_ae, calling_ae, timeout_s, on_progress, tls_args
         )
     lock = threading.Lock()
@@ -255,22 +255,21 @@ def _send(
     chunks = [list(files[i::count]) for i in range(count)]
     peer = (host, port, called_ae, calling_ae, timeout_s, progress, tls_args)
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="radloop-send") as pool:
-        futures = [pool.submit(_send_over_one, chunk, headers, *peer) for chunk in chunks]
-    report, refused, refusals = SendReport(), [], 0
+        futures = [pool.submit(_send_continuing, chunk, headers, *peer) for chunk in chunks]
+    report, refused, refusals, why = SendReport(), [], 0, ""
     for chunk, future in zip(chunks, futures, strict=True):
         try:
             part = future.result()
-        except DeliveryError:
+        except DeliveryError as e:
             refused.extend(chunk)
             refusals += 1
+            why = why or str(e)
             continue
         report.sent.extend(part.sent)
         report.failed.extend(part.failed)
     if refused:
         if len(refused) == len(files):
-            raise DeliveryError(
-                f"no association with {called_ae}@{host}:{port} (rejected, aborted or unreachable)"
-            )
+            raise DeliveryError(why)
         log.info("%d of %d parallel associations refused; sending their files over one", refusals, count)
         part = _send_over_one_retrying(refused, headers, peer)
         report.sent.extend(part.sent)
@@ -288,12 +287,43 @@ def _send_over_one_retrying(
 ) -> SendReport:
     for attempt in range(1, FALLBACK_TRIES + 1):
         try:
-            return _send_over_one(files, headers, *peer)
+            return _send_continuing(files, headers, *peer)
         except DeliveryError:
             if attempt == FALLBACK_TRIES:
                 raise
             time.sleep(0.5 * attempt)
     raise AssertionError("unreachable")
+
+
+def _send_continuing(
+    files: Sequence[Path],
+    headers: dict[Path, FileHeader],
+    host: str,
+    port: int,
+    called_ae: str,
+    calling_ae: str,
+    timeout_s: float,
+    on_progress: Callable[[Path, bool], None] | None,
+    tls_args: tuple[ssl.SSLContext, str] | None,
+) -> SendReport:
+    """``files`` over one association; when the peer aborts it (or the connection breaks), the
+    files not yet attempted go over a new one, so that one instance a peer aborts on fails alone
+    (every round attempts at least one file, so this ends). Raises :class:`DeliveryError` when
+    the first association cannot be established."""
+    peer = (host, port, called_ae, calling_ae, timeout_s, on_progress, tls_args)
+    report, unsent = _send_over_one(files, headers, *peer)
+    while unsent:
+        log.info(
+            "association with %s@%s:%d lost; %d file(s) over a new one", called_ae, host, port, len(unsent)
+        )
+        try:
+            part, unsent = _send_over_one(unsent, headers, *peer)
+        except DeliveryError as e:
+            report.failed.extend((f, f"association lost, and then {e}") for f in unsent)
+            break
+        report.sent.extend(part.sent)
+        report.failed.extend(part.failed)
+    return report
 
 
 def _send_over_one(
@@ -306,30 +336,33 @@ def _send_over_one(
     timeout_s: float,
     on_progress: Callable[[Path, bool], None] | None,
     tls_args: tuple[ssl.SSLContext, str] | None,
-) -> SendReport:
-    """Raises :class:`DeliveryError` when the association cannot be established (the caller may
-    retry or fall back); everything after that is a per-file outcome."""
+) -> tuple[SendReport, list[Path]]:
+    """The outcome of each file attempted, and the files not attempted because the association
+    was lost (none after a timeout: a peer that did not answer in ``timeout_s`` gets no new
+    association now, its remaining files fail at once). Raises :class:`DeliveryError` when the
+    association cannot be established."""
     contexts = _contexts(headers[f] for f in files)
     assoc = StoreAssociation(
         host, port, called_ae, calling_ae, contexts, timeout_s=timeout_s, tls_args=tls_args
     )
-    report, lost = SendReport(), ""
+    report, lost = SendReport(), None
     try:
-        for f in files:
-            if lost:
-                report.failed.append((f, f"association lost: {lost}"))
-                continue
+        for index, f in enumerate(files):
             try:
                 ok, why = _send_one(assoc, f, headers[f])
             except AssociationLost as e:
-                lost = str(e)
-                ok, why = False, lost
+                lost, ok, why = e, False, str(e)
             (report.sent.append(f) if ok else report.failed.append((f, why)))
             if on_progress:
                 on_progress(f, ok)
+            if isinstance(lost, NoResponse):
+                report.failed.extend((rest, f"association lost: {why}") for rest in files[index + 1 :])
+                return report, []
+            if lost is not None:
+                return report, list(files[index + 1 :])
     finally:
-        assoc.abort() if lost else assoc.release()
-    return report
+        assoc.abort() if lost is not None else assoc.release()
+    return report, []
 
 
 def _contexts(headers: Iterable[FileHeader]) -> list[tuple[str, list[str]]]:

@@ -58,6 +58,10 @@ class AssociationLost(DeliveryError):
     """The peer aborted, closed the connection or did not answer within the timeout."""
 
 
+class NoResponse(AssociationLost):
+    """The peer did not answer within the timeout (the association is aborted)."""
+
+
 @dataclass(frozen=True)
 class StoreStatus:
     """A C-STORE response: its Status and, where the peer gave one, its Error Comment."""
@@ -255,7 +259,7 @@ class StoreAssociation:
                     raise AssociationLost(f"{self.peer} closed the connection")
                 got += n
         except TimeoutError as e:
-            raise AssociationLost(f"no response from {self.peer} (timeout)") from e
+            raise NoResponse(f"no response from {self.peer} (timeout)") from e
         except OSError as e:
             raise AssociationLost(f"{self.peer}: {e}") from e
         return bytes(buffer)
