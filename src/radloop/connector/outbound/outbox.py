@@ -77,7 +77,7 @@ class Outbox:
         paths = [self.settings.data_dir / r.path for r in results if r is not None]
         try:
             outcomes = iter(sender.send_many(paths))
-        except DeliveryError as e:
+        except (DeliveryError, ConfigError) as e:  # ConfigError: an unreadable TLS file
             outcomes = iter([str(e)] * len(paths))
         sent = 0
         for delivery, result in zip(deliveries, results, strict=True):
