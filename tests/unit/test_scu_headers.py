@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import pydicom
@@ -54,3 +55,33 @@ def test_a_file_that_is_not_dicom_is_a_clear_error(tmp_path: Path) -> None:
     text.write_text("not DICOM")
     with pytest.raises(InvalidDicomError):
         read_header(text)
+
+
+def test_an_implicit_vr_file_meta_is_left_to_pydicom(synthetic_ct_dir: Path, tmp_path: Path) -> None:
+    """Some old writers encode group 0002 in Implicit VR (not conformant): the quick parser must
+    not misread it; pydicom's reader gets it right."""
+    source = sorted(synthetic_ct_dir.iterdir())[0]
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    data_set = _expected(source)[3]
+
+    def element(number: int, value: bytes) -> bytes:
+        value += b"\0" * (len(value) % 2)
+        return struct.pack("<HHL", 0x0002, number, len(value)) + value
+
+    meta = b"".join(
+        (
+            element(0x0001, b"\0\1"),
+            element(0x0002, str(ds.file_meta.MediaStorageSOPClassUID).encode()),
+            element(0x0003, str(ds.file_meta.MediaStorageSOPInstanceUID).encode()),
+            element(0x0010, str(ds.file_meta.TransferSyntaxUID).encode()),
+        )
+    )
+    target = tmp_path / "implicit-meta.dcm"
+    target.write_bytes(bytes(128) + b"DICM" + element(0x0000, struct.pack("<L", len(meta))) + meta + data_set)
+    with pytest.warns(UserWarning, match="implicit VR"):
+        header = read_header(target)
+    assert (header.sop_instance, str(header.transfer_syntax)) == (
+        str(ds.SOPInstanceUID),
+        str(ds.file_meta.TransferSyntaxUID),
+    )
+    assert data_set_bytes(target, header) == data_set

@@ -162,6 +162,8 @@ def _quick_file_meta(f: BinaryIO) -> tuple[dict[str, str], int] | None:
         if group != 0x0002:
             return meta, at
         vr = head[at + 4 : at + 6]
+        if not vr.isalpha() or not vr.isupper():  # not Explicit VR (a non-conformant meta)
+            return None
         if vr in _LONG_VRS:
             if at + 12 > len(head):
                 return None
@@ -203,7 +205,7 @@ def send_files(
     for f in files:
         try:
             headers[f] = read_header(f)
-        except (OSError, InvalidDicomError, ValueError) as e:
+        except (OSError, EOFError, InvalidDicomError, ValueError, KeyError, struct.error) as e:
             unreadable.failed.append((f, f"not a readable DICOM file: {e}"))
             if on_progress is not None:
                 on_progress(f, False)
