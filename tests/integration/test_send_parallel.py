@@ -1,5 +1,6 @@
 """``radloop send`` / the C-STORE SCU (issue 13): several parallel associations, to DCMTK
-``storescp`` and to a radloop SCP that refuses all but one."""
+``storescp`` and to a radloop SCP that refuses all but one; data sets split over PDUs arrive
+byte for byte; a peer that aborts or goes silent fails what it should and nothing more."""
 
 from __future__ import annotations
 
