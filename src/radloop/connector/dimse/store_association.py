@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_PDU_RECEIVED = 1 << 20
 """What we advertise: responses are a few hundred bytes, any size is fine."""
+MIN_PEER_PDU = 256
+"""A smaller maximum PDU length from a peer is refused (a PDV needs 6 bytes of header; DCMTK's
+own minimum is 4096)."""
 SEND_BUFFER = 1 << 20
 """PDUs are joined into writes of about this size (fewer system calls, bounded memory)."""
 _PDU_HEADER = struct.Struct(">BBL")
@@ -198,29 +201,35 @@ class StoreAssociation:
             for c in answer.presentation_context_definition_results_list
             if c.result == 0 and c.context_id in proposed and c.transfer_syntax
         }
-        return int(answer.maximum_length_received or 0), accepted
+        max_pdu = int(answer.maximum_length_received or 0)
+        if 0 < max_pdu < MIN_PEER_PDU:
+            raise DeliveryError(f"the peer's maximum PDU length {max_pdu} is below {MIN_PEER_PDU} bytes")
+        return max_pdu, accepted
 
     def _send_pdvs(self, context_id: int, command: bytes, data_set: memoryview) -> None:
-        """The command (one PDV, it is short) then the data set in PDVs that fit the peer's
-        maximum PDU length (0: unlimited), joined into writes of about :data:`SEND_BUFFER`."""
-        fragment = (self._max_pdu - 6) if self._max_pdu else max(len(data_set), 1)
-        pieces: list[bytes | memoryview] = [_pdu(context_id, 0x03, command)]
-        size = len(pieces[0])
-        offset, total = 0, len(data_set)
+        """The command, then the data set, in PDVs that fit the peer's maximum PDU length
+        (0: unlimited), joined into writes of about :data:`SEND_BUFFER`."""
+        pieces: list[bytes | memoryview] = []
+        size = 0
         try:
-            while offset < total or total == 0:
-                chunk = data_set[offset : offset + fragment]
-                offset += len(chunk)
-                last = offset >= total
-                pieces += [_pdu_header(context_id, 0x02 if last else 0x00, len(chunk)), chunk]
+            for control, chunk in (
+                *self._fragments(memoryview(command), 0x01, 0x03),
+                *self._fragments(data_set, 0x00, 0x02),
+            ):
+                pieces += [_pdu_header(context_id, control, len(chunk)), chunk]
                 size += len(chunk) + 12
-                if size >= SEND_BUFFER or last:
+                if size >= SEND_BUFFER:
                     self._sock.sendall(b"".join(pieces))
                     pieces, size = [], 0
-                if last:
-                    break
+            self._sock.sendall(b"".join(pieces))
         except OSError as e:
             raise AssociationLost(f"{self.peer}: sending failed: {e}") from e
+
+    def _fragments(self, data: memoryview, more: int, last: int) -> list[tuple[int, memoryview]]:
+        """``data`` cut to the peer's maximum PDV length, each with its message control header."""
+        size = self._max_pdu - 6 if self._max_pdu else max(len(data), 1)
+        starts = range(0, max(len(data), 1), size)
+        return [(last if i == len(starts) - 1 else more, data[at : at + size]) for i, at in enumerate(starts)]
 
     def _read_response(self, message_id: int) -> StoreStatus:
         command = bytearray()
