@@ -53,10 +53,7 @@ class DicomSender:
 
     def send(self, path: Path) -> None:
         """C-STORE one file over one association."""
-        (error,) = self._send(
-            [path],
-            1,
-        )
+        (error,) = self._send([path], 1)
         if error:
             raise DeliveryError(error)
 
