@@ -22,10 +22,7 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -50,6 +47,7 @@ MIN_PEER_PDU = 256
 own minimum is 4096)."""
 SEND_BUFFER = 1 << 20
 """PDUs are joined into writes of about this size (fewer system calls, bounded memory)."""
+_IOV_MAX = 1024
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LBB")
 _P_DATA_TF, _A_ASSOCIATE_AC, _A_ASSOCIATE_RJ = 0x04, 0x02, 0x03
@@ -219,11 +217,25 @@ class StoreAssociation:
                 pieces += [_pdu_header(context_id, control, len(chunk)), chunk]
                 size += len(chunk) + 12
                 if size >= SEND_BUFFER:
-                    self._sock.sendall(b"".join(pieces))
+                    self._send_all(pieces)
                     pieces, size = [], 0
-            self._sock.sendall(b"".join(pieces))
+            self._send_all(pieces)
         except OSError as e:
             raise AssociationLost(f"{self.peer}: sending failed: {e}") from e
+
+    def _send_all(self, pieces: list[bytes | memoryview]) -> None:
+        """Gathered writes straight from the file's buffer (``sendmsg``); joined for TLS."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            self._sock.sendall(b"".join(pieces))
+            return
+        views, first = [memoryview(p) for p in pieces], 0
+        while first < len(views):
+            sent = self._sock.sendmsg(views[first : first + _IOV_MAX])
+            while first < len(views) and sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
+            if sent:
+                views[first] = views[first][sent:]
 
     def _fragments(self, data: memoryview, more: int, last: int) -> list[tuple[int, memoryview]]:
         """``data`` cut to the peer's maximum PDV length, each with its message control header."""
@@ -327,18 +339,35 @@ def _c_store_rq(message_id: int, sop_class: str, sop_instance: str) -> bytes:
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
 
+def _command_elements(command: bytes) -> dict[int, bytes]:
+    """A command set's elements (Implicit VR Little Endian, group 0000) by element number."""
+    elements, at = {}, 0
+    while at + 8 <= len(command):
+        group, element, length = struct.unpack_from("<HHL", command, at)
+        if group != 0x0000 or at + 8 + length > len(command):
+            raise ValueError(
+                f"element ({group:04X},{element:04X}) of {length} bytes does not fit the command"
+            )
+        elements[element] = command[at + 8 : at + 8 + length]
+        at += 8 + length
+    return elements
+
+
 def _store_status(command: bytes, message_id: int, peer: str) -> StoreStatus:
+    """Status (0000,0900) and Error Comment (0000,0902) of a C-STORE-RSP (PS3.7 §9.3.1.2),
+    checked to answer ``message_id``; read with struct (a command set is a flat list of
+    short elements), not pydicom."""
     try:
-        ds: Dataset = read_dataset(BytesIO(command), is_implicit_VR=True, is_little_endian=True)
-        field = int(ds[0x00000100].value)
-        responded_to = int(ds[0x00000120].value)
-        status = int(ds[0x00000900].value)
-    except (KeyError, TypeError, ValueError, EOFError) as e:
+        elements = _command_elements(command)
+        (field,) = struct.unpack("<H", elements[0x0100])
+        (responded_to,) = struct.unpack("<H", elements[0x0120])
+        (status,) = struct.unpack("<H", elements[0x0900])
+    except (KeyError, ValueError, struct.error) as e:
         raise AssociationLost(f"{peer} sent a malformed C-STORE response: {e}") from e
     if field != 0x8001 or responded_to != message_id:
         raise AssociationLost(
             f"{peer} answered message {responded_to} (command 0x{field:04X}), "
             f"expected a C-STORE-RSP to {message_id}"
         )
-    comment = ds.get(0x00000902)
-    return StoreStatus(status, str(comment.value).strip() if comment is not None and comment.value else "")
+    comment = elements.get(0x0902, b"").rstrip(b"\0 ").decode("ascii", "replace")
+    return StoreStatus(status, comment)
