@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -145,4 +147,32 @@ def test_an_unreachable_peer_leaves_every_delivery_of_the_batch_pending_with_the
     for i in ids:
         assert rows[i].state == DeliveryState.pending and rows[i].attempts == 1
         assert "no association" in rows[i].last_error
+    engine.dispose()
+
+
+def test_an_instance_the_peer_aborts_on_fails_alone_in_the_batch(ct: list[Path], tmp_path: Path) -> None:
+    """A scripted pynetdicom peer aborts the association whenever it is sent one particular
+    instance: that delivery stays pending with the reason, every other one of the batch is sent."""
+    bad = str(pydicom.dcmread(ct[1], stop_before_pixels=True).SOPInstanceUID)
+
+    def handle_store(event: evt.Event) -> int:
+        if str(event.request.AffectedSOPInstanceUID) == bad:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    try:
+        settings = _settings(tmp_path, server.server_address[1], "PICKY", associations=2)
+        engine = db.make_engine(settings)
+        ids = _queue_results(settings, engine, ct[:6])
+        assert Outbox(settings, engine).tick() == 5
+    finally:
+        server.shutdown()
+    rows = _rows(engine)
+    assert all(r.attempts == 1 for r in rows.values())
+    assert [i for i in ids if rows[i].state == DeliveryState.sent] == [i for n, i in enumerate(ids) if n != 1]
+    error = rows[ids[1]].last_error
+    assert rows[ids[1]].state == DeliveryState.pending and ("abort" in error or "closed" in error), error
     engine.dispose()
