@@ -15,11 +15,13 @@ once per round, in order) and each receiver starts afresh on an empty folder per
 sends are timed, up to the last instance acknowledged. Medians over the rounds, and the ratios
 the issue sets targets for.
 
-The sender comparison sends the same series into `storescp --fork` with `storescu` and with
-radloop's SCU (`radloop send`'s code, called in this process, so Python's start-up is not timed),
-over 1 and over 4 associations.
+The sender comparison sends one series into one `storescp --fork` per round with `storescu`
+(one process per association, its start-up timed) and with radloop's SCU (`radloop send`'s
+code, called in this process, so Python's start-up is not timed), over 1 and over 4
+associations, the two senders' order alternating by round; each leg must leave all n files in
+storescp's (emptied) folder.
 
-    .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 0] [--skip-sender]
+    .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 0] [--skip-sender | --sender-only]
 This is a benchmark, not a test.
 """
 
@@ -253,34 +255,55 @@ def receive_round(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def sender_round(results: dict[str, Result], cases: dict[str, Any], work: Path, pdu: int) -> None:
+def sender_round(
+    results: dict[str, Result], cases: dict[str, Any], work: Path, pdu: int, round_: int
+) -> None:
+    """Both senders into one `storescp --fork`, over 1 then 4 associations; the order of the
+    two senders alternates by round. Each leg must leave all n files in storescp's folder."""
     from radloop.connector.dimse.scu import send_files
 
     files = sorted(cases["one"].iterdir())
-    for name in ("storescu", "radloop send"):
-        receiver = StoreScp(work / name.replace(" ", "-"), pdu)
-        try:
-            for associations, seconds in ((1, results[name].one), (PARALLEL, results[name].four)):
-                if name == "storescu":
-                    dirs = [cases["one"]] if associations == 1 else cases["one-split"]
-                    seconds.append(storescu_run(dirs, receiver.port))
-                else:
-                    started = time.perf_counter()
-                    report = send_files(
-                        files,
-                        peers.LOCALHOST,
-                        receiver.port,
-                        CALLED_AE,
-                        "BENCHSCU",
-                        timeout_s=STORESCU_TIMEOUT_S,
-                        associations=associations,
-                    )
-                    seconds.append(time.perf_counter() - started)
-                    if report.failed:
-                        raise LegFailed(f"radloop send: {len(report.failed)} failed: {report.failed[0][1]}")
-        finally:
-            receiver.stop()
-            shutil.rmtree(work / name.replace(" ", "-"), ignore_errors=True)
+    receiver = StoreScp(work, pdu)
+    try:
+        for associations in (1, PARALLEL):
+            order = ("storescu", "radloop send") if round_ % 2 == 0 else ("radloop send", "storescu")
+            for name in order:
+                result = results[name]
+                if result.error:
+                    continue
+                shutil.rmtree(receiver.out)
+                receiver.out.mkdir()
+                try:
+                    if name == "storescu":
+                        dirs = [cases["one"]] if associations == 1 else cases["one-split"]
+                        seconds = storescu_run(dirs, receiver.port)
+                    else:
+                        started = time.perf_counter()
+                        report = send_files(
+                            files,
+                            peers.LOCALHOST,
+                            receiver.port,
+                            CALLED_AE,
+                            "BENCHSCU",
+                            timeout_s=STORESCU_TIMEOUT_S,
+                            associations=associations,
+                        )
+                        seconds = time.perf_counter() - started
+                        if report.failed:
+                            raise LegFailed(f"{len(report.failed)} failed: {report.failed[0][1]}")
+                    expect_count(receiver.count, cases["n"], f"storescp from {name}")
+                except LEG_FAILURES as exc:
+                    result.error = str(exc) or type(exc).__name__
+                    print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
+                    continue
+                (result.one if associations == 1 else result.four).append(seconds)
+    finally:
+        receiver.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _last(seconds: list[float]) -> str:
+    return f"{seconds[-1]:.2f} s" if seconds else "-"
 
 
 def median_rate(n: int, seconds: list[float]) -> float | None:
@@ -320,17 +343,25 @@ def print_tables(receivers: list[Result], senders: list[Result], n: int, megabyt
     print("\nratios (medians)                    1 assoc  4 assoc   targets")
     for a, b, target in rows:
         print(f"  {a:<15}÷ {b:<17} {ratio(a, b, 0)}    {ratio(a, b, 1)}   {target}")
-    if senders:
-        print("\nsenders into storescp --fork: instances/s (median)")
-        print(f"{'sender':<16} {'1 assoc':>8} {'4 assoc':>8}")
-        srates = {}
-        for r in senders:
-            srates[r.name] = (median_rate(n, r.one), median_rate(n, r.four))
-            failed = f"  {(r.error or '')[:80]}" if r.error else ""
-            print(f"{r.name:<16} {fmt(srates[r.name][0])} {fmt(srates[r.name][1])}{failed}")
-        a, b = srates.get("radloop send", (None, None)), srates.get("storescu", (None, None))
-        parts = [f"{a[i] / b[i]:.2f}" if a[i] and b[i] else "-" for i in (0, 1)]
-        print(f"  radloop send ÷ storescu: {parts[0]} (1 assoc), {parts[1]} (4 assoc)")
+    print_senders(senders, n)
+
+
+def print_senders(senders: list[Result], n: int) -> None:
+    """The sender comparison: medians, every round, and radloop send ÷ storescu."""
+    if not senders:
+        return
+    rounds_done = max(len(r.one) for r in senders)
+    print(f"\nsenders into storescp --fork: instances/s, median of {rounds_done} round(s)")
+    print(f"{'sender':<16} {'1 assoc':>8} {'4 assoc':>8}  rounds (s, 1 | 4 assoc)")
+    srates = {}
+    for r in senders:
+        srates[r.name] = (median_rate(n, r.one), median_rate(n, r.four))
+        rounds = " ".join(f"{s:.2f}" for s in r.one) + " | " + " ".join(f"{s:.2f}" for s in r.four)
+        failed = f"  {(r.error or '')[:80]}" if r.error else ""
+        print(f"{r.name:<16} {fmt(srates[r.name][0])} {fmt(srates[r.name][1])}  {rounds}{failed}")
+    a, b = srates.get("radloop send", (None, None)), srates.get("storescu", (None, None))
+    parts = [f"{a[i] / b[i]:.2f}" if a[i] and b[i] else "-" for i in (0, 1)]
+    print(f"  radloop send ÷ storescu: {parts[0]} (1 assoc), {parts[1]} (4 assoc)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,12 +379,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--peers", default=",".join(RECEIVERS), help=f"subset of {','.join(RECEIVERS)}")
     parser.add_argument("--skip-sender", action="store_true", help="no sender comparison")
+    parser.add_argument("--sender-only", action="store_true", help="only the sender comparison")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.n < PARALLEL:
         parser.error(f"--repeat must be at least 1 and --n at least {PARALLEL}")
     wanted = {p.strip().lower() for p in args.peers.split(",")}
-    chosen = [name for name in RECEIVERS if name.lower() in wanted]
+    chosen = [] if args.sender_only else [name for name in RECEIVERS if name.lower() in wanted]
+    if args.sender_only and args.skip_sender:
+        parser.error("--sender-only and --skip-sender exclude each other")
 
     work = Path(tempfile.mkdtemp(prefix="radloop-bench-ingest-", dir=args.workdir))
     try:
@@ -393,14 +427,24 @@ def main(argv: list[str] | None = None) -> int:
                 except LEG_FAILURES as exc:
                     result.error = str(exc) or type(exc).__name__
                     print(f"{result.name} failed: {exc}", file=sys.stderr, flush=True)
-            if senders and not any(s.error for s in senders):
+            if senders and not all(s.error for s in senders):
                 try:
-                    sender_round({s.name: s for s in senders}, cases, work / f"senders-{round_}", args.pdu)
-                    print(f"  round {round_ + 1} senders done", flush=True)
-                except LEG_FAILURES as exc:
-                    senders[1].error = str(exc) or type(exc).__name__
+                    sender_round(
+                        {s.name: s for s in senders}, cases, work / f"senders-{round_}", args.pdu, round_
+                    )
+                except LEG_FAILURES as exc:  # storescp did not start
+                    for s in senders:
+                        s.error = s.error or str(exc) or type(exc).__name__
                     print(f"sender comparison failed: {exc}", file=sys.stderr, flush=True)
-        print_tables(receivers, senders, args.n, megabytes)
+                print(
+                    f"  round {round_ + 1} senders: "
+                    + ", ".join(f"{s.name} {_last(s.one)} (1) {_last(s.four)} (4)" for s in senders),
+                    flush=True,
+                )
+        if receivers:
+            print_tables(receivers, senders, args.n, megabytes)
+        else:
+            print_senders(senders, args.n)
         load = os.getloadavg()
         print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         return 0 if all(r.error is None for r in receivers + senders) else 1

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pydicom
 import requests
@@ -33,20 +34,49 @@ class Sender(Protocol):
     def send(self, path: Path) -> None: ...
 
 
+@runtime_checkable
+class BatchSender(Protocol):
+    """A sender that delivers several files at once (over parallel associations, say)."""
+
+    def send_many(self, paths: Sequence[Path]) -> list[str]:
+        """Deliver ``paths``; per path, ``""`` when delivered, else why not. Raises
+        :class:`DeliveryError` when nothing could be delivered at all (the peer is unreachable)."""
+        ...
+
+
 class DicomSender:
-    """C-STORE to a DICOM peer, over DICOM TLS when the destination has ``tls``."""
+    """C-STORE to a DICOM peer, over DICOM TLS when the destination has ``tls``; a batch goes
+    over up to ``associations`` parallel associations."""
 
     def __init__(self, config: DicomDestination) -> None:
         self.config = config
 
     def send(self, path: Path) -> None:
+        """C-STORE one file over one association."""
+        (error,) = self._send([path], 1)
+        if error:
+            raise DeliveryError(error)
+
+    def send_many(self, paths: Sequence[Path]) -> list[str]:
+        """C-STORE ``paths`` over up to ``associations`` parallel associations."""
+        return self._send(paths, self.config.associations)
+
+    def _send(self, paths: Sequence[Path], associations: int) -> list[str]:
         c = self.config
         secure = tls_args(c.tls, c.host, f"destinations[{c.name}].tls")
         report = send_files(
-            [path], c.host, c.port, c.ae_title, c.calling_ae_title, timeout_s=c.timeout_s, tls_args=secure
+            paths,
+            c.host,
+            c.port,
+            c.ae_title,
+            c.calling_ae_title,
+            timeout_s=c.timeout_s,
+            associations=associations,
+            tls_args=secure,
         )
-        if report.failed:
-            raise DeliveryError(f"C-STORE to {c.ae_title}@{c.host}:{c.port}: {report.failed[0][1]}")
+        failed = dict(report.failed)
+        where = f"C-STORE to {c.ae_title}@{c.host}:{c.port}"
+        return [f"{where}: {failed[p]}" if p in failed else "" for p in paths]
 
 
 class DicomwebSender:

@@ -5,18 +5,23 @@ One ``delivery`` row per result × destination. A failure keeps the row ``pendin
 ``outbox.max_attempts`` it becomes ``failed`` and stays visible until retried or dismissed.
 Nothing is lost while a peer is down. Results carry deterministic SOP Instance UIDs, so a
 re-sent result replaces (not duplicates) the copy a PACS already holds.
+
+Due deliveries to one destination whose sender takes batches (a DICOM peer: its
+``associations`` setting) go in one call, over parallel associations; each delivery's row is
+still updated on its own, with its own outcome, exactly as when sent alone.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from radloop.connector.outbound.destinations import sender_for
+from radloop.connector.outbound.destinations import BatchSender, sender_for
 from radloop.core import atna
 from radloop.core.db import session_scope
 from radloop.core.errors import ConfigError, DeliveryError
@@ -53,7 +58,32 @@ class Outbox:
                 .order_by(col(Delivery.next_attempt_at))
                 .limit(limit)
             ).all()
-        return sum(self._attempt(d) for d in due)
+        by_destination: dict[str, list[Delivery]] = {}
+        for d in due:
+            by_destination.setdefault(d.destination, []).append(d)
+        return sum(self._attempt_batch(name, group) for name, group in by_destination.items())
+
+    def _attempt_batch(self, destination: str, deliveries: Sequence[Delivery]) -> int:
+        """Several due deliveries to one destination: in one call where its sender takes batches,
+        else one by one. Returns how many were sent."""
+        try:
+            sender = sender_for(self.settings.destination(destination))
+        except ConfigError:
+            sender = None  # each attempt below records the error
+        if len(deliveries) < 2 or not isinstance(sender, BatchSender):
+            return sum(self._attempt(d) for d in deliveries)
+        with session_scope(self.engine) as s:
+            results = [s.get(Result, d.result_id) for d in deliveries]
+        paths = [self.settings.data_dir / r.path for r in results if r is not None]
+        try:
+            outcomes = iter(sender.send_many(paths))
+        except (DeliveryError, ConfigError) as e:  # ConfigError: an unreadable TLS file
+            outcomes = iter([str(e)] * len(paths))
+        sent = 0
+        for delivery, result in zip(deliveries, results, strict=True):
+            error = f"result {delivery.result_id} no longer exists" if result is None else next(outcomes)
+            sent += self._record(delivery, result, error)
+        return sent
 
     def _attempt(self, delivery: Delivery) -> bool:
         with session_scope(self.engine) as s:
@@ -67,6 +97,11 @@ class Outbox:
             )
         except (DeliveryError, ConfigError) as e:
             error = str(e)
+        return self._record(delivery, result, error)
+
+    def _record(self, delivery: Delivery, result: Result | None, error: str) -> bool:
+        """One delivery's outcome in its own transaction: sent, or a retry scheduled, or failed
+        for good (audited). False when another process settled the row meanwhile."""
         with session_scope(self.engine) as s:
             row = s.get(Delivery, delivery.id)
             if row is None or row.state != DeliveryState.pending:

@@ -51,6 +51,14 @@ class DicomDestination(_DestinationBase):
     calling_ae_title: str = "RADLOOP"
     timeout_s: float = 30.0
     tls: DicomTlsClient | None = Field(None, description="DICOM TLS to this peer; absent = plain TCP.")
+    associations: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Parallel associations the outbox opens for a batch of due results (a "
+        "multi-object delivery, a backlog after an outage); fewer where the peer refuses some. "
+        "1 = one association at a time, as most PACSs expect from one sender.",
+    )
 
     _check = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
