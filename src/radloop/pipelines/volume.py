@@ -23,7 +23,9 @@ level) in an uncompressed little-endian transfer syntax is read as groups 0002�
 attribute used here) plus its pixel data, taken from the end of the file when the last element
 there is Pixel Data of exactly the length Rows × Columns × … says; the private groups between
 them (most of a Philips header) are never parsed. Anything else (compressed, Enhanced, trailing
-elements) is read whole. Compressed frames are decoded on a few threads (the codecs are C).
+elements) is read whole. Uncompressed little-endian single frames become arrays straight from
+the bytes read (``np.frombuffer``, the unused high bits treated as pydicom's decoder treats
+them); compressed frames are decoded by pydicom on a few threads (the codecs are C).
 """
 
 from __future__ import annotations
@@ -463,13 +465,58 @@ def _decode_frames(frames: Sequence[_Frame], datasets: Sequence[Dataset]) -> npt
     def decode(dataset_index: int) -> npt.NDArray[Any]:
         return _decode(datasets[dataset_index], targets[dataset_index][0][1])
 
+    def place(placed: list[tuple[int, _Frame]], stored: npt.NDArray[Any]) -> None:
+        for index, frame in placed:
+            np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
+            out[index] += np.float32(frame.intercept)
+
+    native = {i: _native_pixel_array(datasets[i]) for i in targets}
+    for dataset_index, stored in native.items():  # uncompressed: a view of the bytes read
+        if stored is not None:
+            place(targets[dataset_index], stored)
+    encoded = [i for i, stored in native.items() if stored is None]
+    if not encoded:
+        return out
     with ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="decode") as pool:
-        decoded = pool.map(decode, targets)  # in order of ``targets``
-        for (_, placed), stored in zip(targets.items(), decoded, strict=True):
-            for index, frame in placed:
-                np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
-                out[index] += np.float32(frame.intercept)
+        for dataset_index, stored in zip(encoded, pool.map(decode, encoded), strict=True):  # in order
+            place(targets[dataset_index], stored)
     return out
+
+
+def _native_pixel_array(ds: Dataset) -> npt.NDArray[Any] | None:
+    """The stored values of an uncompressed little-endian single-frame grayscale image as pydicom's
+    ``pixel_array`` gives them (frames, rows, columns), read straight from the bytes; None when
+    ``ds`` is anything else (pydicom decodes it then).
+
+    pydicom's native decoder, for these images: the integer type of BitsAllocated and
+    PixelRepresentation, little endian, and the bits above BitsStored cleared (unsigned) or
+    sign-extended (signed) by a left and a right shift.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or "PixelData" not in ds:
+        return None
+    try:
+        bits = int(ds.BitsAllocated)
+        stored_bits = int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits not in (8, 16, 32) or not 0 < stored_bits <= bits or signed not in (0, 1) or samples != 1:
+        return None
+    if _number_of_frames(ds) != 1 or rows <= 0 or columns <= 0:
+        return None
+    data = ds.PixelData
+    length = rows * columns * bits // 8
+    if not isinstance(data, bytes) or len(data) not in (length, length + 1):
+        return None
+    dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
+    array = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(1, rows, columns)
+    if stored_bits < bits:
+        shift = bits - stored_bits
+        array = np.right_shift(np.left_shift(array, shift), shift)
+    return array
 
 
 def _decode(ds: Dataset, frame: _Frame) -> npt.NDArray[Any]:
