@@ -99,6 +99,11 @@ def _seg_label_array(
     lut = np.zeros(top + 1, dtype=dtype)
     for seg_number, segment in enumerate(segments, start=1):
         lut[segment.number] = seg_number
+    numbers = {s.number for s in segments}
+    lowest, highest = int(labels.min(initial=0)), int(labels.max(initial=0))
+    if lowest >= 0 and highest <= top and numbers.issuperset(range(1, highest + 1)):
+        # every value present is 0 or described (e.g. a 0/1 mask): one gather, nothing to warn about
+        return np.take(lut, labels)
     inside = (labels >= 0) & (labels <= top)
     out = np.zeros(labels.shape, dtype=dtype)
     out[inside] = lut[labels[inside]]
