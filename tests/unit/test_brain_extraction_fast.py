@@ -48,7 +48,9 @@ def _plain_normalize(array: np.ndarray, low: np.float32, high: np.float32) -> np
 SAGITTAL = np.array([[0.0, 0, -1, 90], [1.0, 0, 0, -126], [0, -1.0, 0, 120], [0, 0, 0, 1]])
 
 
-@pytest.mark.parametrize("shape", [(128, 128, 128), (256, 256, 256), (97, 130, 255)])
+@pytest.mark.parametrize(
+    "shape", [(128, 128, 128), (256, 256, 256), (97, 130, 255), (64, 64, 64), (31, 77, 100)]
+)  # the last two shrink it
 def test_resize_and_normalize_are_bit_identical_to_the_plain_forms(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(7)
     image = (rng.gamma(2.0, 300.0, size=(70, 90, 110)) * (rng.random((70, 90, 110)) > 0.3)).astype(np.float32)

@@ -26,6 +26,7 @@ the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -247,13 +248,39 @@ def resize_nearest_exact(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt
     """``F.interpolate(..., shape, mode="nearest-exact")`` of a 3-D array, in numpy.
 
     One axis at a time, the last first: gathering whole planes and rows is cheap, so only the
-    first gather picks single elements (about twice as fast as one ``np.ix_`` gather).
+    first gather picks single elements (about twice as fast as one ``np.ix_`` gather). A strided
+    view (the canonical image) that shrinks is gathered in its memory's order instead (flips and
+    axis order undone, so that ``np.take`` needs no contiguous copy of the large input) and only
+    the small result is put back in the view's order: the same elements, 3× faster for the T1.
     """
     indices = [nearest_exact_indices(n, m) for n, m in zip(array.shape, shape, strict=True)]
+    if not array.flags.c_contiguous and math.prod(shape) <= array.size:
+        in_memory_order = _gather_in_memory_order(array, indices)
+        if in_memory_order is not None:
+            return in_memory_order
     resized = array
     for axis in (2, 1, 0):
         resized = np.take(resized, indices[axis], axis=axis)
     return np.ascontiguousarray(resized)
+
+
+def _gather_in_memory_order(
+    array: npt.NDArray[Any], indices: list[npt.NDArray[np.intp]]
+) -> npt.NDArray[Any] | None:
+    """``array[np.ix_(*indices)]`` (C order) gathered along the memory's axes, last first; None
+    when ``array`` is not a flipped and transposed view of contiguous memory."""
+    view, picks = array, list(indices)
+    for axis in range(array.ndim):
+        if view.strides[axis] < 0:
+            view = np.flip(view, axis)
+            picks[axis] = array.shape[axis] - 1 - picks[axis]
+    order = sorted(range(array.ndim), key=lambda axis: -view.strides[axis])  # planes → elements
+    resized = view.transpose(order)
+    if not resized.flags.c_contiguous:
+        return None
+    for position in reversed(range(array.ndim)):
+        resized = np.take(resized, picks[order[position]], axis=position)
+    return np.ascontiguousarray(resized.transpose(np.argsort(order)))
 
 
 def quantile_like_torch(array: FloatArray, q: float) -> np.float32:
