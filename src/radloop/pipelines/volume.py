@@ -163,10 +163,10 @@ def _decode_values(ds: Dataset, checked: set[Hashable]) -> None:
     character set) was decoded before; raises what pydicom raises for a bad one."""
     charset = ds.get_item(0x00080005)
     charset_key = charset.value if isinstance(charset, RawDataElement) else repr(ds.get(0x00080005))
-    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset itself would decode every value
-        raw = ds.get_item(tag)
+    for raw in list(ds.values()):  # the elements as read: iterating a Dataset would decode them all
         if not isinstance(raw, RawDataElement):
             continue  # parsed already (sequences, pixel data)
+        tag = raw.tag
         key = (charset_key, raw.tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian)
         if key in checked:
             continue
