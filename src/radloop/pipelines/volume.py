@@ -22,14 +22,18 @@ Speed: each file is opened once. A classic single-frame image (ImagePositionPati
 level) in an uncompressed little-endian transfer syntax is read as groups 0002–0028 (every
 attribute used here) plus its pixel data, taken from the end of the file when the last element
 there is Pixel Data of exactly the length Rows × Columns × … says; the private groups between
-them (most of a Philips header) are never parsed. Anything else (compressed, Enhanced, trailing
-elements) is read whole. Uncompressed little-endian single frames become arrays straight from
-the bytes read (``np.frombuffer``, the unused high bits treated as pydicom's decoder treats
-them); compressed frames are decoded by pydicom on a few threads (the codecs are C).
+them (most of a Philips header) are never parsed. Files up to 16 MB are read into memory at
+once, and an Explicit VR Little Endian one has its groups 0002–0028 walked over those bytes
+(:mod:`radloop.pipelines.header_reader`: the data set pydicom's ``read_partial`` would give).
+Anything else (compressed, Enhanced, trailing elements) is read whole. Uncompressed
+little-endian single frames become arrays straight from the bytes read (``np.frombuffer``, the
+unused high bits treated as pydicom's decoder treats them); compressed frames are decoded by
+pydicom on a few threads (the codecs are C).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -53,6 +57,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from radloop.core.errors import PARSE_ERRORS, InputDataError
 from radloop.core.refs import SeriesRef
 from radloop.pipelines import headers
+from radloop.pipelines.header_reader import read_first_groups
 from radloop.pipelines.ports import SourceFrame, Volume
 
 logger = logging.getLogger(__name__)
@@ -75,6 +80,8 @@ SEGMENTATION_SOP_CLASSES = frozenset(
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
+_WHOLE_FILE_BYTES = 16 << 20
+"""Files up to this size are read into memory at once (a classic slice: well under 1 MB)."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +154,12 @@ def _read_header(path: Path, checked: set[Hashable] | None = None) -> tuple[Data
     """
     try:
         with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
-            partial = _attach_native_pixel_data(ds, fp)
+            data = fp.read() if os.fstat(fp.fileno()).st_size <= _WHOLE_FILE_BYTES else None
+            fast = read_first_groups(data, fp) if data is not None else None
+            if fast is None:
+                fp.seek(0)
+            ds = fast or read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+            partial = _attach_native_pixel_data(ds, io.BytesIO(data) if data is not None else fp)
             if not partial:
                 fp.seek(0)
                 ds = pydicom.dcmread(fp, force=True)
