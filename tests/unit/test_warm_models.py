@@ -61,3 +61,19 @@ def test_torch_threads_caps_torch_even_when_torch_was_imported_first() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+def test_a_worker_freezes_what_it_holds_from_its_start() -> None:
+    """The start-up objects leave the collector's scans (a fresh interpreter: nothing frozen before)."""
+    code = (
+        "import gc; from radloop.pipelines.executor import freeze_start_up_objects; "
+        "before = gc.get_freeze_count(); frozen = freeze_start_up_objects(); "
+        "print(before, frozen, gc.get_freeze_count())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    before, frozen, now = (int(n) for n in done.stdout.split())
+    assert before == 0
+    assert frozen == now > 10_000  # radloop's imports alone
