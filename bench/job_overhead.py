@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlmodel import select
+from sqlmodel import col, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -90,7 +90,7 @@ def _freeze() -> str:
 def _step_medians(runtime: Runtime, job_ids: list[int]) -> dict[str, float]:
     seconds: dict[str, list[float]] = {}
     with session_scope(runtime.engine) as s:
-        for step in s.exec(select(JobStep).where(JobStep.job_id.in_(job_ids))).all():
+        for step in s.exec(select(JobStep).where(col(JobStep.job_id).in_(job_ids))).all():
             seconds.setdefault(step.operator_id, []).append(step.duration_s or 0.0)
             for stage, value in (step.stages or {}).items():
                 if stage not in ("load", "infer"):
