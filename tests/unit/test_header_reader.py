@@ -95,3 +95,15 @@ def test_a_header_cut_short_is_left_to_pydicom(tmp_path: Path) -> None:
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[:700])  # inside group 0008
     assert _fast(cut) is None
+
+
+def test_a_sequence_with_a_bad_item_is_read_as_pydicom_reads_it_or_left_to_it(tmp_path: Path) -> None:
+    """A broken item tag inside an undefined-length sequence: pydicom's own sequence reader parses
+    it (so the result is pydicom's), or it raises and the file goes to pydicom whole."""
+    raw = t1_series_paths(tmp_path / "t1")[50].read_bytes()
+    marker = b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff"  # ReferencedImageSequence, undefined length
+    start = raw.index(marker) + len(marker)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(raw[:start] + b"\x12\x34\x56\x78" + raw[start + 4 :])
+    if _fast(broken) is not None:
+        _assert_same(broken)

@@ -33,6 +33,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pydicom.values import convert_string
 
+from radloop.core.errors import PARSE_ERRORS
+
 LAST_GROUP = 0x0028
 """The last group read: every attribute the volume reader and the result writers take per slice."""
 
@@ -53,13 +55,16 @@ class _NotFastPath(Exception):
     """The bytes are not laid out as this reader expects; pydicom reads the file instead."""
 
 
+_FALL_BACK: tuple[type[Exception], ...] = (_NotFastPath, *PARSE_ERRORS)
+
+
 def read_first_groups(data: bytes, fp: BinaryIO) -> FileDataset | None:
     """Groups 0002-:data:`LAST_GROUP` of the Part 10 file whose bytes are ``data`` (``fp`` is the
     open file they came from, named in the result as pydicom names it), or None when the file is
     not a preamble + Explicit VR Little Endian file that this reader walks exactly as pydicom."""
     try:
         return _read(data, fp)
-    except _NotFastPath:
+    except _FALL_BACK:  # malformed: pydicom reads it (and tolerates or raises, as it does)
         return None
 
 
