@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,12 @@ def test_cache_keeps_models_within_its_budget_evicting_the_least_recently_used(t
     assert not cache.warm(DEEPBET_MASK)  # warming never evicts
     assert cache.names() == [DEEPBET_BBOX]
 
-    mask = cache.get(DEEPBET_MASK)  # a job needs it: the least recently used model makes room
+    gc.freeze()  # as a worker process does after warming up
+    try:
+        mask = cache.get(DEEPBET_MASK)  # a job needs it: the least recently used model makes room
+        assert gc.get_freeze_count() == 0  # unfrozen, so that what the evicted model held is freed
+    finally:
+        gc.unfreeze()
     assert mask.name == DEEPBET_MASK
     assert cache.names() == [DEEPBET_MASK]
     assert cache.used_bytes <= cache.budget_bytes
