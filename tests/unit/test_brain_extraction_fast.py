@@ -14,9 +14,12 @@ from radloop.pipelines.operators.brain_extraction import (
     nearest_exact_indices,
     normalize,
     quantile_like_torch,
+    quantiles_like_torch,
     ras_affine,
     resize_nearest_exact,
+    standardize,
     to_canonical,
+    window,
 )
 from radloop.pipelines.ports import SourceFrame, Volume
 
@@ -45,7 +48,9 @@ def _plain_normalize(array: np.ndarray, low: np.float32, high: np.float32) -> np
 SAGITTAL = np.array([[0.0, 0, -1, 90], [1.0, 0, 0, -126], [0, -1.0, 0, 120], [0, 0, 0, 1]])
 
 
-@pytest.mark.parametrize("shape", [(128, 128, 128), (256, 256, 256), (97, 130, 255)])
+@pytest.mark.parametrize(
+    "shape", [(128, 128, 128), (256, 256, 256), (97, 130, 255), (64, 64, 64), (31, 77, 100)]
+)  # the last two shrink it
 def test_resize_and_normalize_are_bit_identical_to_the_plain_forms(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(7)
     image = (rng.gamma(2.0, 300.0, size=(70, 90, 110)) * (rng.random((70, 90, 110)) > 0.3)).astype(np.float32)
@@ -81,3 +86,18 @@ def test_canonical_image_is_a_view_unless_values_need_cleaning() -> None:
         dtype=np.float32
     )  # type: ignore[no-untyped-call]
     np.testing.assert_array_equal(cleaned, np.nan_to_num(reference))
+
+
+@pytest.mark.parametrize("shape", [(256, 256, 256), (97, 130, 255)])
+def test_windowing_the_box_before_resizing_is_bit_identical(shape: tuple[int, int, int]) -> None:
+    """The mask network's input: window the box, resize, standardise = resize, then normalise."""
+    rng = np.random.default_rng(11)
+    image = (rng.gamma(2.0, 300.0, size=(70, 90, 110)) * (rng.random((70, 90, 110)) > 0.3)).astype(np.float32)
+    canonical, _ = to_canonical(_volume(image, SAGITTAL))
+    box = (slice(5, 60), slice(3, 88), slice(20, 101))
+    low, high = quantiles_like_torch(canonical, (0.005, 0.995))
+    assert (low, high) == (quantile_like_torch(canonical, 0.005), quantile_like_torch(canonical, 0.995))
+    expected = normalize(resize_nearest_exact(canonical[box], shape), low, high)
+    windowed_first = standardize(resize_nearest_exact(window(canonical[box], low, high), shape))
+    np.testing.assert_array_equal(windowed_first, expected)
+    np.testing.assert_array_equal(expected, _plain_normalize(_plain_resize(canonical[box], shape), low, high))

@@ -79,3 +79,28 @@ def test_a_bad_value_fails_by_file_name_although_other_slices_repeat_the_tag(
         load_volume(paths, series_ref_of(paths[0]))
     volume = load_volume(paths[:3], series_ref_of(paths[0]))  # the same tag with good values loads
     assert len(volume.source_frames) == 3
+
+
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "bits_allocated"), [(12, 0, 16), (12, 1, 16), (16, 1, 16), (6, 0, 8), (7, 1, 8)]
+)
+def test_uncompressed_pixels_read_from_the_bytes_match_pydicoms_decoder(
+    t1_few: list[Path], tmp_path: Path, bits_stored: int, signed: int, bits_allocated: int
+) -> None:
+    """Stored values come straight from the bytes for uncompressed data: the unused high bits
+    (set to garbage here) are cleared or sign-extended exactly as pydicom's decoder does."""
+    rng = np.random.default_rng(bits_stored + 10 * signed + bits_allocated)
+    paths = []
+    for path in t1_few:
+        ds = pydicom.dcmread(path)
+        shape = (int(ds.Rows), int(ds.Columns))
+        stored = rng.integers(0, 2**bits_allocated, size=shape, dtype=np.uint64)
+        ds.PixelData = stored.astype(f"<u{bits_allocated // 8}").tobytes()
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
+        ds.PixelRepresentation = signed
+        paths.append(tmp_path / path.name)
+        ds.save_as(paths[-1], enforce_file_format=True)
+    volume = load_volume(paths, series_ref_of(paths[0]))
+    expected = _whole_file_slices(paths)
+    for index, frame in enumerate(volume.source_frames):
+        assert np.array_equal(volume.array[index], expected[frame.sop_instance_uid]), frame

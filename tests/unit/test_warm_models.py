@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,12 @@ def test_cache_keeps_models_within_its_budget_evicting_the_least_recently_used(t
     assert not cache.warm(DEEPBET_MASK)  # warming never evicts
     assert cache.names() == [DEEPBET_BBOX]
 
-    mask = cache.get(DEEPBET_MASK)  # a job needs it: the least recently used model makes room
+    gc.freeze()  # as a worker process does after warming up
+    try:
+        mask = cache.get(DEEPBET_MASK)  # a job needs it: the least recently used model makes room
+        assert gc.get_freeze_count() == 0  # unfrozen, so that what the evicted model held is freed
+    finally:
+        gc.unfreeze()
     assert mask.name == DEEPBET_MASK
     assert cache.names() == [DEEPBET_MASK]
     assert cache.used_bytes <= cache.budget_bytes
@@ -61,3 +67,19 @@ def test_torch_threads_caps_torch_even_when_torch_was_imported_first() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+def test_a_worker_freezes_what_it_holds_from_its_start() -> None:
+    """The start-up objects leave the collector's scans (a fresh interpreter: nothing frozen before)."""
+    code = (
+        "import gc; from radloop.pipelines.executor import freeze_start_up_objects; "
+        "before = gc.get_freeze_count(); frozen = freeze_start_up_objects(); "
+        "print(before, frozen, gc.get_freeze_count())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    before, frozen, now = (int(n) for n in done.stdout.split())
+    assert before == 0
+    assert frozen == now > 10_000  # radloop's imports alone

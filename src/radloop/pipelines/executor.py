@@ -10,6 +10,7 @@ no orphan finishing a job behind its back.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -215,6 +216,23 @@ def _init_worker(settings_json: str) -> None:
     _WORKER["models"] = runtime.models
     _WORKER["settings"] = settings
     _WORKER["engine"] = runtime.engine
+    log.info("worker process %d: %d start-up objects frozen", os.getpid(), freeze_start_up_objects())
+
+
+def freeze_start_up_objects() -> int:
+    """Take what this process holds since its start out of the cyclic garbage collector's scans;
+    returns how many objects that is.
+
+    A warm worker holds about 700 000 objects from its start (modules, settings, catalog, loaded
+    models) for its whole life. In the collector's oldest generation, every full collection during
+    a job walks them all, and a job allocates enough (pydicom parses 170 headers in the series →
+    volume step) to trigger such collections: 0.2-0.4 s of a warm brain-extraction job went there.
+    Garbage is collected first, so that only live objects are frozen; what jobs create later is
+    collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def limit_threads(threads: int) -> None:

@@ -22,12 +22,18 @@ Speed: each file is opened once. A classic single-frame image (ImagePositionPati
 level) in an uncompressed little-endian transfer syntax is read as groups 0002–0028 (every
 attribute used here) plus its pixel data, taken from the end of the file when the last element
 there is Pixel Data of exactly the length Rows × Columns × … says; the private groups between
-them (most of a Philips header) are never parsed. Anything else (compressed, Enhanced, trailing
-elements) is read whole. Compressed frames are decoded on a few threads (the codecs are C).
+them (most of a Philips header) are never parsed. Files up to 16 MB are read into memory at
+once, and an Explicit VR Little Endian one has its groups 0002–0028 walked over those bytes
+(:mod:`radloop.pipelines.header_reader`: the data set pydicom's ``read_partial`` would give).
+Anything else (compressed, Enhanced, trailing elements) is read whole. Uncompressed
+little-endian single frames become arrays straight from the bytes read (``np.frombuffer``, the
+unused high bits treated as pydicom's decoder treats them); compressed frames are decoded by
+pydicom on a few threads (the codecs are C).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -51,6 +57,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from radloop.core.errors import PARSE_ERRORS, InputDataError
 from radloop.core.refs import SeriesRef
 from radloop.pipelines import headers
+from radloop.pipelines.header_reader import read_first_groups
 from radloop.pipelines.ports import SourceFrame, Volume
 
 logger = logging.getLogger(__name__)
@@ -73,6 +80,8 @@ SEGMENTATION_SOP_CLASSES = frozenset(
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 _DECODE_THREADS = min(4, os.cpu_count() or 1)
+_WHOLE_FILE_BYTES = 16 << 20
+"""Files up to this size are read into memory at once (a classic slice: well under 1 MB)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,12 @@ def _read_header(path: Path, checked: set[Hashable] | None = None) -> tuple[Data
     """
     try:
         with path.open("rb") as fp:
-            ds = read_partial(fp, stop_when=_after_image_pixel_module, force=True)
-            partial = _attach_native_pixel_data(ds, fp)
+            data = fp.read() if os.fstat(fp.fileno()).st_size <= _WHOLE_FILE_BYTES else None
+            fast = read_first_groups(data, fp) if data is not None else None
+            if fast is None:
+                fp.seek(0)
+            ds = fast or read_partial(fp, stop_when=_after_image_pixel_module, force=True)
+            partial = _attach_native_pixel_data(ds, io.BytesIO(data) if data is not None else fp)
             if not partial:
                 fp.seek(0)
                 ds = pydicom.dcmread(fp, force=True)
@@ -161,10 +174,10 @@ def _decode_values(ds: Dataset, checked: set[Hashable]) -> None:
     character set) was decoded before; raises what pydicom raises for a bad one."""
     charset = ds.get_item(0x00080005)
     charset_key = charset.value if isinstance(charset, RawDataElement) else repr(ds.get(0x00080005))
-    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset itself would decode every value
-        raw = ds.get_item(tag)
+    for raw in list(ds.values()):  # the elements as read: iterating a Dataset would decode them all
         if not isinstance(raw, RawDataElement):
             continue  # parsed already (sequences, pixel data)
+        tag = raw.tag
         key = (charset_key, raw.tag, raw.VR, raw.value, raw.is_implicit_VR, raw.is_little_endian)
         if key in checked:
             continue
@@ -463,13 +476,58 @@ def _decode_frames(frames: Sequence[_Frame], datasets: Sequence[Dataset]) -> npt
     def decode(dataset_index: int) -> npt.NDArray[Any]:
         return _decode(datasets[dataset_index], targets[dataset_index][0][1])
 
+    def place(placed: list[tuple[int, _Frame]], stored: npt.NDArray[Any]) -> None:
+        for index, frame in placed:
+            np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
+            out[index] += np.float32(frame.intercept)
+
+    native = {i: _native_pixel_array(datasets[i]) for i in targets}
+    for dataset_index, stored in native.items():  # uncompressed: a view of the bytes read
+        if stored is not None:
+            place(targets[dataset_index], stored)
+    encoded = [i for i, stored in native.items() if stored is None]
+    if not encoded:
+        return out
     with ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="decode") as pool:
-        decoded = pool.map(decode, targets)  # in order of ``targets``
-        for (_, placed), stored in zip(targets.items(), decoded, strict=True):
-            for index, frame in placed:
-                np.multiply(stored[frame.frame_index], frame.slope, out=out[index], casting="unsafe")
-                out[index] += np.float32(frame.intercept)
+        for dataset_index, stored in zip(encoded, pool.map(decode, encoded), strict=True):  # in order
+            place(targets[dataset_index], stored)
     return out
+
+
+def _native_pixel_array(ds: Dataset) -> npt.NDArray[Any] | None:
+    """The stored values of an uncompressed little-endian single-frame grayscale image as pydicom's
+    ``pixel_array`` gives them (frames, rows, columns), read straight from the bytes; None when
+    ``ds`` is anything else (pydicom decodes it then).
+
+    pydicom's native decoder, for these images: the integer type of BitsAllocated and
+    PixelRepresentation, little endian, and the bits above BitsStored cleared (unsigned) or
+    sign-extended (signed) by a left and a right shift.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or "PixelData" not in ds:
+        return None
+    try:
+        bits = int(ds.BitsAllocated)
+        stored_bits = int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits not in (8, 16, 32) or not 0 < stored_bits <= bits or signed not in (0, 1) or samples != 1:
+        return None
+    if _number_of_frames(ds) != 1 or rows <= 0 or columns <= 0:
+        return None
+    data = ds.PixelData
+    length = rows * columns * bits // 8
+    if not isinstance(data, bytes) or len(data) not in (length, length + 1):
+        return None
+    dtype = np.dtype(f"<{'ui'[signed]}{bits // 8}")
+    array = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(1, rows, columns)
+    if stored_bits < bits:
+        shift = bits - stored_bits
+        array = np.right_shift(np.left_shift(array, shift), shift)
+    return array
 
 
 def _decode(ds: Dataset, frame: _Frame) -> npt.NDArray[Any]:

@@ -18,6 +18,7 @@ than the whole budget still gets it: the cache then holds that model alone.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -104,10 +105,14 @@ class ModelCache:
         if not evict and self.used_bytes + size > self.budget_bytes:
             log.info("model %s (%d MB) not warmed: over the %d MB budget", name, size // MB, budget_mb)
             return None
+        evicted_any = False
         while self._entries and self.used_bytes + size > self.budget_bytes:
             evicted, _ = self._entries.popitem(last=False)
             self.resolver.forget(evicted)
+            evicted_any = True
             log.info("model %s evicted (least recently used) to make room for %s", evicted, name)
+        if evicted_any:
+            _collect_evicted()
         if size > self.budget_bytes:
             log.warning("model %s (%d MB) alone exceeds the %d MB budget", name, size // MB, budget_mb)
         entry = _Entry(self.resolver.resolve(name), size)
@@ -122,6 +127,18 @@ class ModelCache:
         if stored is None or not stored.path.is_file():
             return 0
         return stored.path.stat().st_size
+
+
+def _collect_evicted() -> None:
+    """Let the garbage collector reach what evicted models leave behind, before the next loads.
+
+    A worker process freezes the objects it holds after start-up, its warm models among them
+    (:func:`radloop.pipelines.executor.freeze_start_up_objects`); frozen objects in reference
+    cycles are never collected, so an evicted model would keep its memory. Unfreezing gives up
+    the faster collections for the rest of this (rare, over-budget) process's life.
+    """
+    gc.unfreeze()
+    gc.collect()
 
 
 def warm_models(cache: ModelCache, settings: Settings, catalog: PipelineCatalog) -> None:

@@ -26,6 +26,7 @@ the NIfTI (RAS) affine deepbet sees is ``diag(-1, -1, 1, 1) @ affine`` on the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -170,13 +171,15 @@ def extract_brain(
     with timer.stage("pre"):
         image, ornt = to_canonical(volume)
         small = resize_nearest_exact(image, BBOX_SHAPE)  # a new array: normalised in place
-        low, high = quantile_like_torch(small, QUANTILES[0]), quantile_like_torch(small, QUANTILES[1])
+        low, high = quantiles_like_torch(small, QUANTILES)
         small = normalize(small, low, high, in_place=True)
     with timer.stage("infer"):
         small_prob = brain_probability(bbox_backend, small)
     with timer.stage("pre"):
         box = bbox_with_margin(largest_component(small_prob > 0.5), image.shape, BBOX_MARGIN)
-        crop = normalize(resize_nearest_exact(image[box], MASK_SHAPE), low, high, in_place=True)
+        # windowing is per voxel, so it commutes with picking voxels: window the (≈ 4× smaller)
+        # box, resize, then standardise with the statistics of the resized image, as deepbet does
+        crop = standardize(resize_nearest_exact(window(image[box], low, high), MASK_SHAPE))
     with timer.stage("infer"):
         crop_prob = brain_probability(mask_backend, crop)
     with timer.stage("post"):
@@ -245,25 +248,60 @@ def resize_nearest_exact(array: npt.NDArray[Any], shape: tuple[int, ...]) -> npt
     """``F.interpolate(..., shape, mode="nearest-exact")`` of a 3-D array, in numpy.
 
     One axis at a time, the last first: gathering whole planes and rows is cheap, so only the
-    first gather picks single elements (about twice as fast as one ``np.ix_`` gather).
+    first gather picks single elements (about twice as fast as one ``np.ix_`` gather). A strided
+    view (the canonical image) that shrinks is gathered in its memory's order instead (flips and
+    axis order undone, so that ``np.take`` needs no contiguous copy of the large input) and only
+    the small result is put back in the view's order: the same elements, 3× faster for the T1.
     """
     indices = [nearest_exact_indices(n, m) for n, m in zip(array.shape, shape, strict=True)]
+    if not array.flags.c_contiguous and math.prod(shape) <= array.size:
+        in_memory_order = _gather_in_memory_order(array, indices)
+        if in_memory_order is not None:
+            return in_memory_order
     resized = array
     for axis in (2, 1, 0):
         resized = np.take(resized, indices[axis], axis=axis)
     return np.ascontiguousarray(resized)
 
 
+def _gather_in_memory_order(
+    array: npt.NDArray[Any], indices: list[npt.NDArray[np.intp]]
+) -> npt.NDArray[Any] | None:
+    """``array[np.ix_(*indices)]`` (C order) gathered along the memory's axes, last first; None
+    when ``array`` is not a flipped and transposed view of contiguous memory."""
+    view, picks = array, list(indices)
+    for axis in range(array.ndim):
+        if view.strides[axis] < 0:
+            view = np.flip(view, axis)
+            picks[axis] = array.shape[axis] - 1 - picks[axis]
+    order = sorted(range(array.ndim), key=lambda axis: -view.strides[axis])  # planes → elements
+    resized = view.transpose(order)
+    if not resized.flags.c_contiguous:
+        return None
+    for position in reversed(range(array.ndim)):
+        resized = np.take(resized, picks[order[position]], axis=position)
+    return np.ascontiguousarray(resized.transpose(np.argsort(order)))
+
+
 def quantile_like_torch(array: FloatArray, q: float) -> np.float32:
     """``torch.quantile(array, q)`` (linear interpolation) with torch's float32 arithmetic."""
+    return quantiles_like_torch(array, (q,))[0]
+
+
+def quantiles_like_torch(array: FloatArray, qs: tuple[float, ...]) -> tuple[np.float32, ...]:
+    """:func:`quantile_like_torch` for each of ``qs``, from one partial sort of ``array``."""
     flat = array.ravel()
-    rank = np.float32(q) * np.float32(flat.size - 1)
-    below, above = int(rank), int(np.ceil(rank))
-    values = np.partition(flat, (below, above))
-    low, high, weight = values[below], values[above], rank - np.float32(below)
-    if weight < 0.5:
-        return np.float32(low + weight * (high - low))
-    return np.float32(high - (high - low) * (np.float32(1.0) - weight))
+    ranks = [np.float32(q) * np.float32(flat.size - 1) for q in qs]
+    bounds = [(int(rank), int(np.ceil(rank))) for rank in ranks]
+    values = np.partition(flat, sorted({i for pair in bounds for i in pair}))
+    out = []
+    for rank, (below, above) in zip(ranks, bounds, strict=True):
+        low, high, weight = values[below], values[above], rank - np.float32(below)
+        if weight < 0.5:
+            out.append(np.float32(low + weight * (high - low)))
+        else:
+            out.append(np.float32(high - (high - low) * (np.float32(1.0) - weight)))
+    return tuple(out)
 
 
 def normalize(array: FloatArray, low: np.float32, high: np.float32, *, in_place: bool = False) -> FloatArray:
@@ -273,12 +311,26 @@ def normalize(array: FloatArray, low: np.float32, high: np.float32, *, in_place:
     ``in_place``, on ``array`` itself, a float32 array the caller no longer needs); the mean and
     the unbiased standard deviation (``torch.std``) are accumulated in float64.
     """
+    x: FloatArray = array if in_place else np.array(array, dtype=np.float32)
+    return standardize(window(x, low, high, out=x))
+
+
+def window(
+    array: FloatArray, low: np.float32, high: np.float32, *, out: FloatArray | None = None
+) -> FloatArray:
+    """The first part of :func:`normalize`: ``clip((array - low) / (high - low), 0, 1)`` in float32,
+    into a new array (or ``out``, which may be ``array``)."""
     if not high > low:
         raise InputDataError(f"the volume has no intensity range to normalise (quantiles {low}, {high})")
-    x: FloatArray = array if in_place else np.array(array, dtype=np.float32)
-    x -= low
+    x: FloatArray = np.subtract(array, low, out=out, dtype=np.float32)
     x /= high - low
     np.clip(x, np.float32(0.0), np.float32(1.0), out=x)
+    return x
+
+
+def standardize(x: FloatArray) -> FloatArray:
+    """The rest of :func:`normalize`, in place on the windowed ``x``: subtract the mean, divide by
+    the standard deviation, then ``0.226·x + 0.449``."""
     mean, std = _mean_and_std(x)
     x -= mean
     x /= std

@@ -99,6 +99,14 @@ def _seg_label_array(
     lut = np.zeros(top + 1, dtype=dtype)
     for seg_number, segment in enumerate(segments, start=1):
         lut[segment.number] = seg_number
+    numbers = {s.number for s in segments}
+    lowest, highest = int(labels.min(initial=0)), int(labels.max(initial=0))
+    if lowest >= 0 and highest <= top and numbers.issuperset(range(1, highest + 1)):
+        # every value present is 0 or described (e.g. a 0/1 mask): nothing to warn about, and one
+        # gather, or only a cast where the label values are their SEG numbers already
+        if np.array_equal(lut[: highest + 1], np.arange(highest + 1)):
+            return labels.astype(dtype)
+        return np.take(lut, labels)
     inside = (labels >= 0) & (labels <= top)
     out = np.zeros(labels.shape, dtype=dtype)
     out[inside] = lut[labels[inside]]
@@ -169,7 +177,8 @@ def _read_source_header(path: Path, *, full: bool) -> Dataset:
     highdicom copies the Patient and Study modules from the source; scanners often send Type 3
     sequences with zero items (e.g. ProcedureCodeSequence), which are invalid in the SEG
     (dciodvfy: "Bad Sequence number of Items 0"), so they are dropped from this in-memory copy.
-    Only sequence elements are decoded to find them (``Dataset.elements`` leaves the rest raw).
+    Only sequence elements are decoded to find them (``Dataset.values`` leaves the rest raw, and
+    unlike ``Dataset.elements`` neither sorts the tags nor looks each one up again).
     """
     # every attribute highdicom reads per image but the first lies in groups 0008-0028; skipping
     # the private groups after them (seconds of nested sequences on a 170-slice Philips series)
@@ -177,7 +186,7 @@ def _read_source_header(path: Path, *, full: bool) -> Dataset:
     ds: Dataset = (
         pydicom.dcmread(path, stop_before_pixels=True, force=True) if full else read_partial_header(path)
     )
-    empty = [e.tag for e in ds.elements() if e.VR == "SQ" and len(ds[e.tag].value) == 0]
+    empty = [e.tag for e in ds.values() if e.VR == "SQ" and len(ds[e.tag].value) == 0]
     for tag in empty:
         del ds[tag]
     return ds

@@ -99,8 +99,8 @@ def _after_image_pixel_module(tag: BaseTag, vr: str | None, length: int) -> bool
 
 def _drop_empty_sequences(ds: Dataset) -> None:
     """Delete top-level sequences with no items, decoding only the elements that are sequences."""
-    empty = [
-        e.tag for e in ds.elements() if (e.VR or _dictionary_vr(e.tag)) == "SQ" and len(ds[e.tag].value) == 0
+    empty = [  # values(): unlike elements(), no sorting and no second look-up of each tag
+        e.tag for e in ds.values() if (e.VR or _dictionary_vr(e.tag)) == "SQ" and len(ds[e.tag].value) == 0
     ]
     for tag in empty:
         del ds[tag]
