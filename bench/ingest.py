@@ -154,6 +154,13 @@ class Orthanc:
         self.server.stop()
 
 
+def _listener_processes() -> str:
+    """``BENCH_LISTENER_PROCESSES=N`` in the environment sets ``dicom.listener_processes`` (default:
+    radloop's own, one per core)."""
+    n = os.environ.get("BENCH_LISTENER_PROCESSES", "")
+    return f" listener_processes: {int(n)}," if n else ""
+
+
 class Radloop:
     """`radloop serve` with one listener that routes to no pipeline."""
 
@@ -168,7 +175,7 @@ class Radloop:
             f"api: {{enabled: false}}\n"
             f"pipelines: {{include_reference: false}}\n"  # no models to warm: start-up is not timed anyway
             f"dicom: {{host: {peers.LOCALHOST}, port: {self.port}, min_free_bytes: 0{max_pdu},\n"
-            f"        durability: {durability},\n"
+            f"        durability: {durability},{_listener_processes()}\n"
             f"        listeners: [{{ae_title: {CALLED_AE}, pipelines: [none-such]}}]}}\n"
         )
         env = {k: v for k, v in peers.peer_env().items() if not k.startswith("RADLOOP_")}
