@@ -54,32 +54,33 @@ def test_cache_serves_only_resolvers_with_the_same_settings_and_store(tmp_path: 
     assert not cache.serves(ModelResolver(InferenceSettings(), ModelStore(tmp_path / "other")))
 
 
+def _fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (process-wide state: threads, the collector)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_torch_threads_caps_torch_even_when_torch_was_imported_first() -> None:
     """``workers.torch_threads`` must reach torch in a Celery prefork child, where torch was imported
     by the parent before the fork: the environment variable alone is read too late there."""
-    code = (
+    printed = _fresh_python(
         "import torch; torch.set_num_threads(2); "
         "from radloop.pipelines.executor import limit_threads; limit_threads(1); "
         "print(torch.get_num_threads())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    assert printed.strip() == "1"
 
 
 def test_a_worker_freezes_what_it_holds_from_its_start() -> None:
     """The start-up objects leave the collector's scans (a fresh interpreter: nothing frozen before)."""
-    code = (
+    printed = _fresh_python(
         "import gc; from radloop.pipelines.executor import freeze_start_up_objects; "
         "before = gc.get_freeze_count(); frozen = freeze_start_up_objects(); "
         "print(before, frozen, gc.get_freeze_count())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    before, frozen, now = (int(n) for n in done.stdout.split())
+    before, frozen, now = (int(n) for n in printed.split())
     assert before == 0
     assert frozen == now > 10_000  # radloop's imports alone

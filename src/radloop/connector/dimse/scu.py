@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -210,44 +210,33 @@ def send_files(
             if on_progress is not None:
                 on_progress(f, False)
     readable = [f for f in files if f in headers]
-    report = (
-        _send(
-            readable,
-            headers,
-            host,
-            port,
-            called_ae,
-            calling_ae,
-            timeout_s,
-            on_progress,
-            associations,
-            tls_args,
-        )
-        if readable
-        else SendReport()
-    )
+    peer = _Peer(host, port, called_ae, calling_ae, timeout_s, tls_args, on_progress)
+    report = _send(readable, headers, peer, associations) if readable else SendReport()
     report.failed.extend(unreadable.failed)
     return report
 
 
+@dataclass(frozen=True)
+class _Peer:
+    """Where one send goes, and whom it tells about each file."""
+
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+    timeout_s: float
+    tls_args: tuple[ssl.SSLContext, str] | None
+    on_progress: Callable[[Path, bool], None] | None
+
+
 def _send(
-    files: Sequence[Path],
-    headers: dict[Path, FileHeader],
-    host: str,
-    port: int,
-    called_ae: str,
-    calling_ae: str,
-    timeout_s: float,
-    on_progress: Callable[[Path, bool], None] | None,
-    associations: int,
-    tls_args: tuple[ssl.SSLContext, str] | None,
+    files: Sequence[Path], headers: dict[Path, FileHeader], peer: _Peer, associations: int
 ) -> SendReport:
     count = max(1, min(associations, len(files)))
     if count == 1:
-        return _send_continuing(
-            files, headers, host, port, called_ae, calling_ae, timeout_s, on_progress, tls_args
-        )
+        return _send_continuing(files, headers, peer)
     lock = threading.Lock()
+    on_progress = peer.on_progress
 
     def progress(path: Path, ok: bool) -> None:
         if on_progress is not None:
@@ -255,9 +244,9 @@ def _send(
                 on_progress(path, ok)
 
     chunks = [list(files[i::count]) for i in range(count)]
-    peer = (host, port, called_ae, calling_ae, timeout_s, progress, tls_args)
+    peer = replace(peer, on_progress=progress)
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="radloop-send") as pool:
-        futures = [pool.submit(_send_continuing, chunk, headers, *peer) for chunk in chunks]
+        futures = [pool.submit(_send_continuing, chunk, headers, peer) for chunk in chunks]
     report, refused, refusals, why = SendReport(), [], 0, ""
     for chunk, future in zip(chunks, futures, strict=True):
         try:
@@ -285,11 +274,11 @@ may still count the associations just released against its limit (a transient re
 
 
 def _send_over_one_retrying(
-    files: Sequence[Path], headers: dict[Path, FileHeader], peer: tuple[Any, ...]
+    files: Sequence[Path], headers: dict[Path, FileHeader], peer: _Peer
 ) -> SendReport:
     for attempt in range(1, FALLBACK_TRIES + 1):
         try:
-            return _send_continuing(files, headers, *peer)
+            return _send_continuing(files, headers, peer)
         except DeliveryError:
             if attempt == FALLBACK_TRIES:
                 raise
@@ -297,29 +286,22 @@ def _send_over_one_retrying(
     raise AssertionError("unreachable")
 
 
-def _send_continuing(
-    files: Sequence[Path],
-    headers: dict[Path, FileHeader],
-    host: str,
-    port: int,
-    called_ae: str,
-    calling_ae: str,
-    timeout_s: float,
-    on_progress: Callable[[Path, bool], None] | None,
-    tls_args: tuple[ssl.SSLContext, str] | None,
-) -> SendReport:
+def _send_continuing(files: Sequence[Path], headers: dict[Path, FileHeader], peer: _Peer) -> SendReport:
     """``files`` over one association; when the peer aborts it (or the connection breaks), the
     files not yet attempted go over a new one, so that one instance a peer aborts on fails alone
     (every round attempts at least one file, so this ends). Raises :class:`DeliveryError` when
     the first association cannot be established."""
-    peer = (host, port, called_ae, calling_ae, timeout_s, on_progress, tls_args)
-    report, unsent = _send_over_one(files, headers, *peer)
+    report, unsent = _send_over_one(files, headers, peer)
     while unsent:
         log.info(
-            "association with %s@%s:%d lost; %d file(s) over a new one", called_ae, host, port, len(unsent)
+            "association with %s@%s:%d lost; %d file(s) over a new one",
+            peer.called_ae,
+            peer.host,
+            peer.port,
+            len(unsent),
         )
         try:
-            part, unsent = _send_over_one(unsent, headers, *peer)
+            part, unsent = _send_over_one(unsent, headers, peer)
         except DeliveryError as e:
             report.failed.extend((f, f"association lost, and then {e}") for f in unsent)
             break
@@ -329,15 +311,7 @@ def _send_continuing(
 
 
 def _send_over_one(
-    files: Sequence[Path],
-    headers: dict[Path, FileHeader],
-    host: str,
-    port: int,
-    called_ae: str,
-    calling_ae: str,
-    timeout_s: float,
-    on_progress: Callable[[Path, bool], None] | None,
-    tls_args: tuple[ssl.SSLContext, str] | None,
+    files: Sequence[Path], headers: dict[Path, FileHeader], peer: _Peer
 ) -> tuple[SendReport, list[Path]]:
     """The outcome of each file attempted, and the files not attempted because the association
     was lost (none after a timeout: a peer that did not answer in ``timeout_s`` gets no new
@@ -345,7 +319,13 @@ def _send_over_one(
     association cannot be established."""
     contexts = _contexts(headers[f] for f in files)
     assoc = StoreAssociation(
-        host, port, called_ae, calling_ae, contexts, timeout_s=timeout_s, tls_args=tls_args
+        peer.host,
+        peer.port,
+        peer.called_ae,
+        peer.calling_ae,
+        contexts,
+        timeout_s=peer.timeout_s,
+        tls_args=peer.tls_args,
     )
     report, lost = SendReport(), None
     try:
@@ -355,8 +335,8 @@ def _send_over_one(
             except AssociationLost as e:
                 lost, ok, why = e, False, str(e)
             (report.sent.append(f) if ok else report.failed.append((f, why)))
-            if on_progress:
-                on_progress(f, ok)
+            if peer.on_progress:
+                peer.on_progress(f, ok)
             if isinstance(lost, NoResponse):
                 report.failed.extend((rest, f"association lost: {why}") for rest in files[index + 1 :])
                 return report, []
