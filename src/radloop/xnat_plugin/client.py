@@ -202,11 +202,11 @@ class XnatArchive:
         subject = subjects.get(place.subject)
         if subject is None:
             subject = self.session.classes.SubjectData(parent=project, label=place.subject)
-            log.info("XNAT %s: created subject %s", place.project, place.subject)
+            log.info("XNAT %s: created %s", place.project, place.subject_in_logs)
         xsi_type = self.session_type(modality)
         cls = self.session.XNAT_CLASS_LOOKUP[xsi_type]
         created = cls(parent=subject, label=place.session, **{k: v for k, v in fields.items() if v})
-        log.info("XNAT %s: created %s %s (subject %s)", place.project, xsi_type, place.session, place.subject)
+        log.info("XNAT %s: created %s %s (%s)", place.project, xsi_type, place.session, place.subject_in_logs)
         return created
 
     def session_type(self, modality: str) -> str:

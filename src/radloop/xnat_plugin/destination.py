@@ -74,7 +74,7 @@ class XnatSender:
             result.kind,
             result.sop_instance_uid,
             place.project,
-            place.subject,
+            place.subject_in_logs,
             place.session,
             outcome,
         )

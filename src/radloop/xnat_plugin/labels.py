@@ -13,6 +13,7 @@ the ``^`` of a name) becomes ``_``. Nothing here talks to a server.
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,11 @@ class StudyPlace:
     project: str
     subject: str
     session: str
+
+    @property
+    def subject_in_logs(self) -> str:
+        """The subject as log lines name it: a digest, since the label is often the PatientID."""
+        return "subject#" + hashlib.sha256(self.subject.encode()).hexdigest()[:10]
 
 
 class LabelMapper:
