@@ -267,11 +267,7 @@ def import_taps(store: ModelStore, *, replace: bool = False) -> StoredModel:
             f"`pip install --no-deps {TAPS_DISTRIBUTION}=={TAPS_VERSION}` "
             "(without --no-deps pip also pulls onnxruntime-gpu)"
         )
-    digest = hashlib.sha256()
-    with packaged.path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    record = {**TAPS_PROVENANCE, "sha256": digest.hexdigest()}
+    record = {**TAPS_PROVENANCE, "sha256": file_sha256(packaged.path)}
     files = {PACKAGE_PROVENANCE_FILE: json.dumps(record, indent=2) + "\n"}
     return store.add_packaged(packaged, replace=replace, files=files)
 
@@ -282,3 +278,12 @@ def read_package_provenance(stored: StoredModel) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return read_json_object(path)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content, read a MiB at a time (model files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

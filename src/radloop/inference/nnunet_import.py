@@ -28,7 +28,6 @@ resampling order (radloop resamples with MONAI when the series' spacing differs 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from radloop.core.errors import ConfigError
-from radloop.inference.model_import import read_json_object, structure_code
+from radloop.inference.model_import import file_sha256, read_json_object, structure_code
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def nnunet_fields(folder: Path, converted: Path) -> tuple[dict[str, Any], dict[s
     provenance = {
         "folder": str(folder),
         "checkpoint": str(checkpoint_path.relative_to(folder)),
-        "checkpoint_sha256": _sha256(checkpoint_path),
+        "checkpoint_sha256": file_sha256(checkpoint_path),
         "trainer": trainer_name,
         "configuration": configuration,
         "plans_name": manager.plans_name,
@@ -220,11 +219,3 @@ def _network(manager: Any, config: Any, dataset: dict[str, Any], trainer_name: s
     )
     network.load_state_dict(weights)
     return network.eval()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -17,7 +17,6 @@ Pipelines use the ``production`` version (:mod:`radloop.inference.stages`), else
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -79,7 +78,7 @@ class ModelStore:
         fields |= {"name": name, "version": version, "source": kind}
         fields["file"] = _FILE_NAMES[str(fields["format"])]
         network = model_import.bundle_network_file(source) if kind == "monai_bundle" else source
-        fields["sha256"] = _sha256(network)
+        fields["sha256"] = model_import.file_sha256(network)
         spec = validate_spec(fields, f"{source} as {name}/{version}")
         return self._write(spec, network, source if kind == "monai_bundle" else None, replace)
 
@@ -96,7 +95,7 @@ class ModelStore:
             fields, files = nnunet_fields(folder, network)
             fields |= dict(overrides or {})
             fields |= {"name": name, "version": version, "source": "nnunet", "file": network.name}
-            fields["sha256"] = _sha256(network)
+            fields["sha256"] = model_import.file_sha256(network)
             spec = validate_spec(fields, f"{folder} as {name}/{version}")
             return self._write(spec, network, None, replace, files)
         finally:
@@ -107,12 +106,12 @@ class ModelStore:
     ) -> StoredModel:
         """Copy a model shipped in a package (deepbet, TAPS) into the store, spec included, with
         extra text ``files`` (e.g. its provenance and licence)."""
-        spec = packaged.spec.model_copy(update={"sha256": _sha256(packaged.path)})
+        spec = packaged.spec.model_copy(update={"sha256": model_import.file_sha256(packaged.path)})
         return self._write(spec, packaged.path, None, replace, files)
 
     def add_trained(self, spec: ModelSpec, network: Path, files: Mapping[str, str]) -> StoredModel:
         """Add a fine-tuned network as a new version, with extra text ``files`` (its provenance)."""
-        spec = spec.model_copy(update={"sha256": _sha256(network)})
+        spec = spec.model_copy(update={"sha256": model_import.file_sha256(network)})
         return self._write(spec, network, None, False, files)
 
     def _write(
@@ -238,11 +237,3 @@ def _source_fields(source: Path, kind: str) -> dict[str, Any]:
     if kind == "torchscript":
         return model_import.torchscript_fields(source)
     return model_import.bundle_fields(source)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
