@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
@@ -66,6 +66,26 @@ def read_first_groups(data: bytes, fp: BinaryIO) -> FileDataset | None:
         return _read(data, fp)
     except _FALL_BACK:  # malformed: pydicom reads it (and tolerates or raises, as it does)
         return None
+
+
+def read_file_meta_uids(head: bytes, keywords: Mapping[int, str]) -> tuple[dict[str, str], int] | None:
+    """The text of the File Meta elements ``keywords`` names (by element number in group 0002) and
+    the data set's offset, when ``head`` (a file's first bytes) holds a preamble, ``DICM`` and a
+    whole Explicit VR group 0002; None for anything else (then pydicom reads the file)."""
+    if head[_PREAMBLE : _PREAMBLE + 4] != _MAGIC:
+        return None
+    try:
+        elements, position = _elements(head, _PREAMBLE + 4, lambda group: group != 0x0002)
+    except _FALL_BACK:
+        return None
+    if position + 8 > len(head):
+        return None  # the meta runs past ``head`` (or the file ends in it)
+    found = {}
+    for tag, element in elements.items():
+        name = keywords.get(tag & 0xFFFF)
+        if name is not None and isinstance(element, RawDataElement):
+            found[name] = bytes(element.value or b"").rstrip(b"\0 ").decode("ascii", "replace")
+    return found, position
 
 
 def _read(data: bytes, fp: BinaryIO) -> FileDataset:

@@ -40,6 +40,7 @@ from pynetdicom.dsutils import encode
 from radloop.connector.dimse.status import is_success_or_warning
 from radloop.connector.dimse.store_association import AssociationLost, NoResponse, StoreAssociation
 from radloop.core.errors import DeliveryError
+from radloop.pipelines.header_reader import read_file_meta_uids
 
 log = logging.getLogger(__name__)
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -144,40 +145,15 @@ _META_KEYWORDS = {
     0x0003: "MediaStorageSOPInstanceUID",
     0x0010: "TransferSyntaxUID",
 }
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_WINDOW = 4096
 
 
 def _quick_file_meta(f: BinaryIO) -> tuple[dict[str, str], int] | None:
     """The three UIDs of a conformant File Meta Information (preamble, ``DICM``, group 0002 in
-    Explicit VR Little Endian, PS3.10 §7.1) and the data set's offset, parsed from the file's
-    first 4 KiB without pydicom (a fifth of the CPU); ``None`` for anything else."""
-    head = f.read(_META_WINDOW)
-    if len(head) < 132 or head[128:132] != b"DICM":
-        return None
-    meta: dict[str, str] = {}
-    at = 132
-    while at + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, at)
-        if group != 0x0002:
-            return meta, at
-        vr = head[at + 4 : at + 6]
-        if not vr.isalpha() or not vr.isupper():  # not Explicit VR (a non-conformant meta)
-            return None
-        if vr in _LONG_VRS:
-            if at + 12 > len(head):
-                return None
-            (length,) = struct.unpack_from("<L", head, at + 8)
-            at += 12
-        else:
-            (length,) = struct.unpack_from("<H", head, at + 6)
-            at += 8
-        if length == 0xFFFFFFFF or at + length > len(head):
-            return None
-        if element in _META_KEYWORDS:
-            meta[_META_KEYWORDS[element]] = head[at : at + length].rstrip(b"\0 ").decode("ascii", "replace")
-        at += length
-    return None  # a meta longer than the window, or a file that ends within it
+    Explicit VR Little Endian, PS3.10 §7.1) and the data set's offset, from the file's first
+    4 KiB by the volume reader's element walk, without pydicom (a fifth of the CPU); ``None``
+    for anything else."""
+    return read_file_meta_uids(f.read(_META_WINDOW), _META_KEYWORDS)
 
 
 def send_files(
