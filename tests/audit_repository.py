@@ -1,10 +1,10 @@
 """A real syslog audit repository for tests: Debian's ``rsyslogd`` with its TLS input (gtls driver).
 
 :func:`make_certificates` makes a CA, a server certificate for 127.0.0.1 and a client certificate
-with ``openssl``; :class:`RsyslogServer` writes an rsyslog config (``imtcp`` with
-``StreamDriver.Mode=1``, client certificates required and checked against the CA, octet-counted
-framing), runs ``rsyslogd -n -f CONF -i PIDFILE`` on a free port and appends every message it
-receives to a file as ``MSGID STRUCTURED-DATA MSG``, one line each.
+with ``openssl`` (through :mod:`pki`, the DICOM TLS tests' PKI); :class:`RsyslogServer` writes an
+rsyslog config (``imtcp`` with ``StreamDriver.Mode=1``, client certificates required and checked
+against the CA, octet-counted framing), runs ``rsyslogd -n -f CONF -i PIDFILE`` on a free port and
+appends every message it receives to a file as ``MSGID STRUCTURED-DATA MSG``, one line each.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import peers
+from pki import Pki
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"  # /usr/sbin is not on every PATH
 RSYSLOG_GTLS = next(
@@ -36,74 +37,14 @@ class Certificates:
     client_key: Path
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def make_certificates(folder: Path) -> Certificates:
-    """A throw-away CA and two EC certificates it signed: server (127.0.0.1) and client (radloop)."""
-    peers.require_binary("openssl")
-    folder.mkdir(parents=True, exist_ok=True)
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=radloop test audit CA",
-        cwd=folder,
-    )
-    for name, san in (("server", "IP:127.0.0.1,DNS:localhost"), ("client", "DNS:radloop")):
-        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\n")
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=folder,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=folder,
-        )
-    return Certificates(
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server.key",
-        folder / "client.pem",
-        folder / "client.key",
-    )
+    """A throw-away CA (:class:`pki.Pki`) and two certificates it signed, for the server and the
+    client (both valid for 127.0.0.1 and localhost)."""
+    authority = Pki(folder)
+    server = authority.issue("server", "server")
+    client = authority.issue("client", "radloop")
+    ca = authority.ca.certificate
+    return Certificates(ca, server.certificate, server.private_key, client.certificate, client.private_key)
 
 
 class RsyslogServer:
