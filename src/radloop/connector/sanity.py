@@ -425,6 +425,14 @@ def _native_length(facts: _Facts, rows: int, columns: int, frames: int, samples:
     return pixels * samples * bits // 8
 
 
+def too_large(size: int, limits: InstanceLimits) -> InstanceLimitError:
+    """The refusal of a data set of ``size`` bytes, over ``max_instance_bytes``."""
+    return InstanceLimitError(
+        "max_instance_bytes",
+        f"the data set is {size} bytes, over max_instance_bytes ({limits.max_instance_bytes})",
+    )
+
+
 def check_instance(encoded: bytes | memoryview, transfer_syntax_uid: str, limits: InstanceLimits) -> Dataset:
     """Walk an encoded data set (no File Meta Information) and apply every rule; return its header.
 
@@ -439,10 +447,7 @@ def check_instance(encoded: bytes | memoryview, transfer_syntax_uid: str, limits
     explicit, little = not ts.is_implicit_VR, ts.is_little_endian
     facts = _Facts()
     if not ts.is_deflated and len(encoded) > limits.max_instance_bytes:
-        raise InstanceLimitError(
-            "max_instance_bytes",
-            f"the data set is {len(encoded)} bytes, over max_instance_bytes ({limits.max_instance_bytes})",
-        )
+        raise too_large(len(encoded), limits)
     reader: _Reader = (
         _InflatingReader(encoded, limits.max_instance_bytes) if ts.is_deflated else _BytesReader(encoded)
     )

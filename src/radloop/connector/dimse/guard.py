@@ -51,6 +51,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from radloop.connector.dimse.store_fast import Fed, StoreFastPath, StoreHandler, association_peer
 from radloop.connector.dimse.store_response import LeanDIMSE
 from radloop.connector.peer_text import shown
 
@@ -80,6 +81,7 @@ class GuardLimits:
     max_associate_rq_bytes: int = 256 << 10
     max_pdata_bytes: int = (512 << 20) + (64 << 10)
     max_pending_connections: int = 128
+    max_instance_bytes: int = 512 << 20
 
     @classmethod
     def from_settings(cls, dicom: DicomSettings) -> GuardLimits:
@@ -94,12 +96,12 @@ class GuardLimits:
             max_associate_rq_bytes=dicom.max_associate_rq_bytes,
             max_pdata_bytes=pdata,
             max_pending_connections=dicom.max_pending_connections,
+            max_instance_bytes=dicom.max_instance_bytes,
         )
 
 
 def _peer(dul: DULServiceProvider) -> str:
-    info = dul.assoc.requestor.address_info
-    return shown(info.address if info is not None else "?")
+    return association_peer(dul.assoc)
 
 
 # Events a local user (our acceptor thread) raises: A-ASSOCIATE accept/reject, P-DATA, A-RELEASE
@@ -119,6 +121,7 @@ class GuardedDUL(DULServiceProvider):
         self._do_action = self.state_machine.do_action
         self.state_machine.do_action = self._do_action_closing  # type: ignore[method-assign]
         self._wake_r: socket.socket | None = None  # written to when a primitive is queued to send
+        self.fast: StoreFastPath | None = None  # plain C-STOREs served in this thread (store_fast)
         self._wake_w: socket.socket | None = None
 
     def send_pdu(self, primitive: Any) -> None:
@@ -230,11 +233,40 @@ class GuardedDUL(DULServiceProvider):
         return bool(super().idle_timer_expired())
 
     def _read_pdu_data(self) -> None:
-        """Read one PDU within its deadline; refuse an over-long declared length before its body."""
+        """Read one PDU within its deadline and queue its event; a C-STORE that the fast path
+        serves (:mod:`~radloop.connector.dimse.store_fast`) is read here to its last PDU."""
+        fast = self.fast
+        while not self._kill_thread:
+            pdu = self._read_pdu()
+            if pdu is None:
+                if fast is not None:
+                    fast.reset()
+                return
+            header, body = pdu
+            if fast is not None and header[0] == _P_DATA_TF and self.state_machine.current_state == "Sta6":
+                fed = fast.feed(body)
+                if fed is Fed.MORE:
+                    self._idle_timer.restart()
+                    continue
+                if fed is Fed.DONE:
+                    return
+                if fed is Fed.INVALID:
+                    self.event_queue.put("Evt19")
+                    self._refused = True
+                    return
+            elif fast is not None:
+                fast.reset()  # a release or abort inside a C-STORE: the partial instance is dropped
+            self._queue_pdu(header, body)
+            return
+
+    def _read_pdu(self) -> tuple[bytearray, bytearray] | None:
+        """One PDU's header and body within its deadline; None if there is none to decode: the
+        peer was too slow or closed the connection, or an over-long declared length or an unknown
+        PDU type was refused (an A-ABORT queued) before reading its body."""
         asocket = cast(AssociationSocket, self.socket)
         if self._refused:
             self._drain(asocket)
-            return
+            return None
         # Sta1: the connection's Evt5 may still be queued behind the first bytes read
         awaiting_request = self.state_machine.current_state in ("Sta1", "Sta2")
         now = time.monotonic()
@@ -246,13 +278,13 @@ class GuardedDUL(DULServiceProvider):
         header = self._receive(6, deadline)
         if header is None:
             self._give_up(asocket, what, awaiting_request)
-            return
+            return None
         pdu_type, _, length = struct.unpack(">BBL", header)
         if pdu_type not in range(0x01, 0x08):
             log.warning("unknown PDU type 0x%02X from %s: aborting", pdu_type, _peer(self))
             self.event_queue.put("Evt19")
             self._refused = True
-            return
+            return None
         cap = self._cap(pdu_type, awaiting_request)
         if length > cap:
             log.warning(
@@ -264,18 +296,22 @@ class GuardedDUL(DULServiceProvider):
             )
             self.event_queue.put("Evt19")
             self._refused = True
-            return
+            return None
         if not awaiting_request:  # a large PDU on a slow link: allow for its size at the minimum rate
             deadline += length / self.limits.min_transfer_rate
             deadline = min(deadline, self.opened_at + self.limits.max_association_s)
         body = self._receive(length, deadline)
         if body is None:
             self._give_up(asocket, what, awaiting_request)
-            return
+            return None
+        return header, body
+
+    def _queue_pdu(self, header: bytearray, body: bytearray) -> None:
+        """Decode a PDU the pynetdicom way and queue its event; a malformed one is an invalid PDU."""
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as e:  # a peer's malformed PDU: invalid PDU (Evt19), never a dead thread
-            log.warning("invalid PDU type 0x%02X from %s: %s", pdu_type, _peer(self), shown(e, 200))
+            log.warning("invalid PDU type 0x%02X from %s: %s", header[0], _peer(self), shown(e, 200))
             self.event_queue.put("Evt19")
             self._refused = True
             return
@@ -349,9 +385,15 @@ class GuardedAssociation(Association):
     """An acceptor association whose DUL is a :class:`GuardedDUL` (and whose DIMSE provider sends
     Success C-STORE responses the lean way, :class:`~radloop.connector.dimse.store_response.LeanDIMSE`)."""
 
-    def __init__(self, ae: ApplicationEntity, mode: str, limits: GuardLimits) -> None:
+    def __init__(
+        self, ae: ApplicationEntity, mode: str, limits: GuardLimits, store_handler: StoreHandler | None = None
+    ) -> None:
+        """``store_handler``: serve plain C-STOREs in the DUL thread (:mod:`.store_fast`)."""
         super().__init__(ae, mode)
-        self.dul = GuardedDUL(self, limits)
+        dul = GuardedDUL(self, limits)
+        if store_handler is not None:
+            dul.fast = StoreFastPath(self, store_handler, limits.max_instance_bytes)
+        self.dul = dul
         self.dimse = LeanDIMSE(self)  # the Success C-STORE-RSP encoded directly (dimse/store_response)
         self.acse_timeout = limits.request_timeout_s  # the ARTIM timer of the new DUL
         self.network_timeout = self.ae.network_timeout
@@ -455,6 +497,7 @@ class GuardedRequestHandler(RequestHandler):
     """Creates :class:`GuardedAssociation` acceptors; sheds connections over the pending limit."""
 
     limits: GuardLimits = GuardLimits()
+    store_handler: StoreHandler | None = None  # set: plain C-STOREs take the fast path (store_fast)
 
     def handle(self) -> None:
         server = cast(ThreadedAssociationServer, self.server)
@@ -472,7 +515,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         """As pynetdicom's ``RequestHandler._create_association``, with a guarded association."""
-        assoc = GuardedAssociation(self.ae, "acceptor", self.limits)
+        assoc = GuardedAssociation(self.ae, "acceptor", self.limits, self.store_handler)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{time.strftime('%Y%m%d%H%M%S')}"
         assoc.set_socket(AssociationSocket(assoc, client_socket=cast(socket.socket, self.request)))
@@ -523,14 +566,18 @@ def start_guarded_server(
     ssl_context: ssl.SSLContext | None = None,
     server_class: type[ThreadedAssociationServer] = ThreadedAssociationServer,
     request_handler: type[GuardedRequestHandler] = GuardedRequestHandler,
+    store_handler: StoreHandler | None = None,
 ) -> ThreadedAssociationServer:
     """Start a non-blocking association server whose connections are guarded (as ``AE.start_server``).
 
     ``reuse_port`` binds with ``SO_REUSEPORT`` (one of several listener processes on one port);
     ``ssl_context``, ``server_class`` and ``request_handler`` serve the DICOM TLS port
-    (:mod:`radloop.connector.dimse.tls`).
+    (:mod:`radloop.connector.dimse.tls`). ``store_handler``: plain C-STORE requests are served in
+    each connection's reader thread and answered by it (:mod:`radloop.connector.dimse.store_fast`);
+    the ``EVT_C_STORE`` handler in ``handlers`` still serves any other C-STORE.
     """
-    handler_class = type(f"Bound{request_handler.__name__}", (request_handler,), {"limits": limits})
+    members = {"limits": limits, "store_handler": staticmethod(store_handler) if store_handler else None}
+    handler_class = type(f"Bound{request_handler.__name__}", (request_handler,), members)
     if reuse_port:
         server_class = type(f"ReusePort{server_class.__name__}", (_ReusePortMixin, server_class), {})
     server = ae.make_server(

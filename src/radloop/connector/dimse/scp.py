@@ -38,10 +38,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from radloop.connector.dimse import status, tls
 from radloop.connector.dimse.commitment import StorageCommitmentSCP
 from radloop.connector.dimse.guard import GuardLimits, requested_associations, start_guarded_server
+from radloop.connector.dimse.store_fast import StoreRequest
 from radloop.connector.dimse.ups_scp import UpsHandlers
 from radloop.connector.ingest import AssociationTracker, IngestSession, part10_prefix
 from radloop.connector.peer_text import escape_library_logs, shown
-from radloop.connector.sanity import check_instance
+from radloop.connector.sanity import check_instance, too_large
 from radloop.connector.store import InstanceStore
 from radloop.core.errors import StoreError
 from radloop.core.settings import ListenerSettings, Settings
@@ -133,12 +134,14 @@ class StorageSCP:
         if (
             port is None
         ):  # the main process: the DICOM TLS port is its own (listener processes share the plain one)
-            self._tls_server = tls.start_tls_server(self.ae, cfg, self.guard, handlers)
+            self._tls_server = tls.start_tls_server(self.ae, cfg, self.guard, handlers, self.store_request)
             self.tls_port = int(self._tls_server.server_address[1]) if self._tls_server is not None else None
             if not cfg.serves_plain():  # every listener requires TLS: no plain port at all
                 return cast(int, self.tls_port)
         address = (cfg.host, cfg.port if port is None else port)
-        self._server = start_guarded_server(self.ae, address, self.guard, handlers, reuse_port=reuse_port)
+        self._server = start_guarded_server(
+            self.ae, address, self.guard, handlers, reuse_port=reuse_port, store_handler=self.store_request
+        )
         port = int(self._server.server_address[1])
         log.info(
             "DICOM SCP listening on %s:%s for AE titles %s",
@@ -272,21 +275,41 @@ class StorageSCP:
         return status.SUCCESS
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
-        assoc = event.assoc
-        called, calling = _titles(assoc)
+        """pynetdicom's ``EVT_C_STORE``: the C-STOREs the fast path leaves to pynetdicom."""
         request = cast(C_STORE, event.request)
-        sop_uid = str(request.AffectedSOPInstanceUID)
+        with cast(Any, request.DataSet).getbuffer() as raw:
+            return self.store_request(
+                event.assoc,
+                StoreRequest(
+                    context_id=int(event.context.context_id),
+                    message_id=int(request.MessageID or 0),
+                    sop_class_uid=str(request.AffectedSOPClassUID),
+                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    transfer_syntax_uid=str(event.context.transfer_syntax),
+                    data=raw,
+                    size=len(raw),
+                ),
+            )
+
+    def store_request(self, assoc: Any, request: StoreRequest) -> int | Dataset:
+        """The C-STORE intervention: check the data set, store it durably, index it, answer.
+
+        Called in the connection's reader thread for plain requests
+        (:mod:`~radloop.connector.dimse.store_fast`), from :meth:`_on_c_store` for the rest."""
+        called, calling = _titles(assoc)
+        sop_uid = request.sop_instance_uid
         with self._lock:
             entry = self._sessions.get(id(assoc))
         session = entry[1] if entry is not None else None
         try:
             if session is None:  # not possible once EVT_REQUESTED accepted the association
                 raise StoreError("no ingest session for this association")
-            ts = str(event.context.transfer_syntax)
-            with cast(Any, request.DataSet).getbuffer() as raw:
-                header = self._checked_header(raw, ts, request)
-                prefix = part10_prefix(str(request.AffectedSOPClassUID), sop_uid, ts)
-                stored = session.store_encoded([prefix, raw], header)  # one writev, no joined copy
+            raw = request.data
+            if raw is None:  # dropped while it arrived: over max_instance_bytes
+                raise too_large(request.size, self.limits)
+            header = self._checked_header(raw, request)
+            prefix = part10_prefix(request.sop_class_uid, sop_uid, request.transfer_syntax_uid)
+            stored = session.store_encoded([prefix, raw], header)  # one writev, no joined copy
         except StoreError as e:
             code = status.for_refusal(e)
             rule = getattr(e, "rule", type(e).__name__)
@@ -308,18 +331,18 @@ class StorageSCP:
         log.debug("stored %s (series %s, duplicate %s)", sop_uid, stored.series_id, stored.duplicate)
         return status.SUCCESS
 
-    def _checked_header(self, raw: memoryview, ts: str, request: C_STORE) -> Dataset:
+    def _checked_header(self, raw: memoryview, request: StoreRequest) -> Dataset:
         """The received data set, checked (sanity rules, limits), as its header with ``file_meta``.
 
         The header stops before the pixel data: decoding it here would cost a copy of every frame
         for nothing; the file on disk keeps the complete data set exactly as sent. A deflated data
         set is inflated in bounded steps, never whole.
         """
-        header = check_instance(raw, ts, self.limits)
+        header = check_instance(raw, request.transfer_syntax_uid, self.limits)
         meta = FileMetaDataset()
-        meta.TransferSyntaxUID = UID(ts)
-        meta.MediaStorageSOPInstanceUID = UID(str(request.AffectedSOPInstanceUID))
-        meta.MediaStorageSOPClassUID = UID(str(request.AffectedSOPClassUID))
+        meta.TransferSyntaxUID = UID(request.transfer_syntax_uid)
+        meta.MediaStorageSOPInstanceUID = UID(request.sop_instance_uid)
+        meta.MediaStorageSOPClassUID = UID(request.sop_class_uid)
         header.file_meta = meta  # the session refuses a SOPInstanceUID that differs from it
         return header
 

@@ -25,7 +25,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-_COMMAND_LAST_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
+COMMAND_LAST_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
 _PDV_OVERHEAD = 6  # item length (4), context ID (1), control header (1)
@@ -84,7 +84,7 @@ class LeanDIMSE(DIMSEServiceProvider):
             max_pdu = int(self.maximum_pdu_size or 0)
             if command and (max_pdu == 0 or len(command) + _PDV_OVERHEAD <= max_pdu):
                 pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, _COMMAND_LAST_FRAGMENT + command))
+                pdata.presentation_data_value_list.append((context_id, COMMAND_LAST_FRAGMENT + command))
                 self.dul.send_pdu(pdata)
                 return
         super().send_msg(primitive, context_id)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pynetdicom.transport import ThreadedAssociationServer
 
 from radloop.connector.dimse.guard import GuardedRequestHandler, GuardLimits, start_guarded_server
+from radloop.connector.dimse.store_fast import StoreHandler
 from radloop.connector.peer_text import shown
 from radloop.core.errors import ConfigError
 from radloop.core.settings import DicomDestination, DimseSource
@@ -247,9 +248,14 @@ def _close(sock: socket.socket) -> None:
 
 
 def start_tls_server(
-    ae: ApplicationEntity, dicom: DicomSettings, limits: GuardLimits, handlers: list[Any]
+    ae: ApplicationEntity,
+    dicom: DicomSettings,
+    limits: GuardLimits,
+    handlers: list[Any],
+    store_handler: StoreHandler | None = None,
 ) -> ThreadedAssociationServer | None:
-    """Start the SCP's TLS port if a listener uses TLS (non-blocking); None if none does."""
+    """Start the SCP's TLS port if a listener uses TLS (non-blocking); None if none does.
+    ``store_handler``: as for :func:`~radloop.connector.dimse.guard.start_guarded_server`."""
     if not dicom.serves_tls():
         return None
     server = start_guarded_server(
@@ -260,6 +266,7 @@ def start_tls_server(
         ssl_context=server_context(dicom.tls),
         server_class=TlsAssociationServer,
         request_handler=TlsRequestHandler,
+        store_handler=store_handler,
     )
     port = int(server.server_address[1])
     titles = [f"{lst.ae_title} ({lst.tls})" for lst in dicom.listeners if lst.tls != "off"]
