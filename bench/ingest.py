@@ -97,6 +97,29 @@ def storescu_run(dirs: list[Path], port: int) -> float:
     return elapsed
 
 
+RECYCLE_MB = 400  # --recycle-mb's default
+
+
+def recycle_page_cache(folder: Path, megabytes: int) -> None:
+    """Write and delete ``megabytes`` of scratch data right before a timed leg, so that the
+    receiver writes into memory pages the kernel has just freed.
+
+    On a VM whose balloon driver reports free memory to the host (virtio-balloon free page
+    reporting: the development VM has it), a page left free for a few seconds is handed back,
+    and the first write into it faults on the host: writing 512 KiB into the page cache then
+    takes ~1.3 ms instead of ~0.2 ms. Which receiver paid that depended on how long it took to
+    start (storescp starts at once, ``radloop serve`` and Orthanc in seconds). On a server in
+    steady state the page cache recycles its own pages; this puts every receiver there."""
+    if megabytes <= 0:
+        return
+    scratch = folder / ".recycle-page-cache"
+    block = bytes(1 << 20)
+    with open(scratch, "wb") as f:
+        for _ in range(megabytes):
+            f.write(block)
+    scratch.unlink()
+
+
 def expect_count(count: Callable[[], int], n: int, where: str) -> None:
     try:
         peers.wait_for(lambda: count() >= n, timeout=60, interval=0.2, what=f"{n} instances in {where}")
@@ -253,8 +276,10 @@ def receive_round(
 ) -> None:
     receiver = make(work, pdu)
     try:
+        recycle_page_cache(work, cases["recycle_mb"])
         result.one.append(storescu_run([cases["one"]], receiver.port))
         expect_count(receiver.count, cases["n"], result.name)
+        recycle_page_cache(work, cases["recycle_mb"])
         result.four.append(storescu_run(cases["four"], receiver.port))
         expect_count(receiver.count, 2 * cases["n"], result.name)
     finally:
@@ -280,6 +305,7 @@ def sender_round(
                     continue
                 shutil.rmtree(receiver.out)
                 receiver.out.mkdir()
+                recycle_page_cache(work, cases["recycle_mb"])
                 try:
                     if name == "storescu":
                         dirs = [cases["one"]] if associations == 1 else cases["one-split"]
@@ -387,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(RECEIVERS), help=f"subset of {','.join(RECEIVERS)}")
     parser.add_argument("--skip-sender", action="store_true", help="no sender comparison")
     parser.add_argument("--sender-only", action="store_true", help="only the sender comparison")
+    parser.add_argument(
+        "--recycle-mb",
+        type=int,
+        default=RECYCLE_MB,
+        help=f"scratch MB written and deleted before each timed leg, 0 = none (default {RECYCLE_MB})",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.n < PARALLEL:
@@ -406,12 +438,14 @@ def main(argv: list[str] | None = None) -> int:
             "one": work / "one",
             "four": split(four, work / "four-split", PARALLEL),
             "one-split": split(one, work / "one-split", PARALLEL),
+            "recycle_mb": args.recycle_mb,
         }
         megabytes = sum(f.stat().st_size for f in one) / 1e6
         load = os.getloadavg()
         print(
             f"series: {args.n} CT instances {args.size}x{args.size}, {megabytes:.1f} MB, made in "
             f"{time.perf_counter() - started:.1f} s; max PDU {args.pdu or 'each receiver default'}; "
+            f"{args.recycle_mb} MB of page cache recycled before each timed leg; "
             f"{args.repeat} interleaved round(s); {os.cpu_count()} CPUs; "
             f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
             flush=True,
