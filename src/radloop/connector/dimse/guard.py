@@ -121,8 +121,8 @@ class GuardedDUL(DULServiceProvider):
         self._do_action = self.state_machine.do_action
         self.state_machine.do_action = self._do_action_closing  # type: ignore[method-assign]
         self._wake_r: socket.socket | None = None  # written to when a primitive is queued to send
-        self.fast: StoreFastPath | None = None  # plain C-STOREs served in this thread (store_fast)
         self._wake_w: socket.socket | None = None
+        self.fast: StoreFastPath | None = None  # plain C-STOREs served in this thread (store_fast)
 
     def send_pdu(self, primitive: Any) -> None:
         """Queue a primitive to send (pynetdicom) and wake the reactor at once."""
