@@ -111,11 +111,6 @@ class StoreFastPath:
         self.max_bytes = max_bytes
         self._message: _Message | None = None
 
-    @property
-    def receiving(self) -> bool:
-        """True between the first and the last PDU of a C-STORE this fast path serves."""
-        return self._message is not None
-
     def reset(self) -> None:
         """Drop a partly received message (the peer sent something else: release, abort)."""
         if self._message is not None:
