@@ -318,7 +318,8 @@ def _write_durably(path: Path, data: Sequence[Buffer]) -> None:
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         new_dirs = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
+        if new_dirs:  # mkdir on an existing folder still locks its parent: only when needed
+            folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             _write_all(fd, data)
@@ -341,7 +342,8 @@ def _write_unsynced(path: Path, data: Sequence[Buffer]) -> list[Path]:
     tmp = folder / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         new_dirs = [] if folder.exists() else [folder, folder.parent, folder.parent.parent]
-        folder.mkdir(parents=True, exist_ok=True)
+        if new_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             _write_all(fd, data)
