@@ -12,8 +12,9 @@ then another such series over 4 parallel associations (4 storescu processes, 75 
 each receiver with its own default maximum PDU (`--pdu` forces one for all) and radloop with
 its default number of listener processes (one per core). Rounds are interleaved (every receiver
 once per round, in order) and each receiver starts afresh on an empty folder per round; only the
-sends are timed, up to the last instance acknowledged. Medians over the rounds, and the ratios
-the issue sets targets for.
+sends are timed, up to the last instance acknowledged, each right after 400 MB of scratch data
+were written and deleted (`--recycle-mb`: every receiver writes into recycled page cache, see
+`recycle_page_cache`). Medians over the rounds, and the ratios the issue sets targets for.
 
 The sender comparison sends one series into one `storescp --fork` per round with `storescu`
 (one process per association, its start-up timed) and with radloop's SCU (`radloop send`'s
@@ -21,7 +22,8 @@ code, called in this process, so Python's start-up is not timed), over 1 and ove
 associations, the two senders' order alternating by round; each leg must leave all n files in
 storescp's (emptied) folder.
 
-    .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 0] [--skip-sender | --sender-only]
+    .venv/bin/python bench/ingest.py [--n 300] [--repeat 3] [--pdu 0] [--recycle-mb 400]
+                                     [--skip-sender | --sender-only]
 This is a benchmark, not a test.
 """
 
