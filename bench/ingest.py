@@ -14,7 +14,9 @@ its default number of listener processes (one per core). Rounds are interleaved 
 once per round, in order) and each receiver starts afresh on an empty folder per round; only the
 sends are timed, up to the last instance acknowledged, each right after 400 MB of scratch data
 were written and deleted (`--recycle-mb`: every receiver writes into recycled page cache, see
-`recycle_page_cache`). Medians over the rounds, and the ratios the issue sets targets for.
+`recycle_page_cache`); what the receivers wrote stays until the run ends (`keep_received_files`:
+0.3 GB per receiver and round for the default series, checked before the run starts). Medians
+over the rounds, and the ratios the issue sets targets for.
 
 The sender comparison sends one series into one `storescp --fork` per round with `storescu`
 (one process per association, its start-up timed) and with radloop's SCU (`radloop send`'s
@@ -285,56 +287,70 @@ def receive_round(
         result.four.append(storescu_run(cases["four"], receiver.port))
         expect_count(receiver.count, 2 * cases["n"], result.name)
     finally:
-        receiver.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        receiver.stop()  # its files stay until the run ends: see keep_received_files
 
 
 def sender_round(
     results: dict[str, Result], cases: dict[str, Any], work: Path, pdu: int, round_: int
 ) -> None:
-    """Both senders into one `storescp --fork`, over 1 then 4 associations; the order of the
-    two senders alternates by round. Each leg must leave all n files in storescp's folder."""
+    """Both senders into `storescp --fork`, over 1 then 4 associations; the order of the two
+    senders alternates by round. Each leg has a storescp of its own, on an empty folder, and must
+    leave all n files in it."""
     from radloop.connector.dimse.scu import send_files
 
     files = sorted(cases["one"].iterdir())
-    receiver = StoreScp(work, pdu)
-    try:
-        for associations in (1, PARALLEL):
-            order = ("storescu", "radloop send") if round_ % 2 == 0 else ("radloop send", "storescu")
-            for name in order:
-                result = results[name]
-                if result.error:
-                    continue
-                shutil.rmtree(receiver.out)
-                receiver.out.mkdir()
+    for associations in (1, PARALLEL):
+        order = ("storescu", "radloop send") if round_ % 2 == 0 else ("radloop send", "storescu")
+        for name in order:
+            result = results[name]
+            if result.error:
+                continue
+            receiver = StoreScp(work / f"{name.replace(' ', '-')}-{associations}", pdu)
+            try:
                 recycle_page_cache(work, cases["recycle_mb"])
-                try:
-                    if name == "storescu":
-                        dirs = [cases["one"]] if associations == 1 else cases["one-split"]
-                        seconds = storescu_run(dirs, receiver.port)
-                    else:
-                        started = time.perf_counter()
-                        report = send_files(
-                            files,
-                            peers.LOCALHOST,
-                            receiver.port,
-                            CALLED_AE,
-                            "BENCHSCU",
-                            timeout_s=STORESCU_TIMEOUT_S,
-                            associations=associations,
-                        )
-                        seconds = time.perf_counter() - started
-                        if report.failed:
-                            raise LegFailed(f"{len(report.failed)} failed: {report.failed[0][1]}")
-                    expect_count(receiver.count, cases["n"], f"storescp from {name}")
-                except LEG_FAILURES as exc:
-                    result.error = str(exc) or type(exc).__name__
-                    print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
-                    continue
-                (result.one if associations == 1 else result.four).append(seconds)
-    finally:
-        receiver.stop()
-        shutil.rmtree(work, ignore_errors=True)
+                if name == "storescu":
+                    dirs = [cases["one"]] if associations == 1 else cases["one-split"]
+                    seconds = storescu_run(dirs, receiver.port)
+                else:
+                    started = time.perf_counter()
+                    report = send_files(
+                        files,
+                        peers.LOCALHOST,
+                        receiver.port,
+                        CALLED_AE,
+                        "BENCHSCU",
+                        timeout_s=STORESCU_TIMEOUT_S,
+                        associations=associations,
+                    )
+                    seconds = time.perf_counter() - started
+                    if report.failed:
+                        raise LegFailed(f"{len(report.failed)} failed: {report.failed[0][1]}")
+                expect_count(receiver.count, cases["n"], f"storescp from {name}")
+            except LEG_FAILURES as exc:
+                result.error = str(exc) or type(exc).__name__
+                print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            finally:
+                receiver.stop()
+            (result.one if associations == 1 else result.four).append(seconds)
+
+
+def keep_received_files(work: Path, megabytes: float, legs: int) -> None:
+    """Every received file stays until the run ends (``work`` is removed then); refuse to start
+    without room for them all.
+
+    Deleting one receiver's 600 files right before the next receiver's legs slowed every receiver
+    that followed on the development VM: ext4 without a journal skips inodes deleted in the last
+    seconds to minutes when it allocates one (``recently_deleted``), so each new file's inode
+    search walked past the previous legs' deletions (``perf``: ``find_inode_bit``,
+    ``recently_deleted``). Keeping them costs disk space, not time."""
+    needed = int(megabytes * 1e6 * legs) + (2 << 30)
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise SystemExit(
+            f"the run keeps every received file until it ends: it needs about {needed / 1e9:.1f} GB "
+            f"free under {work}, {free / 1e9:.1f} GB are (fewer --repeat or --n, or --workdir elsewhere)"
+        )
 
 
 def _last(seconds: list[float]) -> str:
@@ -443,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
             "recycle_mb": args.recycle_mb,
         }
         megabytes = sum(f.stat().st_size for f in one) / 1e6
+        legs = (2 * len(chosen) + (0 if args.skip_sender else 4)) * args.repeat  # senders: 2 × (1, 4 assoc)
+        keep_received_files(work, megabytes, legs)
         load = os.getloadavg()
         print(
             f"series: {args.n} CT instances {args.size}x{args.size}, {megabytes:.1f} MB, made in "
