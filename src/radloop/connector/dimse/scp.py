@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
@@ -78,7 +79,10 @@ class StorageSCP:
         self.on_association_end = on_association_end
         self.tracker = tracker or AssociationTracker(on_association_end)
         self.limits = store.limits
-        self.guard = GuardLimits.from_settings(settings.dicom)
+        # the fast path drops a data set over the limit the store's checks refuse it by
+        self.guard = replace(
+            GuardLimits.from_settings(settings.dicom), max_instance_bytes=self.limits.max_instance_bytes
+        )
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None  # the DICOM TLS port (dimse.tls)
         self.tls_port: int | None = None

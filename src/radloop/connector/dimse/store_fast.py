@@ -221,8 +221,10 @@ class StoreFastPath:
         except Exception:  # the DICOM boundary, as pynetdicom does for EVT_C_STORE handlers
             log.exception("C-STORE handler failed for %s", shown(request.sop_instance_uid))
             result = _STATUS_HANDLER_FAILED
-        if not self.assoc.is_established:
+        if self.assoc.is_aborted:  # our side gave up on the association meanwhile
             return
+        # not ``is_established``: pynetdicom sets it only after the A-ASSOCIATE-AC is sent and the
+        # EVT_ACCEPTED handlers ran, and under load a peer's first C-STORE is served before that
         if result == 0 and self._send_success(request):
             return
         self.assoc.dimse.send_msg(_response(request, result), request.context_id)
