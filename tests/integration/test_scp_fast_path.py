@@ -8,7 +8,7 @@ import io
 import logging
 import socket
 import struct
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,16 +175,17 @@ def test_a_store_served_before_pynetdicom_marks_the_association_established_is_a
 ) -> None:
     """pynetdicom sets ``is_established`` after the A-ASSOCIATE-AC went out and the EVT_ACCEPTED
     handlers ran; under load a peer's first C-STORE was stored in that window and never answered
-    (found by CI). A slow EVT_ACCEPTED handler holds the window open for a second here."""
+    (found by CI). An EVT_ACCEPTED handler holds that window open until the answer came."""
     assert scp.scp._server is not None
-    scp.scp._server.bind(evt.EVT_ACCEPTED, lambda _event: time.sleep(1.0))  # a slow notification
+    window = threading.Event()
+    scp.scp._server.bind(evt.EVT_ACCEPTED, lambda _event: window.wait(30))  # a slow notification
     uid, data = _instance()
     peer = ScriptedPeer(scp.port)
     try:
-        peer.sock.settimeout(0.8)  # the answer must come while the handler still sleeps
         peer.pdata((CT_CONTEXT, COMMAND_LAST, _store_command(1, uid)), (CT_CONTEXT, DATA_LAST, data))
-        assert peer.response_status() == 0x0000
+        assert peer.response_status() == 0x0000  # before the window closes (the socket's 10 s bound)
     finally:
+        window.set()
         peer.close()
     assert scp.indexed() == [uid]
 
