@@ -26,11 +26,9 @@ from sqlmodel import Session, select
 
 import hostile_instances as hostile
 from radloop.connector.dimse.scp import StorageSCP
-from radloop.connector.sanity import InstanceLimits
-from radloop.connector.store import InstanceStore
-from radloop.core import db
 from radloop.core.models import Instance
 from radloop.core.settings import load_settings
+from radloop.runtime import Runtime
 
 HOST = "127.0.0.1"
 MAX_INSTANCE_BYTES = 1 << 20
@@ -51,10 +49,8 @@ class Running:
                 "max_instance_bytes": MAX_INSTANCE_BYTES,
             },
         )
-        db.upgrade(settings)
-        self.engine = db.make_engine(settings)
-        limits = InstanceLimits.from_settings(settings.dicom)  # as the runtime builds it
-        self.store = InstanceStore(settings.data_dir, self.engine, limits=limits)
+        runtime = Runtime.build(settings, migrate=True)  # the store with the configured limits
+        self.engine, self.store = runtime.engine, runtime.store
         self.scp = StorageSCP(settings, self.store, lambda _ids, _called: None)
         self.port = self.scp.start()
 

@@ -31,10 +31,9 @@ from sqlmodel import Session, select
 import hostile_instances as hostile
 import peers
 from radloop.connector.dimse.scp import StorageSCP
-from radloop.connector.store import InstanceStore
-from radloop.core import db
 from radloop.core.models import Instance
 from radloop.core.settings import Settings, load_settings
+from radloop.runtime import Runtime
 
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT_S = 2.0
@@ -45,9 +44,8 @@ class Running:
     """A started SCP, its port and what it has indexed."""
 
     def __init__(self, settings: Settings) -> None:
-        db.upgrade(settings)
-        self.engine = db.make_engine(settings)
-        self.store = InstanceStore(settings.data_dir, self.engine)
+        runtime = Runtime.build(settings, migrate=True)  # the store as `radloop serve` builds it
+        self.engine, self.store = runtime.engine, runtime.store
         self.ended: list[set[int]] = []
         self.scp = StorageSCP(settings, self.store, lambda ids, _called: self.ended.append(ids))
         self.port = self.scp.start()

@@ -27,10 +27,9 @@ from sqlmodel import Session, select
 
 import peers
 from radloop.connector.dimse.scp import StorageSCP
-from radloop.connector.store import InstanceStore
-from radloop.core import db
 from radloop.core.models import Instance
 from radloop.core.settings import load_settings
+from radloop.runtime import Runtime
 
 pytestmark = [pytest.mark.peers]
 
@@ -62,15 +61,8 @@ class Running:
                 ],
             },
         )
-        db.upgrade(self.settings)
-        self.engine = db.make_engine(self.settings)
-        dicom = self.settings.dicom
-        self.store = InstanceStore(
-            self.settings.data_dir,
-            self.engine,
-            durability=dicom.durability,
-            group_fsync_ms=dicom.group_fsync_ms,
-        )
+        runtime = Runtime.build(self.settings, migrate=True)  # the store in its durability mode
+        self.engine, self.store = runtime.engine, runtime.store
         self.scp = StorageSCP(self.settings, self.store, lambda _ids, _called: None)
         self.port = self.scp.start()
 
