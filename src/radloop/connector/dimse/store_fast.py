@@ -11,7 +11,7 @@ for the GIL or for a CPU) and as much CPU again as radloop's own checks and writ
 PS3.8 Annex E): the PDVs are cut with ``struct``, the command set (always Implicit VR Little
 Endian) is read by a walk over its elements, the data set fragments are kept as views of the PDU
 bodies, the SCP's store handler is called, and a Success response goes straight to the socket
-(:func:`~radloop.connector.dimse.store_response.success_store_response`). Plain means: the
+(:func:`~radloop.connector.dimse.store_response.success_store_pdv`). Plain means: the
 whole command set in the first PDV of the message's first PDU, C-STORE-RQ with a data set, on an
 accepted presentation context whose abstract syntax is the request's Affected SOP Class, UIDs in
 ASCII, and pynetdicom between messages. Anything else (C-ECHO, N-ACTION, a C-STORE with an
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 
-from radloop.connector.dimse.store_response import COMMAND_LAST_FRAGMENT, success_store_response
+from radloop.connector.dimse.store_response import success_store_pdv
 from radloop.connector.peer_text import shown
 
 if TYPE_CHECKING:
@@ -231,16 +231,19 @@ class StoreFastPath:
 
     def _send_success(self, request: StoreRequest) -> bool:
         """Write the Success C-STORE-RSP to the socket; False if it must go through pynetdicom."""
-        uids = request.sop_class_uid, request.sop_instance_uid  # digits and dots (_uid)
-        command = success_store_response(uids[0], request.message_id, uids[1])
-        pdv_length = len(command) + 2
-        max_pdu = int(self.assoc.dimse.maximum_pdu_size or 0)
-        if max_pdu and pdv_length + 4 > max_pdu:
+        pdv = success_store_pdv(  # the UIDs are digits and dots (_uid): no UnicodeEncodeError
+            request.sop_class_uid,
+            request.message_id,
+            request.sop_instance_uid,
+            int(self.assoc.dimse.maximum_pdu_size or 0),
+        )
+        if pdv is None:
             return False
-        pdu = struct.pack(">BxLLB", _P_DATA_TF, pdv_length + 4, pdv_length, request.context_id)
+        item_length = len(pdv) + 1  # the presentation context ID, then the PDV's data
+        pdu = struct.pack(">BxLLB", _P_DATA_TF, item_length + 4, item_length, request.context_id)
         socket = self.assoc.dul.socket
         if socket is not None:
-            socket.send(pdu + COMMAND_LAST_FRAGMENT + command)  # a failed send queues Evt17
+            socket.send(pdu + pdv)  # a failed send queues Evt17
         return True
 
 
@@ -303,7 +306,7 @@ def _us(command: dict[int, memoryview], element: int) -> int | None:
 
 
 def _uid(command: dict[int, memoryview], element: int) -> str | None:
-    """A UI value without its padding, if it is printable ASCII (else None: pynetdicom's)."""
+    """A UI value without its padding, if it is only digits and dots (else None: pynetdicom's)."""
     value = command.get(element)
     if value is None:
         return None

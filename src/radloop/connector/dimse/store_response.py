@@ -25,7 +25,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-COMMAND_LAST_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
+_COMMAND_LAST_FRAGMENT = b"\x03"  # message control header: command, last fragment (PS3.8 E.2)
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
 _PDV_OVERHEAD = 6  # item length (4), context ID (1), control header (1)
@@ -44,6 +44,18 @@ def success_store_response(sop_class_uid: str, message_id: int, sop_instance_uid
         )
     )
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+def success_store_pdv(
+    sop_class_uid: str, message_id: int, sop_instance_uid: str, max_pdu: int
+) -> bytes | None:
+    """The Success C-STORE-RSP as one PDV's data (message control header, then the command set),
+    or None when a peer whose maximum PDU is ``max_pdu`` (0: no limit) cannot take it in one
+    fragment. Raises ``UnicodeEncodeError`` for a UID that is not ASCII."""
+    command = success_store_response(sop_class_uid, message_id, sop_instance_uid)
+    if max_pdu and len(command) + _PDV_OVERHEAD > max_pdu:
+        return None
+    return _COMMAND_LAST_FRAGMENT + command
 
 
 def _us(element: int, value: int) -> bytes:
@@ -78,13 +90,12 @@ class LeanDIMSE(DIMSEServiceProvider):
         fields = _lean_success(primitive)
         if fields is not None:
             try:
-                command = success_store_response(*fields)
+                pdv = success_store_pdv(*fields, int(self.maximum_pdu_size or 0))
             except UnicodeEncodeError:  # not a valid UID: pynetdicom's own path says so
-                command = b""
-            max_pdu = int(self.maximum_pdu_size or 0)
-            if command and (max_pdu == 0 or len(command) + _PDV_OVERHEAD <= max_pdu):
+                pdv = None
+            if pdv is not None:
                 pdata = P_DATA()
-                pdata.presentation_data_value_list.append((context_id, COMMAND_LAST_FRAGMENT + command))
+                pdata.presentation_data_value_list.append((context_id, pdv))
                 self.dul.send_pdu(pdata)
                 return
         super().send_msg(primitive, context_id)
